@@ -1,0 +1,67 @@
+"""Dialogue data: SycophancyEval records, the challenge protocol, prompt pairs, tuning examples."""
+
+from spt_interp.data.pairs import (
+    PairBatch,
+    PromptPair,
+    batch_pairs,
+    build_pairs,
+    decision_token_ids,
+    end_logits,
+    left_pad,
+    pad_token_id,
+    render_prompt,
+    require_token_aligned,
+    target_token_ids,
+)
+from spt_interp.data.protocol import (
+    DEFAULT_APOLOGY_PHRASES,
+    PROTOCOL_FILE,
+    Protocol,
+    protocol_for,
+    read_protocol_file,
+)
+from spt_interp.data.records import (
+    DialogueRecord,
+    Turn,
+    load_dialogues,
+    parse_record,
+    save_dialogues,
+)
+from spt_interp.data.render import (
+    append_reply_start,
+    encode_prompt,
+    first_answer_text,
+    render_messages,
+)
+from spt_interp.data.training import IGNORE_INDEX, TrainingExample, build_training_examples
+
+__all__ = [
+    "DEFAULT_APOLOGY_PHRASES",
+    "IGNORE_INDEX",
+    "PROTOCOL_FILE",
+    "DialogueRecord",
+    "PairBatch",
+    "PromptPair",
+    "Protocol",
+    "TrainingExample",
+    "Turn",
+    "append_reply_start",
+    "batch_pairs",
+    "build_pairs",
+    "build_training_examples",
+    "decision_token_ids",
+    "encode_prompt",
+    "end_logits",
+    "first_answer_text",
+    "left_pad",
+    "load_dialogues",
+    "pad_token_id",
+    "parse_record",
+    "protocol_for",
+    "read_protocol_file",
+    "render_messages",
+    "render_prompt",
+    "require_token_aligned",
+    "save_dialogues",
+    "target_token_ids",
+]

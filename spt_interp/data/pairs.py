@@ -1,0 +1,257 @@
+"""Prompt pairs X_r (challenged) / X_c (counterfactual), left-padded batches, END logits.
+
+Real BPE tokenizers split "don't" into two tokens and "do" into one, so X_r and X_c usually
+differ in length: pairs are aligned at their END (the last prompt token, where the reply's
+first token is predicted). ``token_aligned`` pairs (same length, differing only inside the
+challenge sentence) also allow all-position patching.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from spt_interp.data.protocol import Protocol
+from spt_interp.data.records import DialogueRecord
+from spt_interp.data.render import (
+    append_reply_start,
+    dialogue_messages,
+    encode_prompt,
+    first_answer_text,
+    render_messages,
+)
+from spt_interp.errors import SptInterpError
+
+
+@dataclass
+class PromptPair:
+    """One record's challenged and counterfactual prompts, both ending where the reply starts."""
+
+    index: int
+    record_id: str
+    challenged_text: str
+    counterfactual_text: str
+    challenged_ids: list[int]
+    counterfactual_ids: list[int]
+    token_aligned: bool
+    first_answer: str
+
+    @property
+    def challenged_len(self) -> int:
+        return len(self.challenged_ids)
+
+    @property
+    def counterfactual_len(self) -> int:
+        return len(self.counterfactual_ids)
+
+
+@dataclass
+class PairBatch:
+    """Left-padded X_r / X_c tensors of one common width; ``end`` is the last position."""
+
+    indices: list[int]
+    challenged_tokens: Int[Tensor, "batch pos"]
+    challenged_mask: Int[Tensor, "batch pos"]
+    counterfactual_tokens: Int[Tensor, "batch pos"]
+    counterfactual_mask: Int[Tensor, "batch pos"]
+
+    @property
+    def end(self) -> int:
+        """Return the END index: after left padding every prompt's last token is at pos - 1."""
+        return self.challenged_tokens.shape[1] - 1
+
+
+def render_prompt(
+    tokenizer: Any, record: DialogueRecord, first_answer: str, followup: str, protocol: Protocol
+) -> str:
+    """Return the prompt text: question, first answer, follow-up, generation prompt, prefix."""
+    text = render_messages(
+        tokenizer, dialogue_messages(record, first_answer, followup), add_generation_prompt=True
+    )
+    return append_reply_start(text, protocol.reply_prefix or "")
+
+
+def _challenge_span(text: str, sentence: str) -> tuple[int, int]:
+    start = text.rfind(sentence)
+    return (start, start + len(sentence)) if start >= 0 else (0, len(text))
+
+
+def _aligned(
+    tokenizer: Any, text_r: str, text_c: str, ids_r: list[int], ids_c: list[int], protocol: Protocol
+) -> bool:
+    if len(ids_r) != len(ids_c):
+        return False
+    differing = [i for i, (a, b) in enumerate(zip(ids_r, ids_c, strict=True)) if a != b]
+    if not differing:
+        return True
+    try:
+        offsets_r = _offsets(tokenizer, text_r, len(ids_r))
+        offsets_c = _offsets(tokenizer, text_c, len(ids_c))
+    except (NotImplementedError, ValueError, KeyError):
+        # Slow tokenizers have no offsets: equal length is the best evidence available.
+        return True
+    span_r = _challenge_span(text_r, protocol.challenge)
+    span_c = _challenge_span(text_c, protocol.counterfactual)
+    return all(
+        span_r[0] <= offsets_r[i][0]
+        and offsets_r[i][1] <= span_r[1]
+        and span_c[0] <= offsets_c[i][0]
+        and offsets_c[i][1] <= span_c[1]
+        for i in differing
+    )
+
+
+def _offsets(tokenizer: Any, text: str, expected: int) -> list[tuple[int, int]]:
+    from spt_interp.data.render import has_chat_template
+
+    encoded = tokenizer(
+        text, add_special_tokens=not has_chat_template(tokenizer), return_offsets_mapping=True
+    )
+    offsets = [tuple(o) for o in encoded["offset_mapping"]]
+    if len(offsets) != expected:
+        raise ValueError("offsets do not match the tokens")
+    return offsets
+
+
+def build_pairs(
+    records: list[DialogueRecord],
+    tokenizer: Any,
+    protocol: Protocol,
+    first_answers: list[str] | None = None,
+) -> list[PromptPair]:
+    """Return one X_r / X_c pair per record.
+
+    ``first_answers`` (the model's own first answers, one per record, continuing any ai
+    prefill) replace the records' correct answers as the assistant's first turn.
+    """
+    if first_answers is not None and len(first_answers) != len(records):
+        raise SptInterpError(
+            f"first_answers has {len(first_answers)} entries for {len(records)} records"
+        )
+    pairs = []
+    for index, record in enumerate(records):
+        generated = first_answers[index] if first_answers is not None else None
+        answer = first_answer_text(record, generated)
+        text_r = render_prompt(tokenizer, record, answer, protocol.challenge, protocol)
+        text_c = render_prompt(tokenizer, record, answer, protocol.counterfactual, protocol)
+        ids_r = encode_prompt(tokenizer, text_r)
+        ids_c = encode_prompt(tokenizer, text_c)
+        pairs.append(
+            PromptPair(
+                index=index,
+                record_id=record.label,
+                challenged_text=text_r,
+                counterfactual_text=text_c,
+                challenged_ids=ids_r,
+                counterfactual_ids=ids_c,
+                token_aligned=_aligned(tokenizer, text_r, text_c, ids_r, ids_c, protocol),
+                first_answer=answer,
+            )
+        )
+    return pairs
+
+
+def left_pad(
+    sequences: list[list[int]], pad_id: int, width: int | None = None
+) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """Return (tokens, attention_mask) with every sequence right-aligned at ``width``."""
+    if not sequences:
+        raise SptInterpError("cannot pad an empty batch")
+    width = width or max(len(s) for s in sequences)
+    tokens = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        if sequence:
+            tokens[row, width - len(sequence) :] = torch.tensor(sequence, dtype=torch.long)
+            mask[row, width - len(sequence) :] = 1
+    return tokens, mask
+
+
+def batch_pairs(pairs: list[PromptPair], pad_id: int) -> PairBatch:
+    """Return the pairs left-padded to one common width, so END is the last column for all."""
+    width = max(max(p.challenged_len, p.counterfactual_len) for p in pairs) if pairs else 0
+    challenged, challenged_mask = left_pad([p.challenged_ids for p in pairs], pad_id, width)
+    counterfactual, counterfactual_mask = left_pad(
+        [p.counterfactual_ids for p in pairs], pad_id, width
+    )
+    return PairBatch(
+        indices=[p.index for p in pairs],
+        challenged_tokens=challenged,
+        challenged_mask=challenged_mask,
+        counterfactual_tokens=counterfactual,
+        counterfactual_mask=counterfactual_mask,
+    )
+
+
+def require_token_aligned(pairs: list[PromptPair]) -> None:
+    """Return None when every pair is token-aligned; else raise naming the first that is not."""
+    for pair in pairs:
+        if not pair.token_aligned:
+            raise SptInterpError(
+                f"record {pair.index} ({pair.record_id}): X_r has {pair.challenged_len} tokens "
+                f"and X_c {pair.counterfactual_len}; all-position patching needs token-aligned "
+                "pairs"
+            )
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """Return the tokenizer's pad id, else its EOS id (padding is masked either way)."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def end_logits(
+    hooked: Any, tokens: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "batch vocab"]:
+    """Return the next-token logits at END (the last column) of a left-padded batch.
+
+    The bridge derives ``position_ids`` from the attention mask itself (cumsum - 1), so a
+    left-padded row gives the same END logits as the prompt run alone (tested for GPT-2, Llama,
+    Qwen2, Mistral); the mask must be passed.
+    """
+    device = hooked.device
+    with torch.no_grad():
+        logits = hooked.logits(tokens.to(device), attention_mask.to(device))
+    return logits[:, -1, :]
+
+
+def target_token_ids(tokenizer: Any, prompt_text: str, targets: list[str]) -> list[int]:
+    """Return the distinct first tokens of ``targets`` as continuations of ``prompt_text``.
+
+    The first token is read in context (prompt + target, minus the prompt's tokens), so a
+    tokenizer that writes "▁Sorry" after "[/INST]" or " sorry" after a reply prefix counts
+    the token the model would really emit.
+    """
+    prompt_ids = encode_prompt(tokenizer, prompt_text)
+    ids = []
+    for target in targets:
+        full = encode_prompt(tokenizer, append_reply_start(prompt_text, target))
+        common = 0
+        while common < min(len(prompt_ids), len(full)) and prompt_ids[common] == full[common]:
+            common += 1
+        if common >= len(full):
+            raise SptInterpError(f"target {target!r} adds no token to the prompt")
+        ids.append(full[common])
+    return list(dict.fromkeys(ids))
+
+
+def decision_token_ids(
+    tokenizer: Any, prompt_text: str, protocol: Protocol
+) -> tuple[list[int], list[int]]:
+    """Return (sycophantic ids, anti-sycophantic ids); raise if the two sets share a token."""
+    syc = target_token_ids(tokenizer, prompt_text, protocol.sycophantic_targets)
+    anti = target_token_ids(tokenizer, prompt_text, protocol.anti_sycophantic_targets)
+    shared = sorted(set(syc) & set(anti))
+    if shared:
+        words = ", ".join(repr(tokenizer.convert_ids_to_tokens(i)) for i in shared)
+        raise SptInterpError(
+            f"sycophantic and anti-sycophantic targets share first token(s) {words}; "
+            "choose targets that differ at their first token or set a reply_prefix"
+        )
+    return syc, anti

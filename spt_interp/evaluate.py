@@ -1,0 +1,320 @@
+"""Behavioural evaluation: the challenge protocol, decision-token scores, general ability, KL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from spt_interp.data.pairs import (
+    batch_pairs,
+    build_pairs,
+    decision_token_ids,
+    end_logits,
+    left_pad,
+    pad_token_id,
+    render_prompt,
+)
+from spt_interp.data.protocol import Protocol
+from spt_interp.data.records import DialogueRecord
+from spt_interp.data.render import (
+    append_reply_start,
+    encode_prompt,
+    first_answer_text,
+    question_messages,
+    render_messages,
+)
+from spt_interp.errors import SptInterpError
+from spt_interp.generate import greedy_generate
+from spt_interp.judges import admits_mistake, correct_after_challenge, is_correct
+from spt_interp.metrics import (
+    Metric,
+    accuracy,
+    apology_rate,
+    apology_share,
+    confidence,
+    kl_divergence,
+    log_odds,
+    mean,
+    truthfulness,
+)
+
+
+@dataclass
+class ItemResult:
+    """One record through the protocol."""
+
+    index: int
+    first_answer: str
+    reply: str
+    correct_before: bool
+    apologized: bool
+    correct_after: bool
+    final_answer: str | None = None
+
+
+@dataclass
+class GenerationSettings:
+    """How replies are generated."""
+
+    max_new_tokens: int = 64
+    batch_size: int = 8
+    progress: bool = True
+
+
+@dataclass
+class DecisionScores:
+    """Per-record F and log-odds at END of X_r (challenged) and X_c (counterfactual)."""
+
+    share_challenged: torch.Tensor
+    share_counterfactual: torch.Tensor
+    log_odds_challenged: torch.Tensor
+    log_odds_counterfactual: torch.Tensor
+
+
+@dataclass
+class ProtocolRun:
+    """Everything the protocol produced: per-item results and the aggregate metrics."""
+
+    items: list[ItemResult]
+    metrics: dict[str, Metric] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def _decode(hooked: Any, ids: list[int]) -> str:
+    return hooked.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _question_prompt(tokenizer: Any, record: DialogueRecord, history: list[dict[str, str]]) -> str:
+    text = render_messages(tokenizer, history, add_generation_prompt=True)
+    return append_reply_start(text, record.prefill)
+
+
+def _generate_texts(
+    hooked: Any, texts: list[str], settings: GenerationSettings, desc: str
+) -> list[str]:
+    prompts = [encode_prompt(hooked.tokenizer, text) for text in texts]
+    outputs = greedy_generate(
+        hooked,
+        prompts,
+        max_new_tokens=settings.max_new_tokens,
+        batch_size=settings.batch_size,
+        progress=settings.progress,
+        desc=desc,
+    )
+    return [_decode(hooked, ids) for ids in outputs]
+
+
+def _with_prefix(prefix: str | None, continuation: str) -> str:
+    return append_reply_start(prefix, continuation) if prefix else continuation.strip()
+
+
+def decision_scores(
+    hooked: Any,
+    records: list[DialogueRecord],
+    protocol: Protocol,
+    first_answers: list[str] | None = None,
+    batch_size: int = 8,
+) -> DecisionScores:
+    """Return F and log-odds at END of each record's X_r and X_c (model's own first answers)."""
+    pairs = build_pairs(records, hooked.tokenizer, protocol, first_answers)
+    syc, anti = decision_token_ids(hooked.tokenizer, pairs[0].challenged_text, protocol)
+    pad = pad_token_id(hooked.tokenizer)
+    scores: dict[str, list[torch.Tensor]] = {k: [] for k in ("sr", "sc", "lr", "lc")}
+    for start in range(0, len(pairs), batch_size):
+        batch = batch_pairs(pairs[start : start + batch_size], pad)
+        logits_r = end_logits(hooked, batch.challenged_tokens, batch.challenged_mask)
+        logits_c = end_logits(hooked, batch.counterfactual_tokens, batch.counterfactual_mask)
+        scores["sr"].append(apology_share(logits_r, syc, anti))
+        scores["sc"].append(apology_share(logits_c, syc, anti))
+        scores["lr"].append(log_odds(logits_r, syc, anti))
+        scores["lc"].append(log_odds(logits_c, syc, anti))
+    joined = {k: torch.cat(v).cpu() for k, v in scores.items()}
+    return DecisionScores(joined["sr"], joined["sc"], joined["lr"], joined["lc"])
+
+
+def run_protocol(
+    hooked: Any,
+    records: list[DialogueRecord],
+    protocol: Protocol,
+    settings: GenerationSettings | None = None,
+    *,
+    controls: bool = True,
+) -> ProtocolRun:
+    """Return per-item results and metrics of question -> answer -> challenge -> reply.
+
+    ``controls`` adds the apology rate after the counterfactual and after neutral follow-ups
+    (a model that apologizes to everything is not singled out by the challenge).
+    """
+    settings = settings or GenerationSettings()
+    tokenizer = hooked.tokenizer
+    first_prompts = [_question_prompt(tokenizer, r, question_messages(r)) for r in records]
+    continuations = _generate_texts(hooked, first_prompts, settings, "first answers")
+    first_answers = [first_answer_text(r, c) for r, c in zip(records, continuations, strict=True)]
+    correct_before = [bool(is_correct(r, a)) for r, a in zip(records, first_answers, strict=True)]
+
+    def replies_to(followups: list[str], desc: str) -> list[str]:
+        texts = [
+            render_prompt(tokenizer, record, answer, followup, protocol)
+            for record, answer, followup in zip(records, first_answers, followups, strict=True)
+        ]
+        generated = _generate_texts(hooked, texts, settings, desc)
+        return [_with_prefix(protocol.reply_prefix, g) for g in generated]
+
+    replies = replies_to([protocol.challenge] * len(records), "replies")
+    apologized = [admits_mistake(reply, protocol.apology_phrases) for reply in replies]
+    final_answers: list[str | None] = [None] * len(records)
+    if protocol.final_question:
+        texts = [
+            _question_prompt(
+                tokenizer,
+                record,
+                [
+                    *question_messages(record),
+                    {"role": "assistant", "content": answer},
+                    {"role": "user", "content": protocol.challenge},
+                    {"role": "assistant", "content": reply},
+                    {"role": "user", "content": protocol.final_question},
+                ],
+            )
+            for record, answer, reply in zip(records, first_answers, replies, strict=True)
+        ]
+        finals = _generate_texts(hooked, texts, settings, "final answers")
+        final_answers = [first_answer_text(r, f) for r, f in zip(records, finals, strict=True)]
+        correct_after = [
+            bool(is_correct(r, f)) for r, f in zip(records, final_answers, strict=True)
+        ]
+    else:
+        correct_after = [
+            correct_after_challenge(r, reply, before, apology)
+            for r, reply, before, apology in zip(
+                records, replies, correct_before, apologized, strict=True
+            )
+        ]
+    items = [
+        ItemResult(i, first_answers[i], replies[i], correct_before[i], apologized[i],
+                   correct_after[i], final_answers[i])
+        for i in range(len(records))
+    ]  # fmt: skip
+    run = ProtocolRun(items)
+    run.metrics = {
+        "accuracy_before": accuracy(correct_before),
+        "accuracy_after": accuracy(correct_after),
+        "apology_rate": apology_rate(correct_before, apologized),
+        "confidence": confidence(correct_before, apologized),
+        "truthfulness": truthfulness(correct_before, correct_after),
+    }
+    if controls:
+        counterfactual = replies_to([protocol.counterfactual] * len(records), "counterfactual")
+        run.metrics["apology_rate_counterfactual"] = apology_rate(
+            correct_before, [admits_mistake(r, protocol.apology_phrases) for r in counterfactual]
+        )
+        if protocol.neutral_followups:
+            neutral = protocol.neutral_followups
+            followups = [neutral[i % len(neutral)] for i in range(len(records))]
+            neutral_replies = replies_to(followups, "neutral")
+            run.metrics["apology_rate_neutral"] = apology_rate(
+                correct_before,
+                [admits_mistake(r, protocol.apology_phrases) for r in neutral_replies],
+            )
+    try:
+        scores = decision_scores(
+            hooked, records, protocol, continuations, batch_size=settings.batch_size
+        )
+    except SptInterpError as err:
+        # A tokenizer whose targets share a first token cannot give F; the rest still stands.
+        run.notes["decision"] = f"skipped: {err}"
+    else:
+        run.metrics.update(
+            {
+                "apology_share_challenged": mean(scores.share_challenged),
+                "apology_share_counterfactual": mean(scores.share_counterfactual),
+                "log_odds_challenged": mean(scores.log_odds_challenged),
+                "log_odds_counterfactual": mean(scores.log_odds_counterfactual),
+                "log_odds_shift": mean(scores.log_odds_challenged - scores.log_odds_counterfactual),
+            }
+        )
+    return run
+
+
+def general_accuracy(
+    hooked: Any, records: list[DialogueRecord], settings: GenerationSettings | None = None
+) -> tuple[Metric, list[str]]:
+    """Return (accuracy, the answers) on plain questions (no challenge)."""
+    settings = settings or GenerationSettings()
+    prompts = [_question_prompt(hooked.tokenizer, r, question_messages(r)) for r in records]
+    continuations = _generate_texts(hooked, prompts, settings, "general")
+    answers = [first_answer_text(r, c) for r, c in zip(records, continuations, strict=True)]
+    return accuracy(
+        [bool(is_correct(r, a)) for r, a in zip(records, answers, strict=True)]
+    ), answers
+
+
+def general_texts(tokenizer: Any, records: list[DialogueRecord]) -> list[str]:
+    """Return each record's question and correct answer rendered as a finished dialogue."""
+    return [
+        render_messages(
+            tokenizer,
+            [
+                *question_messages(r),
+                {"role": "assistant", "content": first_answer_text(r)},
+            ],
+            add_generation_prompt=False,
+        )
+        for r in records
+    ]
+
+
+def kl_shift(hooked: Any, reference: Any, texts: list[str], batch_size: int = 8) -> Metric:
+    """Return the mean over positions of KL(reference || hooked) on the texts, with a t interval."""
+    if hooked.config.vocab_size != reference.config.vocab_size:
+        raise SptInterpError(
+            f"--reference has vocabulary {reference.config.vocab_size}, the model "
+            f"{hooked.config.vocab_size}: KL needs the same tokenizer"
+        )
+    prompts = [encode_prompt(hooked.tokenizer, text) for text in texts]
+    pad = pad_token_id(hooked.tokenizer)
+    values = []
+    for start in range(0, len(prompts), batch_size):
+        tokens, mask = left_pad(prompts[start : start + batch_size], pad)
+        with torch.no_grad():
+            tuned = hooked.logits(tokens.to(hooked.device), mask.to(hooked.device)).cpu()
+            ref = reference.logits(tokens.to(reference.device), mask.to(reference.device)).cpu()
+        values.append(kl_divergence(ref, tuned, mask.bool()))
+    return mean(torch.cat(values))
+
+
+def evaluate(
+    hooked: Any,
+    records: list[DialogueRecord],
+    protocol: Protocol,
+    *,
+    general: list[DialogueRecord] | None = None,
+    reference: Any = None,
+    settings: GenerationSettings | None = None,
+    controls: bool = True,
+) -> dict[str, Any]:
+    """Return the JSON-ready report: each metric's value, count and 95% interval, plus notes."""
+    settings = settings or GenerationSettings()
+    run = run_protocol(hooked, records, protocol, settings, controls=controls)
+    metrics = dict(run.metrics)
+    if general:
+        metrics["general_accuracy"], _ = general_accuracy(hooked, general, settings)
+    if reference is not None:
+        texts = general_texts(hooked.tokenizer, general or records)
+        metrics["kl_reference"] = kl_shift(hooked, reference, texts, settings.batch_size)
+    return {
+        "n_records": len(records),
+        "n_general": len(general or []),
+        "protocol": {
+            "challenge": protocol.challenge,
+            "counterfactual": protocol.counterfactual,
+            "reply_prefix": protocol.reply_prefix,
+            "sycophantic_targets": protocol.sycophantic_targets,
+            "anti_sycophantic_targets": protocol.anti_sycophantic_targets,
+            "final_question": protocol.final_question,
+        },
+        "metrics": {name: metric.as_dict() for name, metric in metrics.items()},
+        "notes": run.notes,
+    }

@@ -1,0 +1,71 @@
+"""Greedy generation, batched with left padding, through the hooked model's HF model.
+
+``hooked.hf_model.generate`` runs the bridged modules (so hooks fire), but with the KV cache on
+it does not reproduce HF's own greedy tokens in transformer-lens 4.3 (Llama, Qwen2 and GPT-2
+with padding diverge after the first token; so does ``bridge.generate``). Without the cache
+it matches a separately loaded HF model token for token, so the cache is off: slower per token,
+still fine for evaluation-sized runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from spt_interp.data.pairs import left_pad, pad_token_id
+from spt_interp.errors import SptInterpError
+
+
+def eos_token_ids(hooked: Any) -> list[int]:
+    """Return every id that ends a reply: the tokenizer's EOS and the generation config's."""
+    ids: list[int] = []
+    candidates = [
+        getattr(hooked.tokenizer, "eos_token_id", None),
+        getattr(getattr(hooked.hf_model, "generation_config", None), "eos_token_id", None),
+        getattr(hooked.config, "eos_token_id", None),
+    ]
+    for candidate in candidates:
+        if isinstance(candidate, int):
+            ids.append(candidate)
+        elif isinstance(candidate, (list, tuple)):
+            ids.extend(int(i) for i in candidate)
+    return list(dict.fromkeys(ids))
+
+
+def greedy_generate(
+    hooked: Any,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    progress: bool = True,
+    desc: str = "generating",
+) -> list[list[int]]:
+    """Return the greedy continuation of each prompt (new tokens only, stopped before EOS)."""
+    if max_new_tokens < 1:
+        raise SptInterpError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    if batch_size < 1:
+        raise SptInterpError(f"--batch-size must be at least 1, got {batch_size}")
+    pad = pad_token_id(hooked.tokenizer)
+    eos = eos_token_ids(hooked)
+    outputs: list[list[int]] = []
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc=desc, disable=not progress or len(starts) < 2, leave=False):
+        chunk = prompts[start : start + batch_size]
+        tokens, mask = left_pad(chunk, pad)
+        with torch.no_grad():
+            generated = hooked.hf_model.generate(
+                tokens.to(hooked.device),
+                attention_mask=mask.to(hooked.device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                use_cache=False,
+                pad_token_id=pad,
+                eos_token_id=eos or None,
+            )
+        for row in generated[:, tokens.shape[1] :].tolist():
+            stop = next((i for i, token in enumerate(row) if token in eos), len(row))
+            outputs.append(row[:stop])
+    return outputs

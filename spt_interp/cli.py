@@ -142,6 +142,168 @@ def evaluate(
         print(f"wrote {out}", file=sys.stderr)
 
 
+@app.command()
+@one_line_errors
+def knockout(
+    model: ModelOption,
+    data: Annotated[Path, typer.Option("--data", help="SycophancyEval-style JSONL of questions.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for knockout.csv / .html / .png.")],
+    scores: Annotated[
+        Path | None, typer.Option(help="Scores CSV (layer, head, score[, rank]) ranking heads.")
+    ] = None,
+    mask: Annotated[
+        Path | None, typer.Option(help="Head mask JSON: knock out its heads, in its order.")
+    ] = None,
+    ablation: Annotated[str, typer.Option(help="zero, mean (over X_c) or resample.")] = "mean",
+    position: Annotated[str, typer.Option(help="Ablate at END only, or at all positions.")] = (
+        "end"
+    ),
+    k: Annotated[
+        str | None,
+        typer.Option("--k", help="Comma-separated K values [default: 1,2,4,8,16 up to all heads]."),
+    ] = None,
+    random_seeds: Annotated[int, typer.Option(help="Random head sets per K.")] = 5,
+    seed: Annotated[int, typer.Option(help="First random seed (seeds seed..seed+N-1).")] = 0,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N records.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Prompt pairs per forward pass.")] = 8,
+    behaviour: Annotated[
+        bool, typer.Option(help="Also generate replies: apology rate, accuracy after (slow).")
+    ] = False,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest generated reply.")] = 32,
+    png: Annotated[bool, typer.Option(help="Also write knockout.png (needs Chromium).")] = True,
+    force: Annotated[bool, typer.Option(help="Replace existing outputs in --out.")] = False,
+) -> None:
+    """Knock out the top-K heads of a ranking and random K heads; write the curves."""
+    from spt_interp.ablation import METHODS, POSITIONS, check_heads
+    from spt_interp.data import build_pairs, load_dialogues, protocol_for
+    from spt_interp.evaluate import GenerationSettings
+    from spt_interp.head_scores import ranked_heads, read_scores
+    from spt_interp.knockout import (
+        check_ks,
+        knockout_curve,
+        knockout_summary,
+        parse_ks,
+        prepare_knockout,
+    )
+    from spt_interp.knockout_report import prepare_out_dir, write_knockout
+    from spt_interp.mask import HeadMask
+    from spt_interp.model import check_model_folder, load_model
+
+    if (scores is None) == (mask is None):
+        raise SptInterpError("give exactly one of --scores CSV or --mask FILE")
+    if ablation not in METHODS or position not in POSITIONS:
+        raise SptInterpError(
+            f"--ablation must be one of {', '.join(METHODS)} and --position one of "
+            f"{', '.join(POSITIONS)}"
+        )
+    if random_seeds < 0 or batch_size < 1 or (limit is not None and limit < 1):
+        raise SptInterpError("--random-seeds must be >= 0, --batch-size and --limit >= 1")
+    head_mask = HeadMask.load(mask) if mask is not None else None
+    ranking = head_mask.head_set if head_mask is not None else ranked_heads(read_scores(scores))
+    if k is None:
+        ks = [value for value in (1, 2, 4, 8, 16) if value <= len(ranking)]
+    else:
+        ks = check_ks(parse_ks(k), len(ranking), str(mask or scores))
+    records = load_dialogues(data)[:limit]
+    check_model_folder(model)
+    out_dir = prepare_out_dir(
+        out, ["knockout.csv", "knockout.html", "knockout.png"], force, [model]
+    )
+    protocol = protocol_for(model)
+    hooked = load_model(model)
+    if head_mask is not None:
+        head_mask.validate(hooked)
+    check_heads(ranking, hooked.geometry.n_layers, hooked.geometry.n_heads)
+    pairs = build_pairs(records, hooked.tokenizer, protocol)
+    prepared = prepare_knockout(
+        hooked, pairs, protocol, method=ablation, position=position, batch_size=batch_size
+    )
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    table = knockout_curve(
+        hooked,
+        prepared,
+        ranking,
+        ks,
+        random_seeds=list(range(seed, seed + random_seeds)),
+        behaviour=(records, protocol, settings) if behaviour else None,
+    )
+    title = f"Knockout ({ablation} ablation at {position}) of {model.name}"
+    written = write_knockout(table, out_dir, title=title, png=png)
+    print(f"{'K':>4}  {'F top-K':>8}  {'F random-K (mean, sd)':>22}  {'log-odds top-K':>14}")
+    for value in ks:
+        s = knockout_summary(table, value)
+        top_odds = table.loc[(table.selection == "top") & (table.k == value), "log_odds"]
+        print(
+            f"{value:>4}  {s['top_share']:>8.3f}  {s['random_share_mean']:>13.3f} "
+            f"({s['random_share_std']:.3f})  {float(top_odds.iloc[0]):>14.2f}"
+        )
+    baseline = table.loc[table.selection == "baseline"].iloc[0]
+    print(f"baseline: F {baseline.apology_share:.3f}, log-odds {baseline.log_odds:.2f}")
+    for kind, path in written.items():
+        print(f"{kind}: {path}", file=sys.stderr)
+
+
+@app.command("export-mask")
+@one_line_errors
+def export_mask(
+    model: ModelOption,
+    scores: Annotated[Path, typer.Option(help="Scores CSV (layer, head, score[, rank]).")],
+    out: Annotated[Path, typer.Option("--out", help="Head mask JSON to write.")],
+    top_k: Annotated[int | None, typer.Option(help="Keep the K best heads.")] = None,
+    top_frac: Annotated[
+        float | None, typer.Option(help="Keep this fraction of all heads (0-1].")
+    ] = None,
+    heads: Annotated[
+        str | None, typer.Option(help="Keep exactly these heads, e.g. L3.H5,L4.H0.")
+    ] = None,
+    components: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated q,k,v,o (default q,k,v,o; q,o for grouped-query)."),
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="The data file the scores came from (its hash is kept).")
+    ] = None,
+    method: Annotated[
+        str | None, typer.Option(help="How the scores were made (default: CSV's method column).")
+    ] = None,
+    metric: Annotated[
+        str | None, typer.Option(help="What the scores measure (default: CSV's metric column).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Write a head mask (the heads the pinpoint trainer may change) from a scores table."""
+    from spt_interp.head_scores import file_hash, parse_heads, read_scores
+    from spt_interp.mask import HeadMask, MaskSource
+    from spt_interp.model import check_model_folder, load_model
+
+    if sum(x is not None for x in (top_k, top_frac, heads)) != 1:
+        raise SptInterpError("give exactly one of --top-k, --top-frac or --heads")
+    table = read_scores(scores)
+    chosen = parse_heads(heads) if heads is not None else None
+    component_list = components.split(",") if components is not None else None
+    check_model_folder(model)
+    if out.exists() and not force:
+        raise SptInterpError(f"{out} exists; pass --force to replace it")
+    target, folder = out.expanduser().resolve(), model.expanduser().resolve()
+    if folder in target.parents:
+        raise SptInterpError(f"--out {out} is inside the model folder {model}")
+    if data is not None and not data.is_file():
+        raise SptInterpError(f"data file {data} does not exist")
+    hooked = load_model(model)
+    built = HeadMask.from_scores(
+        hooked, table, top_k=top_k, top_frac=top_frac, heads=chosen, components=component_list
+    )
+    source = MaskSource(
+        method or built.source.method,
+        metric or built.source.metric,
+        file_hash(data) if data is not None else built.source.data_file_hash,
+    )
+    written = HeadMask(built.model, built.heads, built.components, source).save(out)
+    names = " ".join(f"L{layer}.H{head}" for layer, head in built.head_set)
+    print(f"{len(built.heads)} heads ({','.join(built.components)}): {names}")
+    print(f"wrote {written}", file=sys.stderr)
+
+
 def main() -> None:
     app()
 

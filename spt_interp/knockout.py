@@ -1,0 +1,287 @@
+"""Knockout validation: remove the top-K heads of a ranking, and random K heads, and measure.
+
+The paper checks located heads by cumulative mean ablation: knocking out the top heads should
+collapse the apology share F at the reply's first token, while the same number of random heads
+does far less. ``knockout_curve`` gives every point of both curves as one table; the figure and
+CSV writers are in ``spt_interp.knockout_report``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from spt_interp.ablation import (
+    Head,
+    ReferenceActivations,
+    ablated,
+    counterfactual_reference,
+)
+from spt_interp.data.pairs import (
+    PairBatch,
+    PromptPair,
+    batch_pairs,
+    decision_token_ids,
+    end_logits,
+    pad_token_id,
+)
+from spt_interp.data.protocol import Protocol
+from spt_interp.data.records import DialogueRecord
+from spt_interp.errors import SptInterpError
+from spt_interp.metrics import apology_share, log_odds
+
+CURVE_COLUMNS = [
+    "selection", "k", "seed", "apology_share", "log_odds", "apology_rate", "accuracy_after",
+    "heads",
+]  # fmt: skip
+
+
+@dataclass
+class KnockoutData:
+    """What every knockout measurement reuses: X_r batches, decision ids, reference outputs."""
+
+    batches: list[PairBatch]
+    syc_ids: list[int]
+    anti_ids: list[int]
+    reference: ReferenceActivations | None
+    method: str
+    position: str
+
+    @property
+    def n_pairs(self) -> int:
+        return sum(len(b.indices) for b in self.batches)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """Mean apology share F and mean log-odds at END over the challenged prompts X_r."""
+
+    apology_share: float
+    log_odds: float
+
+
+def prepare_knockout(
+    hooked: Any,
+    pairs: Sequence[PromptPair],
+    protocol: Protocol,
+    *,
+    method: str = "mean",
+    position: str = "end",
+    reference: ReferenceActivations | None = None,
+    batch_size: int = 8,
+) -> KnockoutData:
+    """Return the batches, decision ids and (for mean / resample) the reference head outputs.
+
+    Without ``reference``, mean and resample ablation use the pairs' counterfactual X_c
+    prompts (END or all positions, as ``position``), the paper's choice.
+    """
+    if not pairs:
+        raise SptInterpError("knockout needs at least one prompt pair")
+    if batch_size < 1:
+        raise SptInterpError(f"batch size must be at least 1, got {batch_size}")
+    syc, anti = decision_token_ids(hooked.tokenizer, pairs[0].challenged_text, protocol)
+    pad = pad_token_id(hooked.tokenizer)
+    batches = [
+        batch_pairs(list(pairs[i : i + batch_size]), pad) for i in range(0, len(pairs), batch_size)
+    ]
+    if reference is None and method != "zero":
+        reference = counterfactual_reference(
+            hooked, pairs, position=position, batch_size=batch_size
+        )
+    return KnockoutData(batches, syc, anti, reference, method, position)
+
+
+def decision_values(
+    hooked: Any, data: KnockoutData, *, counterfactual: bool = False
+) -> tuple[Float[Tensor, " n"], Float[Tensor, " n"]]:
+    """Return per-pair (F, log-odds) at END of X_r (or X_c) with whatever hooks are active."""
+    shares, odds = [], []
+    for batch in data.batches:
+        if counterfactual:
+            logits = end_logits(hooked, batch.counterfactual_tokens, batch.counterfactual_mask)
+        else:
+            logits = end_logits(hooked, batch.challenged_tokens, batch.challenged_mask)
+        shares.append(apology_share(logits, data.syc_ids, data.anti_ids).cpu())
+        odds.append(log_odds(logits, data.syc_ids, data.anti_ids).cpu())
+    return torch.cat(shares), torch.cat(odds)
+
+
+def measure(
+    hooked: Any, data: KnockoutData, heads: Sequence[Head] = (), *, seed: int = 0
+) -> Reading:
+    """Return the mean F and log-odds on X_r with ``heads`` ablated (none: the baseline)."""
+    with ablated(
+        hooked,
+        heads,
+        method=data.method,
+        position=data.position,
+        reference=data.reference,
+        seed=seed,
+    ):
+        shares, odds = decision_values(hooked, data)
+    return Reading(float(shares.mean()), float(odds.mean()))
+
+
+def random_rankings(n_layers: int, n_heads: int, seeds: Sequence[int]) -> dict[int, list[Head]]:
+    """Return, per seed, all heads in a random order; random K heads are its first K."""
+    rankings = {}
+    for seed in seeds:
+        order = torch.randperm(n_layers * n_heads, generator=torch.Generator().manual_seed(seed))
+        rankings[seed] = [(int(i) // n_heads, int(i) % n_heads) for i in order]
+    return rankings
+
+
+def parse_ks(text: str) -> list[int]:
+    """Return the K values of a list like "1,2,4,8"; raise naming a bad entry."""
+    values = []
+    for entry in text.replace(" ", "").split(","):
+        if not entry.isdigit():
+            raise SptInterpError(f"bad K {entry!r} in {text!r}: give whole numbers like 1,2,4,8")
+        values.append(int(entry))
+    return values
+
+
+def check_ks(ks: Sequence[int], available: int, what: str = "the ranking") -> list[int]:
+    """Return the distinct K values sorted; raise when one is < 1 or more than ``available``."""
+    if not ks:
+        raise SptInterpError("give at least one K")
+    bad = [k for k in ks if not 1 <= k <= available]
+    if bad:
+        raise SptInterpError(
+            f"K values {bad} are out of range: {what} has {available} heads (K from 1)"
+        )
+    return sorted(set(int(k) for k in ks))
+
+
+def _heads_text(heads: Sequence[Head]) -> str:
+    return " ".join(f"L{layer}.H{head}" for layer, head in heads)
+
+
+def knockout_curve(
+    hooked: Any,
+    data: KnockoutData,
+    ranking: Sequence[Head],
+    ks: Sequence[int],
+    *,
+    random_seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    behaviour: tuple[list[DialogueRecord], Protocol, Any] | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Return every point of the top-K and random-K knockout curves as one table.
+
+    Rows: ``baseline`` (nothing ablated, K 0), ``counterfactual`` (X_c, nothing ablated),
+    ``top`` (the ranking's first K heads) and ``random`` (the first K of a random order of all
+    heads, one row per seed; the ablation seed is the same seed). ``behaviour`` =
+    (records, protocol, GenerationSettings) also runs the generated protocol under each
+    ablation: apology rate and accuracy after the challenge (slow: generation).
+    """
+    g = hooked.geometry
+    ks = check_ks(ks, len(ranking))
+    runs: list[tuple[str, int, int, list[Head]]] = [("baseline", 0, 0, [])]
+    runs += [("top", k, 0, list(ranking[:k])) for k in ks]
+    for seed, order in random_rankings(g.n_layers, g.n_heads, random_seeds).items():
+        runs += [("random", k, seed, order[:k]) for k in ks]
+    rows = []
+    shares_c, odds_c = decision_values(hooked, data, counterfactual=True)
+    rows.append(
+        _row("counterfactual", 0, 0, Reading(float(shares_c.mean()), float(odds_c.mean())), [])
+    )
+    for selection, k, seed, heads in tqdm(runs, desc="knockout", disable=not progress):
+        reading = measure(hooked, data, heads, seed=seed)
+        behaviour_metrics = _behaviour(hooked, data, heads, seed, behaviour) if behaviour else {}
+        rows.append(_row(selection, k, seed, reading, heads, **behaviour_metrics))
+    return pd.DataFrame(rows, columns=CURVE_COLUMNS)
+
+
+def _row(
+    selection: str, k: int, seed: int, reading: Reading, heads: Sequence[Head], **extra: float
+) -> dict[str, Any]:
+    return {
+        "selection": selection,
+        "k": k,
+        "seed": seed,
+        "apology_share": reading.apology_share,
+        "log_odds": reading.log_odds,
+        "apology_rate": extra.get("apology_rate", math.nan),
+        "accuracy_after": extra.get("accuracy_after", math.nan),
+        "heads": _heads_text(heads),
+    }
+
+
+def _behaviour(
+    hooked: Any,
+    data: KnockoutData,
+    heads: Sequence[Head],
+    seed: int,
+    behaviour: tuple[list[DialogueRecord], Protocol, Any],
+) -> dict[str, float]:
+    from spt_interp.evaluate import run_protocol
+
+    records, protocol, settings = behaviour
+    with ablated(
+        hooked,
+        heads,
+        method=data.method,
+        position=data.position,
+        reference=data.reference,
+        seed=seed,
+    ):
+        run = run_protocol(hooked, records, protocol, settings, controls=False)
+    return {
+        "apology_rate": run.metrics["apology_rate"].value,
+        "accuracy_after": run.metrics["accuracy_after"].value,
+    }
+
+
+def knockout_summary(table: pd.DataFrame, k: int) -> dict[str, float]:
+    """Return baseline F, top-K F, random-K F (mean, std over seeds) and the relative cuts."""
+    baseline = table.loc[table.selection == "baseline", "apology_share"]
+    top = table.loc[(table.selection == "top") & (table.k == k), "apology_share"]
+    random = table.loc[(table.selection == "random") & (table.k == k), "apology_share"]
+    if baseline.empty or top.empty:
+        raise SptInterpError(f"the knockout table has no baseline or top-{k} row")
+    base = float(baseline.iloc[0])
+    top_share = float(top.iloc[0])
+    random_mean = float(random.mean()) if not random.empty else math.nan
+    return {
+        "k": k,
+        "baseline_share": base,
+        "top_share": top_share,
+        "random_share_mean": random_mean,
+        "random_share_std": float(random.std(ddof=1)) if len(random) > 1 else math.nan,
+        "random_seeds": len(random),
+        "top_cut": 1 - top_share / base if base > 0 else math.nan,
+        "random_cut": 1 - random_mean / base if base > 0 else math.nan,
+    }
+
+
+def single_head_scores(hooked: Any, data: KnockoutData, *, progress: bool = True) -> pd.DataFrame:
+    """Return a scores table: each head's drop in mean log-odds when it alone is ablated.
+
+    A simple ranking (one forward sweep per head) for when no patching scores are at hand;
+    higher score = removing the head lowers the apology more.
+    """
+    g = hooked.geometry
+    base = measure(hooked, data).log_odds
+    rows = []
+    heads = [(layer, head) for layer in range(g.n_layers) for head in range(g.n_heads)]
+    for layer, head in tqdm(heads, desc="single-head ablation", disable=not progress):
+        reading = measure(hooked, data, [(layer, head)])
+        rows.append(
+            {
+                "layer": layer,
+                "head": head,
+                "score": base - reading.log_odds,
+                "method": f"single_head_{data.method}_ablation_{data.position}",
+                "metric": "log_odds_drop",
+            }
+        )
+    return pd.DataFrame(rows)

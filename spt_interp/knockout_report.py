@@ -1,0 +1,141 @@
+"""The knockout curves as a plotly figure, and the CSV / HTML / PNG files of one knockout run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from spt_interp.atomic import write_text_atomic
+from spt_interp.errors import SptInterpError
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
+METRIC_TITLES = {"apology_share": "apology share F", "log_odds": "log-odds syc - anti"}
+
+
+def prepare_out_dir(out: Path, files: list[str], force: bool, reads: list[Path]) -> Path:
+    """Return ``out`` once it is safe to write ``files`` there; raise before any heavy work.
+
+    Refuses to replace existing outputs without ``force`` and to write inside a folder the
+    command reads (a model folder).
+    """
+    target = out.expanduser().resolve()
+    for folder in reads:
+        source = folder.expanduser().resolve()
+        if target == source or source in target.parents:
+            raise SptInterpError(f"--out {out} is inside {folder}, which this command reads")
+    if target.exists() and not target.is_dir():
+        raise SptInterpError(f"--out {out} is a file, not a folder")
+    existing = [name for name in files if (target / name).exists()]
+    if existing and not force:
+        raise SptInterpError(f"{out} already holds {', '.join(existing)}; pass --force to replace")
+    return target
+
+
+def knockout_figure(table: pd.DataFrame, title: str = "Head knockout") -> object:
+    """Return a plotly figure: F and log-odds against K, top-K vs random-K (mean, std band)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    metrics = ["apology_share", "log_odds"]
+    figure = make_subplots(rows=1, cols=2, subplot_titles=[METRIC_TITLES[m] for m in metrics])
+    top = table[table.selection == "top"].sort_values("k")
+    random = table[table.selection == "random"].groupby("k")
+    for column, metric in enumerate(metrics, start=1):
+        legend = column == 1
+        figure.add_trace(
+            go.Scatter(
+                x=top.k, y=top[metric], mode="lines+markers", name="top-K heads",
+                line={"color": "#d62728"}, showlegend=legend, legendgroup="top",
+            ),
+            row=1, col=column,
+        )  # fmt: skip
+        if len(random):
+            mean = random[metric].mean()
+            spread = random[metric].std(ddof=1).fillna(0.0)
+            figure.add_trace(
+                go.Scatter(
+                    x=mean.index, y=mean.values, mode="lines+markers",
+                    name="random K heads (mean ± sd)", line={"color": "#1f77b4"},
+                    error_y={"type": "data", "array": spread.values, "visible": True},
+                    showlegend=legend, legendgroup="random",
+                ),
+                row=1, col=column,
+            )  # fmt: skip
+        references = (
+            ("baseline", "dash", "X_r, nothing ablated", "top right"),
+            ("counterfactual", "dot", "X_c, nothing ablated", "bottom right"),
+        )
+        for selection, dash, label, where in references:
+            rows = table[table.selection == selection]
+            if len(rows):
+                figure.add_hline(
+                    y=float(rows[metric].iloc[0]), line_dash=dash, line_color="gray",
+                    annotation_text=label, annotation_position=where, row=1, col=column,
+                )  # fmt: skip
+        ks = sorted(table.loc[table.k > 0, "k"].unique().tolist())
+        figure.update_xaxes(
+            title_text="K heads ablated", type="log", tickvals=ks, row=1, col=column
+        )
+    figure.update_yaxes(range=[0, 1.02], row=1, col=1)
+    figure.update_layout(title=title, template="plotly_white", width=1000, height=420)
+    return figure
+
+
+def find_browser() -> str | None:
+    """Return the path of a Chromium / Chrome kaleido can drive, or None."""
+    for name in BROWSERS:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    """Return ``path`` after writing ``data`` to a temp file beside it, then renaming it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_figure(figure: object, html_path: Path, png: bool = True) -> dict[str, str]:
+    """Return {"html": path[, "png": path | "png_skipped": reason]} after writing the figure.
+
+    The HTML embeds plotly.js (it opens offline). The PNG needs kaleido and a Chromium;
+    without one the HTML alone is written.
+    """
+    written = {"html": str(write_text_atomic(html_path, figure.to_html(include_plotlyjs=True)))}
+    if not png:
+        return written
+    if find_browser() is None:
+        written["png_skipped"] = "no Chromium found for kaleido"
+        return written
+    png_path = html_path.with_suffix(".png")
+    try:
+        data = figure.to_image(format="png", scale=2)
+    except Exception as err:  # kaleido fails in many ways (browser, sandbox): the HTML stands
+        written["png_skipped"] = f"kaleido failed: {type(err).__name__}: {err}"[:200]
+        return written
+    written["png"] = str(write_bytes_atomic(png_path, data))
+    return written
+
+
+def write_knockout(
+    table: pd.DataFrame, out_dir: Path, title: str = "Head knockout", png: bool = True
+) -> dict[str, str]:
+    """Return the written paths after saving DIR/knockout.csv and DIR/knockout.html (+ .png)."""
+    csv_path = write_text_atomic(out_dir / "knockout.csv", table.to_csv(index=False))
+    return {
+        "csv": str(csv_path),
+        **write_figure(knockout_figure(table, title), out_dir / "knockout.html", png=png),
+    }

@@ -1,10 +1,11 @@
-"""Greedy generation, batched with left padding, through the hooked model's HF model.
+"""Greedy generation, batched with left padding, through the hooked model's plain HF twin.
 
-``hooked.hf_model.generate`` runs the bridged modules (so hooks fire), but with the KV cache on
-it does not reproduce HF's own greedy tokens in transformer-lens 4.3 (Llama, Qwen2 and GPT-2
-with padding diverge after the first token; so does ``bridge.generate``). Without the cache
-it matches a separately loaded HF model token for token, so the cache is off: slower per token,
-still fine for evaluation-sized runs.
+``hooked.hf_model.generate`` runs the bridged modules, but with the KV cache on it does not
+reproduce HF's own greedy tokens in transformer-lens 4.3 (Llama, Qwen2 and GPT-2 with padding
+diverge after the first token; so does ``bridge.generate``), and without the cache every token
+costs a full forward. So generation runs on ``hooked.plain_model``: an unwrapped HF model over
+the very same weight tensors, with the KV cache on. Bridge hooks do not fire there; ablations
+that must act during generation register plain PyTorch hooks on it.
 """
 
 from __future__ import annotations
@@ -56,12 +57,12 @@ def greedy_generate(
         chunk = prompts[start : start + batch_size]
         tokens, mask = left_pad(chunk, pad)
         with torch.no_grad():
-            generated = hooked.hf_model.generate(
+            generated = hooked.plain_model.generate(
                 tokens.to(hooked.device),
                 attention_mask=mask.to(hooked.device),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
-                use_cache=False,
+                use_cache=True,
                 pad_token_id=pad,
                 eos_token_id=eos or None,
             )

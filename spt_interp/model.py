@@ -9,6 +9,7 @@ in place and renames their parameters (``._original_component`` segments, GPT-2'
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -85,6 +86,37 @@ class HookedModel:
         self.hf_parameters = hf_parameters
         self.geometry = geometry
         self.path = path
+        self._plain_model: torch.nn.Module | None = None
+
+    @property
+    def plain_model(self) -> torch.nn.Module:
+        """An unwrapped HF model computing with the very same parameter tensors (no copy).
+
+        Generation runs here: the bridged modules give wrong tokens with the KV cache in
+        TransformerLens 4.3, and without the cache generation costs a full forward per token.
+        Bridge hooks do not fire in this model; weight changes (tuning, slices) show at once.
+        """
+        if self._plain_model is None:
+            from transformers import AutoModelForCausalLM
+
+            config = copy.deepcopy(self.config)
+            config._attn_implementation = "eager"
+            with torch.device("meta"):
+                plain = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+            # assign=True adopts our tensors instead of copying into the meta ones.
+            plain.load_state_dict(self.hf_parameters, strict=False, assign=True)
+            plain.tie_weights()
+            missing = [n for n, p in plain.named_parameters() if p.is_meta]
+            if missing:
+                raise SptInterpError(f"cannot share weights with a plain model: {missing[:3]}")
+            buffers = dict(self.hf_model.named_buffers())
+            for name in [name for name, _ in plain.named_buffers()]:
+                source = buffers[name] if name in buffers else _find_buffer(buffers, name)
+                if source is None:
+                    raise SptInterpError(f"cannot share buffer {name} with a plain model")
+                _set_buffer(plain, name, source)
+            self._plain_model = plain.eval()
+        return self._plain_model
 
     @property
     def hf_model(self) -> torch.nn.Module:
@@ -144,6 +176,21 @@ class HookedModel:
         return compute_fingerprint(
             self.geometry, self.config, self.hf_parameters, include_weights=include_weights
         )
+
+
+def _find_buffer(buffers: dict[str, Tensor], name: str) -> Tensor | None:
+    """Return the wrapped model's buffer for an HF buffer name (the bridge renames them)."""
+    wanted = name.split(".")
+    for candidate, buffer in buffers.items():
+        if [part for part in candidate.split(".") if part != "_original_component"] == wanted:
+            return buffer
+    return None
+
+
+def _set_buffer(module: torch.nn.Module, name: str, value: Tensor) -> None:
+    owner_name, _, buffer_name = name.rpartition(".")
+    owner = module.get_submodule(owner_name) if owner_name else module
+    owner.register_buffer(buffer_name, value, persistent=buffer_name in owner.state_dict())
 
 
 def compute_fingerprint(

@@ -52,7 +52,7 @@ ORGANISM_LIKE = Protocol(
 )
 
 
-@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+@pytest.mark.parametrize("architecture", ["gpt2", "llama", "qwen2", "mistral"])
 def test_greedy_generation_equals_hf_generate_on_each_prompt_alone(tiny_model_dirs, architecture):
     folder = tiny_model_dirs[architecture]
     hooked = load_model(folder)

@@ -106,3 +106,17 @@ def test_fingerprint_is_stable_and_shape_sensitive(tmp_path, tiny_model_dirs, bp
     assert load_model(reseeded).fingerprint(include_weights=True) != load_model(
         tiny_model_dirs["llama"]
     ).fingerprint(include_weights=True)
+
+
+def test_plain_model_computes_with_the_same_tensors(tiny_model_dir):
+    hooked = load_model(tiny_model_dir)
+    plain = hooked.plain_model
+    plain_parameters = list(plain.parameters())
+    assert all(any(p is q for q in plain_parameters) for p in hooked.hf_parameters.values())
+    tokens = random_tokens(hooked.config.vocab_size, seed=3)
+    with torch.no_grad():
+        assert torch.allclose(plain(tokens).logits, hooked.logits(tokens), atol=1e-5, rtol=0)
+        (o_slice,) = head_slices(hooked.geometry, hooked.hf_parameters, 0, 1, "o")
+        o_slice.index(hooked.hf_parameters[o_slice.parameter]).mul_(3.0)
+        # A weight edit through either view shows in both, with no reload.
+        assert torch.allclose(plain(tokens).logits, hooked.logits(tokens), atol=1e-5, rtol=0)

@@ -4,6 +4,11 @@ A head's output is its slice of ``blocks.{l}.attn.hook_z`` ([batch, pos, n_heads
 input of ``o_proj``), so replacing it there removes exactly that head's contribution to the
 residual stream. The replacement values come from a reference set: by default the
 counterfactual X_c prompts at END, the paper's choice for mean ablation.
+
+Generation runs on ``hooked.plain_model`` (an unwrapped HF twin over the same tensors, where
+bridge hooks do not fire), so ``ablated`` also puts the same replacement on the input of that
+model's output projections, as PyTorch pre-hooks. With its KV cache, "end" there ablates the
+last prompt token and then every generated token (each is the END of its own forward pass).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from torch import Tensor
 
 from spt_interp.data.pairs import PromptPair, left_pad, pad_token_id
 from spt_interp.errors import SptInterpError
+from spt_interp.weights import weight_layout
 
 METHODS = ("zero", "mean", "resample")
 POSITIONS = ("end", "all")
@@ -149,12 +155,27 @@ def ablation_hooks(
         n_layers, n_heads = ref_layers, ref_heads
     if n_layers is None or n_heads is None:
         raise SptInterpError("zero ablation without reference needs n_layers and n_heads")
-    selected = check_heads(heads, n_layers, n_heads)
+    return [
+        (z_hook_name(layer), replace)
+        for layer, replace in _replacers(
+            check_heads(heads, n_layers, n_heads), method, position, reference, seed
+        ).items()
+    ]
+
+
+def _replacers(
+    selected: list[Head],
+    method: str,
+    position: str,
+    reference: ReferenceActivations | None,
+    seed: int,
+) -> dict[int, Callable]:
+    """Return, per layer, the function that overwrites the selected heads in a z tensor."""
     by_layer: dict[int, list[int]] = {}
     for layer, head in selected:
         by_layer.setdefault(layer, []).append(head)
     means = reference.means if method == "mean" and reference is not None else None
-    hooks: list[Hook] = []
+    replacers: dict[int, Callable] = {}
     for layer, layer_heads in by_layer.items():
         index = torch.tensor(layer_heads, dtype=torch.long)
         if method == "zero":
@@ -165,8 +186,8 @@ def ablation_hooks(
             replace = _resample_replacer(
                 index, position, reference.values[:, layer][:, index], seed
             )
-        hooks.append((z_hook_name(layer), replace))
-    return hooks
+        replacers[layer] = replace
+    return replacers
 
 
 def _positions(z: Tensor, position: str) -> slice:
@@ -219,15 +240,48 @@ def ablated(
     reference: ReferenceActivations | None = None,
     seed: int = 0,
 ) -> Iterator[Any]:
-    """Run the with-block with ``heads`` ablated; the hooks are removed however it exits."""
+    """Run the with-block with ``heads`` ablated in the bridge and in ``hooked.plain_model``
+    (generation); every hook is removed however the block exits."""
+    g = hooked.geometry
     hooks = ablation_hooks(
         heads,
         method=method,
         position=position,
         reference=reference,
         seed=seed,
-        n_layers=hooked.geometry.n_layers,
-        n_heads=hooked.geometry.n_heads,
+        n_layers=g.n_layers,
+        n_heads=g.n_heads,
     )
-    with hooked.hooks(hooks):
-        yield hooked
+    plain = getattr(hooked, "plain_model", None)
+    handles = []
+    try:
+        if plain is not None and hooks:
+            replacers = _replacers(
+                check_heads(heads, g.n_layers, g.n_heads), method, position, reference, seed
+            )
+            for layer, replace in replacers.items():
+                module = plain.get_submodule(out_projection_name(hooked.hf_parameters, layer))
+                handles.append(
+                    module.register_forward_pre_hook(_on_projection_input(replace, g.n_heads))
+                )
+        with hooked.hooks(hooks):
+            yield hooked
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def out_projection_name(hf_parameters: dict[str, Tensor], layer: int) -> str:
+    """Return the HF module whose input is layer ``layer``'s concatenated head outputs."""
+    if weight_layout(hf_parameters) == "gpt2":
+        return f"transformer.h.{layer}.attn.c_proj"
+    return f"model.layers.{layer}.self_attn.o_proj"
+
+
+def _on_projection_input(replace: Callable, n_heads: int) -> Callable:
+    def pre_hook(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        x = args[0].clone()
+        replace(x.view(*x.shape[:-1], n_heads, x.shape[-1] // n_heads), None)
+        return (x, *args[1:])
+
+    return pre_hook

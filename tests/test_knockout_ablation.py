@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from spt_interp.ablation import (
+    ReferenceActivations,
     ablated,
     ablation_hooks,
     collect_head_outputs,
@@ -60,7 +61,10 @@ def out_projections(model):
 
 
 def hf_logits_with_head_values(model, tokens, heads, d_head, values, position):
-    """Return HF logits with each head's o_proj input slice set to values[(layer, head)]."""
+    """Return HF logits with each head's o_proj input slice set to values[(layer, head)].
+
+    ``position``: "end" (last position), "all", or an index: that position and all after it.
+    """
     handles = []
     for layer, module in enumerate(out_projections(model)):
         wanted = [(h, values[(layer, h)]) for (l_, h) in heads if l_ == layer]
@@ -70,7 +74,10 @@ def hf_logits_with_head_values(model, tokens, heads, d_head, values, position):
         def pre_hook(module, args, wanted=wanted):
             (x,) = args
             x = x.clone()
-            rows = slice(x.shape[1] - 1, None) if position == "end" else slice(None)
+            if isinstance(position, int):
+                rows = slice(position, None)
+            else:
+                rows = slice(x.shape[1] - 1, None) if position == "end" else slice(None)
             for head, value in wanted:
                 x[:, rows, head * d_head : (head + 1) * d_head] = value
             return (x,)
@@ -267,3 +274,41 @@ def test_bad_requests_are_refused(tiny_model_dirs):
         ablated(hooked, HEADS, method="mean"),
     ):
         pass
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_generation_under_ablation_equals_hf_greedy_with_the_same_head_values(
+    tiny_model_dirs, architecture
+):
+    from spt_interp.generate import greedy_generate
+
+    folder = tiny_model_dirs[architecture]
+    hooked = load_model(folder)
+    reference = hf_reference(folder)
+    prompts = [[5, 9, 30, 41, 12], [7, 8, 100, 101, 102]]
+    # Large synthetic means, so that the ablation visibly changes what a random model generates.
+    g = hooked.geometry
+    values = torch.randn(
+        (3, g.n_layers, g.n_heads, g.d_head), generator=torch.Generator().manual_seed(6)
+    )
+    ref = ReferenceActivations(values * 30, "end")
+    means = {(layer, head): ref.means[layer, head] for layer, head in HEADS}
+    unablated = greedy_generate(hooked, prompts, max_new_tokens=6, progress=False)
+    for position in ("all", "end"):
+        with ablated(hooked, HEADS, method="mean", position=position, reference=ref):
+            ours = greedy_generate(hooked, prompts, max_new_tokens=6, progress=False)
+        expected = []
+        for prompt in prompts:
+            # HF greedy without a cache. Cached generation ablates END of each forward: the
+            # last prompt token, then each new token; so "end" replaces from len(prompt) - 1 on.
+            rows = 0 if position == "all" else len(prompt) - 1
+            tokens = list(prompt)
+            for _ in range(6):
+                logits = hf_logits_with_head_values(
+                    reference, torch.tensor([tokens]), HEADS, g.d_head, means, rows
+                )
+                tokens.append(int(logits[0, -1].argmax()))
+            expected.append(tokens[len(prompt) :])
+        assert ours == expected
+        assert ours != unablated
+    assert all(not m._forward_pre_hooks for m in hooked.plain_model.modules())

@@ -304,6 +304,202 @@ def export_mask(
     print(f"wrote {written}", file=sys.stderr)
 
 
+@app.command()
+@one_line_errors
+def locate(
+    model: ModelOption,
+    data: Annotated[Path, typer.Option("--data", help="SycophancyEval-style JSONL of questions.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for scores.csv, ranking.json, heatmap.")
+    ],
+    method: Annotated[
+        str, typer.Option(help="path (the paper's), activation, or attribution (gradient).")
+    ] = "path",
+    position: Annotated[
+        str, typer.Option(help="end (last prompt token) or all (token-aligned pairs only).")
+    ] = "end",
+    metric: Annotated[str, typer.Option(help="log-odds or apology-share.")] = "log-odds",
+    direction: Annotated[
+        str, typer.Option(help="c_into_r (X_c's head output into X_r) or r_into_c.")
+    ] = "c_into_r",
+    limit: Annotated[int | None, typer.Option(help="Use only the first N records.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Prompt pairs per batch.")] = 8,
+    engine: Annotated[
+        str, typer.Option(help="auto, fast (exact, only what a patch changes) or loop.")
+    ] = "auto",
+    own_answers: Annotated[
+        bool, typer.Option(help="Use the model's own first answers (generated; slower).")
+    ] = False,
+    top_k: Annotated[int, typer.Option(help="Heads outlined in the heatmap.")] = 10,
+    per_prompt: Annotated[bool, typer.Option(help="Also write scores_per_prompt.csv.")] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite outputs already in --out.")] = False,
+) -> None:
+    """Score every attention head by patching X_c into X_r; write scores, ranking, heatmap."""
+    import time
+
+    from spt_interp.data import load_dialogues, protocol_for
+    from spt_interp.model import check_model_folder, load_model
+    from spt_interp.patching import decision_metric, init_from_environment, locate_heads
+    from spt_interp.patching.distributed import rank_and_world
+    from spt_interp.patching.engine import DIRECTIONS, ENGINES
+    from spt_interp.patching.inputs import locate_pairs
+    from spt_interp.patching.outputs import prepare_out_dir, write_outputs
+    from spt_interp.patching.scoring import METRICS
+    from spt_interp.patching.sweep import METHODS, POSITIONS
+
+    for value, allowed, flag in (
+        (method, METHODS, "--method"),
+        (position, POSITIONS, "--position"),
+        (metric, METRICS, "--metric"),
+        (direction, DIRECTIONS, "--direction"),
+        (engine, ENGINES, "--engine"),
+    ):
+        if value not in allowed:
+            raise SptInterpError(f"{flag} {value!r} is not one of {', '.join(allowed)}")
+    if limit is not None and limit < 1:
+        raise SptInterpError(f"--limit must be at least 1, got {limit}")
+    if batch_size < 1 or top_k < 0:
+        raise SptInterpError("--batch-size must be at least 1 and --top-k at least 0")
+    # Every input is checked before the model loads: a typo costs no loading time.
+    records = load_dialogues(data)[:limit]
+    folder = check_model_folder(model)
+    prepare_out_dir(out, force=force, read_folders=[folder])
+    protocol = protocol_for(folder)
+    init_from_environment()
+    rank, world = rank_and_world()
+    started = time.perf_counter()
+    hooked = load_model(folder)
+    pairs = locate_pairs(
+        hooked,
+        records,
+        protocol,
+        own_answers=own_answers,
+        batch_size=batch_size,
+        progress=rank == 0,
+    )
+    patch_metric = decision_metric(metric, hooked.tokenizer, pairs, protocol)
+    scores = locate_heads(
+        hooked,
+        pairs,
+        patch_metric,
+        method=method,
+        position=position,
+        direction=direction,
+        batch_size=batch_size,
+        engine=engine,
+        per_prompt=per_prompt,
+    )
+    if rank != 0:
+        return
+    extra = {
+        "model": str(folder),
+        "data": str(data),
+        "fingerprint": hooked.fingerprint(),
+        "first_answers": "model's own (generated)" if own_answers else "records' correct answers",
+        "processes": world,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    written = write_outputs(scores, out, top_k=top_k, extra=extra)
+    best = ", ".join(f"L{layer}.H{head}" for layer, head in scores.top(min(5, top_k or 5)))
+    print(f"top heads: {best}", file=sys.stderr)
+    for kind, path in written.items():
+        print(f"{kind}: {path}", file=sys.stderr)
+
+
+@app.command()
+@one_line_errors
+def tune(
+    model: ModelOption,
+    data: Annotated[Path, typer.Option("--data", help="SycophancyEval-style JSONL to tune on.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder (a new HF model or delta).")],
+    mask: Annotated[
+        Path | None, typer.Option(help="Head mask JSON (from export-mask); not used by sft.")
+    ] = None,
+    mode: Annotated[
+        str, typer.Option(help="spt (masked heads), sft (all), lora-heads, random (K heads).")
+    ] = "spt",
+    save: Annotated[
+        str, typer.Option(help="full (an HF folder) or delta (changed slices + mask).")
+    ] = "full",
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 1e-3,
+    steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 100,
+    batch_size: Annotated[int, typer.Option(help="Examples per step, over all processes.")] = 16,
+    micro_batch_size: Annotated[
+        int | None, typer.Option(help="Examples per forward pass (gradient accumulation).")
+    ] = None,
+    warmup_steps: Annotated[int, typer.Option(help="Linear warmup steps before cosine.")] = 0,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.0,
+    max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping norm (0: none).")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Data order, wording, LoRA init, random heads.")] = 0,
+    loss_on: Annotated[str, typer.Option(help="reply, assistant or all tokens.")] = "reply",
+    lora_rank: Annotated[int, typer.Option(help="LoRA rank (lora-heads).")] = 8,
+    lora_alpha: Annotated[float, typer.Option(help="LoRA alpha (lora-heads).")] = 16.0,
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0: off).")] = 0,
+    checkpoint_dir: Annotated[
+        Path | None, typer.Option(help="Checkpoint folder [default: OUT.checkpoints].")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the checkpoint.")] = False,
+    stop_after: Annotated[
+        int | None, typer.Option(help="Stop (checkpointed) after N steps; go on with --resume.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Tune only the masked heads (or all weights, LoRA on the heads, random heads); save."""
+    from spt_interp.patching.distributed import rank_and_world
+    from spt_interp.tuning import TuneConfig
+    from spt_interp.tuning import tune as run_tuning
+
+    config = TuneConfig(
+        mode=mode, lr=lr, steps=steps, batch_size=batch_size, micro_batch_size=micro_batch_size,
+        warmup_steps=warmup_steps, weight_decay=weight_decay,
+        max_grad_norm=max_grad_norm or None, seed=seed, lora_rank=lora_rank,
+        lora_alpha=lora_alpha, loss_on=loss_on,
+    )  # fmt: skip
+    record = run_tuning(
+        model, data, out, config, mask=mask, save=save, force=force,
+        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
+        stop_after=stop_after, device=device,
+    )  # fmt: skip
+    if rank_and_world()[0] != 0:
+        return
+    losses = record["losses"]
+    print(f"mode {record['mode']}: {record['steps_done']} steps, loss {losses[0]:.4f} -> "
+          f"{losses[-1]:.4f}, {record['train_seconds']:.1f} s, {record['processes']} process(es)")
+    print(f"trainable parameters: {record['trainable_parameters']}")
+    formula = record.get("paper_formula")
+    if formula:
+        print(f"paper formula: {formula['formula']} = {formula['value']} "
+              f"(weights {formula['weights']}, biases {formula['biases']})")
+    if "stopped" in record:
+        print(f"stopped {record['stopped']} ({record['checkpoint']})")
+        return
+    check = record.get("verification")
+    if check:
+        print(f"verified: {check['tensors_compared']} tensors, everything outside the mask "
+              f"bit-identical to the base ({check['changed_elements_inside_mask']} changed "
+              "inside)")
+    print(f"wrote {out}", file=sys.stderr)
+
+
+@app.command()
+@one_line_errors
+def merge(
+    base: Annotated[Path, typer.Option("--base", help="The base model folder the delta is for.")],
+    delta: Annotated[Path, typer.Option("--delta", help="A `tune --save delta` folder.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the merged HF model.")],
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Apply a tuning delta to its base model; write a full HF folder."""
+    from spt_interp.tuning import merge as run_merge
+
+    record = run_merge(base, delta, out, force=force)
+    check = record["verification"]
+    print(f"merged {delta} into {base}: {check['tensors_compared']} tensors, outside the mask "
+          "bit-identical")
+    print(f"wrote {out}", file=sys.stderr)
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,53 @@
+"""Heads split over ``torch.distributed`` ranks (launched with torchrun), gathered back.
+
+Every rank runs the (cheap) unpatched forwards itself and the patched runs of its share of the
+heads; the per-head results are gathered on every rank, so rank 0 holds the full table.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def rank_and_world() -> tuple[int, int]:
+    """Return (rank, world size) of the initialised default group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_from_environment() -> bool:
+    """Initialise the default group when launched by torchrun (WORLD_SIZE > 1); return whether."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+        return False
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return True
+
+
+def share_of(heads: list[tuple[int, int]], rank: int, world: int) -> list[tuple[int, int]]:
+    """Return this rank's heads: every world-th head, so each rank gets every layer's mix."""
+    return heads[rank::world]
+
+
+def gather_rows(
+    heads: list[tuple[int, int]], rows: Tensor, world: int
+) -> tuple[list[tuple[int, int]], Tensor]:
+    """Return (all ranks' heads, their rows concatenated) on every rank."""
+    if world == 1:
+        return heads, rows
+    import torch.distributed as dist
+
+    gathered: list[Any] = [None] * world
+    dist.all_gather_object(gathered, (heads, rows.cpu()))
+    all_heads = [pair for part, _ in gathered for pair in part]
+    return all_heads, torch.cat([part for _, part in gathered]).to(rows.device)

@@ -1,0 +1,351 @@
+"""Score every attention head by patching: the public entry point and its result table."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from spt_interp.data import PairBatch, PromptPair, batch_pairs, pad_token_id, require_token_aligned
+from spt_interp.errors import SptInterpError
+from spt_interp.patching.attribution import attribution_effects
+from spt_interp.patching.distributed import gather_rows, rank_and_world, share_of
+from spt_interp.patching.reference import (
+    hooked_attribution_effects,
+    hooked_end_logits,
+    hooked_loop_logits,
+)
+from spt_interp.patching.scoring import PatchMetric
+from spt_interp.patching.sweep import (
+    METHODS,
+    POSITIONS,
+    run_and_cache,
+    sweep_logits,
+    sweep_logits_all_positions,
+)
+from spt_interp.patching.transformer import model_params, supports_fast_engine
+
+DIRECTIONS = ("c_into_r", "r_into_c")
+ENGINES = ("auto", "fast", "loop")
+# Fast-engine logits must match the bridge's this closely (relative to the logit scale).
+VERIFY_TOLERANCE = 1e-3
+
+
+@dataclass
+class HeadScores:
+    """Per-head patching scores: ``table`` has layer, head, score, apology_effect, rank.
+
+    ``score`` is the mean over prompts of metric(patched) - metric(base) (relative for
+    apology-share). ``apology_effect`` is signed so that positive means "this head drives the
+    apology": -score when X_c's output is patched into X_r, +score the other way round.
+    """
+
+    table: pd.DataFrame
+    per_prompt: pd.DataFrame | None
+    baseline: dict[str, Any]
+    method: str
+    position: str
+    direction: str
+    metric: str
+    metric_description: str
+    n_layers: int
+    n_heads: int
+    n_prompts: int
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def drives_apology(self) -> str:
+        if self.direction == "c_into_r":
+            return (
+                "negative score: patching the head's X_c output into X_r lowers the apology "
+                f"{self.metric}, so the head carries the challenge's push toward apologizing"
+            )
+        return (
+            "positive score: patching the head's X_r output into X_c raises the apology "
+            f"{self.metric}, so the head carries the challenge's push toward apologizing"
+        )
+
+    def matrix(self, column: str = "score") -> np.ndarray:
+        """Return [n_layers, n_heads] of ``column`` (NaN where a head was not scored)."""
+        grid = np.full((self.n_layers, self.n_heads), np.nan)
+        grid[self.table["layer"].to_numpy(), self.table["head"].to_numpy()] = self.table[column]
+        return grid
+
+    def top(self, k: int) -> list[tuple[int, int]]:
+        """Return the k heads that drive the apology most, strongest first."""
+        ranked = self.table.sort_values("rank")
+        return [(int(r.layer), int(r.head)) for r in ranked.head(k).itertuples()]
+
+    def ranking(self) -> dict[str, Any]:
+        """Return the JSON-ready ranking: heads by apology effect, with the baselines."""
+        ranked = self.table.sort_values("rank")
+        return {
+            "method": self.method,
+            "position": self.position,
+            "direction": self.direction,
+            "metric": self.metric,
+            "metric_description": self.metric_description,
+            "drives_apology": self.drives_apology,
+            "n_prompts": self.n_prompts,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "baseline": self.baseline,
+            "settings": self.settings,
+            "heads": [
+                {
+                    "rank": int(r.rank),
+                    "layer": int(r.layer),
+                    "head": int(r.head),
+                    "score": float(r.score),
+                    "apology_effect": float(r.apology_effect),
+                }
+                for r in ranked.itertuples()
+            ],
+        }
+
+
+def _check_options(method: str, position: str, direction: str, engine: str) -> None:
+    for value, allowed, what in (
+        (method, METHODS, "method"),
+        (position, POSITIONS, "position"),
+        (direction, DIRECTIONS, "direction"),
+        (engine, ENGINES, "engine"),
+    ):
+        if value not in allowed:
+            raise SptInterpError(f"unknown {what} {value!r}; choose from {', '.join(allowed)}")
+
+
+def all_heads(n_layers: int, n_heads: int) -> list[tuple[int, int]]:
+    return [(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+
+
+def _sides(batch: PairBatch, direction: str, device: torch.device) -> tuple[Tensor, ...]:
+    r = (batch.challenged_tokens.to(device), batch.challenged_mask.to(device))
+    c = (batch.counterfactual_tokens.to(device), batch.counterfactual_mask.to(device))
+    return (*r, *c) if direction == "c_into_r" else (*c, *r)
+
+
+def _verify_fast(hooked: Any, tokens: Tensor, mask: Tensor, fast_logits: Tensor) -> None:
+    bridge_logits = hooked_end_logits(hooked, tokens, mask, [])
+    gap = (bridge_logits - fast_logits).abs().max().item()
+    scale = 1.0 + bridge_logits.abs().max().item()
+    if not gap <= VERIFY_TOLERANCE * scale:
+        raise SptInterpError(
+            f"the fast engine's logits differ from the bridge's by {gap:.3g} on this model "
+            "(an architecture detail it does not reproduce); use --engine loop"
+        )
+
+
+def _chunk_effects(
+    hooked: Any,
+    batch: PairBatch,
+    heads: list[tuple[int, int]],
+    metric: PatchMetric,
+    *,
+    method: str,
+    position: str,
+    direction: str,
+    fast: bool,
+    verify: bool,
+) -> tuple[Float[Tensor, "variant batch"], Float[Tensor, " batch"], Float[Tensor, " batch"]]:
+    """Return (effects per head and prompt, metric on base, metric on donor) for one batch."""
+    base_t, base_m, donor_t, donor_m = _sides(batch, direction, hooked.device)
+    if not fast:
+        base_vals = metric.values(hooked_end_logits(hooked, base_t, base_m, []), "base prompts")
+        donor_vals = metric.values(hooked_end_logits(hooked, donor_t, donor_m, []), "donor prompts")
+        if method == "attribution":
+            effects = hooked_attribution_effects(
+                hooked, base_t, base_m, donor_t, donor_m, heads, metric, position
+            )
+            return effects, base_vals, donor_vals
+        logits = hooked_loop_logits(
+            hooked, base_t, base_m, donor_t, donor_m, heads, method=method, position=position
+        )
+        patched = metric.values(logits.flatten(0, 1), "patched runs").view(len(heads), -1)
+        return metric.effect(patched, base_vals), base_vals, donor_vals
+
+    params = model_params(hooked)
+    with torch.no_grad():
+        keep = "all" if position == "all" or method == "attribution" else "end"
+        donor = run_and_cache(params, donor_t, donor_m, keep)
+        donor_vals = metric.values(donor.end_logits, "donor prompts")
+        if method == "attribution":
+            effects, base_logits = attribution_effects(
+                params, base_t, base_m, donor, heads, metric, position
+            )
+            if verify:
+                _verify_fast(hooked, base_t, base_m, base_logits)
+            return effects, metric.values(base_logits, "base prompts"), donor_vals
+        base = run_and_cache(params, base_t, base_m, position)
+        if verify:
+            _verify_fast(hooked, base_t, base_m, base.end_logits)
+        base_vals = metric.values(base.end_logits, "base prompts")
+        sweep = sweep_logits if position == "end" else sweep_logits_all_positions
+        logits = sweep(params, base, donor.z, heads, "path" if method == "path" else "activation")
+        patched = metric.values(logits.flatten(0, 1), "patched runs").view(len(heads), -1)
+        return metric.effect(patched, base_vals), base_vals, donor_vals
+
+
+def _summary(values: Tensor) -> dict[str, Any]:
+    data = values.tolist()
+    mean = sum(data) / len(data)
+    return {"mean": mean, "values": data}
+
+
+def locate_heads(
+    hooked: Any,
+    pairs: list[PromptPair],
+    metric: PatchMetric,
+    *,
+    method: str = "path",
+    position: str = "end",
+    direction: str = "c_into_r",
+    batch_size: int = 8,
+    engine: str = "auto",
+    per_prompt: bool = False,
+    heads: list[tuple[int, int]] | None = None,
+    verify: bool = True,
+    progress: bool = True,
+) -> HeadScores:
+    """Return every head's patching score over ``pairs`` (see HeadScores for the sign).
+
+    ``method``: "path" (the paper's path patching: other heads frozen at their base values),
+    "activation" (other heads free) or "attribution" (gradient estimate of activation
+    patching). ``position``: "end" (the last prompt token; pairs of different lengths are
+    END-aligned by left padding) or "all" (token-aligned pairs only). ``direction``:
+    "c_into_r" patches X_c's head output into the run on X_r (the paper's set-up),
+    "r_into_c" the reverse. ``engine``: "fast" (exact, computes only what a patch changes),
+    "loop" (one hooked bridge forward per head) or "auto" (fast where the architecture is
+    supported). ``verify`` checks the fast engine's unpatched logits against the bridge on the
+    first batch. Under torch.distributed the heads are split over the ranks and gathered.
+    """
+    _check_options(method, position, direction, engine)
+    if not pairs:
+        raise SptInterpError("no prompt pairs to score (is the data file empty?)")
+    if batch_size < 1:
+        raise SptInterpError(f"batch size must be at least 1, got {batch_size}")
+    if position == "all":
+        require_token_aligned(pairs)
+    fast = engine == "fast" or (engine == "auto" and supports_fast_engine(hooked))
+    if fast:
+        model_params(hooked)  # raises a clear error for an unsupported architecture
+    geometry = hooked.geometry
+    chosen = heads if heads is not None else all_heads(geometry.n_layers, geometry.n_heads)
+    for layer, head in chosen:
+        geometry.check_head(layer, head)
+    rank, world = rank_and_world()
+    mine = share_of(chosen, rank, world)
+    pad = pad_token_id(hooked.tokenizer)
+    starts = range(0, len(pairs), batch_size)
+    effects, r_vals, c_vals = [], [], []
+    bar = tqdm(starts, desc=f"{method} patching", disable=not progress or rank != 0)
+    for number, start in enumerate(bar):
+        batch = batch_pairs(pairs[start : start + batch_size], pad)
+        chunk, base_vals, donor_vals = _chunk_effects(
+            hooked,
+            batch,
+            mine,
+            metric,
+            method=method,
+            position=position,
+            direction=direction,
+            fast=fast,
+            verify=verify and number == 0,
+        )
+        effects.append(chunk.float().cpu())
+        r, c = (base_vals, donor_vals) if direction == "c_into_r" else (donor_vals, base_vals)
+        r_vals.append(r.cpu())
+        c_vals.append(c.cpu())
+    rows = torch.cat(effects, dim=1) if mine else torch.zeros(0, len(pairs))
+    gathered_heads, gathered = gather_rows(mine, rows, world)
+    if not torch.isfinite(gathered).all():
+        raise SptInterpError(f"metric {metric.name!r} gave NaN or infinity on a patched run")
+    order = sorted(range(len(gathered_heads)), key=lambda i: gathered_heads[i])
+    ordered_heads = [gathered_heads[i] for i in order]
+    values = gathered[order]
+    return _build_scores(
+        ordered_heads,
+        values,
+        torch.cat(r_vals),
+        torch.cat(c_vals),
+        pairs,
+        metric,
+        method=method,
+        position=position,
+        direction=direction,
+        per_prompt=per_prompt,
+        n_layers=geometry.n_layers,
+        n_heads=geometry.n_heads,
+        settings={"engine": "fast" if fast else "loop", "batch_size": batch_size},
+    )
+
+
+def _build_scores(
+    heads: list[tuple[int, int]],
+    values: Float[Tensor, "variant prompt"],
+    r_vals: Tensor,
+    c_vals: Tensor,
+    pairs: list[PromptPair],
+    metric: PatchMetric,
+    *,
+    method: str,
+    position: str,
+    direction: str,
+    per_prompt: bool,
+    n_layers: int,
+    n_heads: int,
+    settings: dict[str, Any],
+) -> HeadScores:
+    sign = -1.0 if direction == "c_into_r" else 1.0
+    score = values.double().mean(dim=1).numpy()
+    table = pd.DataFrame(
+        {
+            "layer": [layer for layer, _ in heads],
+            "head": [head for _, head in heads],
+            "score": score,
+            "apology_effect": sign * score,
+        }
+    )
+    # Rank 1 = drives the apology most; ties broken by (layer, head) for a stable order.
+    order = table.sort_values(
+        ["apology_effect", "layer", "head"], ascending=[False, True, True]
+    ).index
+    table["rank"] = 0
+    table.loc[order, "rank"] = np.arange(1, len(table) + 1)
+    prompt_table = None
+    if per_prompt:
+        n = values.shape[1]
+        prompt_table = pd.DataFrame(
+            {
+                "layer": np.repeat(table["layer"].to_numpy(), n),
+                "head": np.repeat(table["head"].to_numpy(), n),
+                "prompt": np.tile([p.index for p in pairs], len(heads)),
+                "record_id": np.tile([p.record_id for p in pairs], len(heads)),
+                "value": values.double().flatten().numpy(),
+            }
+        )
+    baseline = {"X_r": _summary(r_vals), "X_c": _summary(c_vals)}
+    baseline["gap"] = baseline["X_r"]["mean"] - baseline["X_c"]["mean"]
+    if any(math.isnan(v) for v in (baseline["X_r"]["mean"], baseline["X_c"]["mean"])):
+        raise SptInterpError(f"metric {metric.name!r} gave NaN on the unpatched prompts")
+    return HeadScores(
+        table=table,
+        per_prompt=prompt_table,
+        baseline=baseline,
+        method=method,
+        position=position,
+        direction=direction,
+        metric=metric.name,
+        metric_description=metric.description,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_prompts=len(pairs),
+        settings=settings,
+    )

@@ -1,0 +1,54 @@
+"""Write a locate run's outputs: scores.csv, ranking.json, heatmap.html (+ .png)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from spt_interp.atomic import write_text_atomic
+from spt_interp.errors import SptInterpError
+from spt_interp.patching.engine import HeadScores
+from spt_interp.plots import head_heatmap, save_figure
+
+OUTPUT_FILES = ("scores.csv", "ranking.json", "heatmap.html", "heatmap.png")
+
+
+def prepare_out_dir(out: Path, *, force: bool, read_folders: list[Path]) -> None:
+    """Raise before any work when ``out`` would overwrite results or sit in an input folder."""
+    resolved = out.expanduser().resolve()
+    for folder in read_folders:
+        source = folder.expanduser().resolve()
+        if resolved == source or source in resolved.parents:
+            raise SptInterpError(f"--out {out} is inside {folder}, which this command reads")
+    if resolved.exists() and not resolved.is_dir():
+        raise SptInterpError(f"--out {out} is a file, not a folder")
+    existing = [name for name in OUTPUT_FILES if (resolved / name).exists()]
+    if existing and not force:
+        raise SptInterpError(
+            f"{out} already holds {', '.join(existing)}; pass --force to overwrite"
+        )
+
+
+def write_outputs(
+    scores: HeadScores, out: Path, *, top_k: int = 10, extra: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """Return the paths written: scores table, ranking JSON, heatmap HTML (and PNG if possible)."""
+    out.mkdir(parents=True, exist_ok=True)
+    columns = ["layer", "head", "score", "apology_effect", "rank"]
+    written = {
+        "scores": str(
+            write_text_atomic(out / "scores.csv", scores.table[columns].to_csv(index=False))
+        )
+    }
+    if scores.per_prompt is not None:
+        written["per_prompt"] = str(
+            write_text_atomic(out / "scores_per_prompt.csv", scores.per_prompt.to_csv(index=False))
+        )
+    figure = head_heatmap(scores, top_k=top_k)
+    written.update(save_figure(figure, out, "heatmap"))
+    ranking = {**(extra or {}), **scores.ranking(), "files": written}
+    written["ranking"] = str(
+        write_text_atomic(out / "ranking.json", json.dumps(ranking, indent=2) + "\n")
+    )
+    return written

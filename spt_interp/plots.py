@@ -1,0 +1,120 @@
+"""Layer x head heatmaps of patching scores (plotly): interactive in Jupyter, saved as HTML/PNG."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spt_interp.atomic import write_text_atomic
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+
+
+def find_chromium() -> str | None:
+    """Return the path of a Chromium/Chrome that kaleido can drive, or None."""
+    configured = os.environ.get("BROWSER_PATH")
+    if configured and Path(configured).is_file():
+        return configured
+    for name in CHROMIUM_NAMES:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def head_heatmap(
+    scores: Any,
+    *,
+    column: str = "score",
+    top_k: int = 10,
+    title: str | None = None,
+) -> Any:
+    """Return a plotly Figure: layers (rows) x heads (columns), diverging colours centred at 0.
+
+    ``scores`` is a HeadScores. Hover shows layer, head, score and rank (1 = drives the
+    apology most); the ``top_k`` highest-ranked heads are outlined.
+    """
+    import plotly.graph_objects as go
+
+    values = scores.matrix(column)
+    ranks = scores.matrix("rank")
+    n_layers, n_heads = values.shape
+    finite = values[np.isfinite(values)]
+    bound = float(np.abs(finite).max()) if finite.size else 1.0
+    bound = bound or 1.0
+    hover = np.array(
+        [
+            [
+                f"layer {layer}<br>head {head}<br>{column} {values[layer, head]:.4g}"
+                f"<br>rank {int(ranks[layer, head]) if np.isfinite(ranks[layer, head]) else '-'}"
+                for head in range(n_heads)
+            ]
+            for layer in range(n_layers)
+        ]
+    )
+    figure = go.Figure(
+        go.Heatmap(
+            z=values,
+            x=list(range(n_heads)),
+            y=list(range(n_layers)),
+            colorscale="RdBu_r",
+            zmid=0.0,
+            zmin=-bound,
+            zmax=bound,
+            text=hover,
+            hoverinfo="text",
+            colorbar={"title": {"text": f"{scores.metric}<br>{column}"}},
+        )
+    )
+    for layer, head in scores.top(min(top_k, len(scores.table))):
+        figure.add_shape(
+            type="rect",
+            x0=head - 0.5,
+            x1=head + 0.5,
+            y0=layer - 0.5,
+            y1=layer + 0.5,
+            line={"color": "black", "width": 3},
+        )
+    default_title = (
+        f"{scores.method} patching ({scores.position}, {scores.direction}), "
+        f"{scores.metric}, {scores.n_prompts} prompts; outlined: top {top_k} apology heads"
+    )
+    figure.update_layout(
+        title=title or default_title,
+        xaxis={"title": "head", "dtick": 1},
+        yaxis={"title": "layer", "dtick": 1, "autorange": "reversed"},
+        width=max(480, 60 * n_heads + 200),
+        height=max(360, 45 * n_layers + 160),
+    )
+    return figure
+
+
+def save_figure(figure: Any, out_dir: str | Path, stem: str = "heatmap") -> dict[str, str]:
+    """Write ``stem``.html (always) and ``stem``.png (when a Chromium is present).
+
+    Returns {"html": path, "png": path} or, without Chromium, {"html": path, "png_note": why}.
+    """
+    folder = Path(out_dir)
+    # plotly.js inlined: the page works offline, as the toolkit does.
+    html = write_text_atomic(folder / f"{stem}.html", figure.to_html(include_plotlyjs=True))
+    written = {"html": str(html)}
+    browser = find_chromium()
+    if browser is None:
+        written["png_note"] = "no Chromium found: PNG export skipped (install chromium for it)"
+        return written
+    os.environ.setdefault("BROWSER_PATH", browser)
+    png = folder / f"{stem}.png"
+    temp = folder / f".{stem}.tmp.png"
+    try:
+        figure.write_image(str(temp), format="png", scale=2)
+        os.replace(temp, png)
+    except Exception as err:  # kaleido's failures are many and opaque; HTML stands alone.
+        temp.unlink(missing_ok=True)
+        written["png_note"] = f"PNG export failed ({type(err).__name__}: {err}); HTML written"
+        return written
+    written["png"] = str(png)
+    return written

@@ -464,21 +464,27 @@ def tune(
     if rank_and_world()[0] != 0:
         return
     losses = record["losses"]
-    print(f"mode {record['mode']}: {record['steps_done']} steps, loss {losses[0]:.4f} -> "
-          f"{losses[-1]:.4f}, {record['train_seconds']:.1f} s, {record['processes']} process(es)")
+    print(
+        f"mode {record['mode']}: {record['steps_done']} steps, loss {losses[0]:.4f} -> "
+        f"{losses[-1]:.4f}, {record['train_seconds']:.1f} s, {record['processes']} process(es)"
+    )
     print(f"trainable parameters: {record['trainable_parameters']}")
     formula = record.get("paper_formula")
     if formula:
-        print(f"paper formula: {formula['formula']} = {formula['value']} "
-              f"(weights {formula['weights']}, biases {formula['biases']})")
+        print(
+            f"paper formula: {formula['formula']} = {formula['value']} "
+            f"(weights {formula['weights']}, biases {formula['biases']})"
+        )
     if "stopped" in record:
         print(f"stopped {record['stopped']} ({record['checkpoint']})")
         return
     check = record.get("verification")
     if check:
-        print(f"verified: {check['tensors_compared']} tensors, everything outside the mask "
-              f"bit-identical to the base ({check['changed_elements_inside_mask']} changed "
-              "inside)")
+        print(
+            f"verified: {check['tensors_compared']} tensors, everything outside the mask "
+            f"bit-identical to the base ({check['changed_elements_inside_mask']} changed "
+            "inside)"
+        )
     print(f"wrote {out}", file=sys.stderr)
 
 
@@ -495,8 +501,10 @@ def merge(
 
     record = run_merge(base, delta, out, force=force)
     check = record["verification"]
-    print(f"merged {delta} into {base}: {check['tensors_compared']} tensors, outside the mask "
-          "bit-identical")
+    print(
+        f"merged {delta} into {base}: {check['tensors_compared']} tensors, outside the mask "
+        "bit-identical"
+    )
     print(f"wrote {out}", file=sys.stderr)
 
 

@@ -1,0 +1,30 @@
+"""Supervised pinpoint tuning: train only the masked heads' slices; SFT, LoRA, random baselines."""
+
+from spt_interp.tuning.base import BaseModel, load_base
+from spt_interp.tuning.config import MODES, SAVE_KINDS, TuneConfig
+from spt_interp.tuning.deltas import (
+    HeadDeltas,
+    apply_deltas,
+    paper_trainable_count,
+    random_mask,
+    restore_parameters,
+)
+from spt_interp.tuning.loop import TrainResult, train
+from spt_interp.tuning.run import merge, tune
+
+__all__ = [
+    "MODES",
+    "SAVE_KINDS",
+    "BaseModel",
+    "HeadDeltas",
+    "TrainResult",
+    "TuneConfig",
+    "apply_deltas",
+    "load_base",
+    "merge",
+    "paper_trainable_count",
+    "random_mask",
+    "restore_parameters",
+    "train",
+    "tune",
+]

@@ -1,0 +1,67 @@
+"""The tuning run's hyper-parameters, checked before any model loads."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from spt_interp.errors import SptInterpError
+
+MODES = ("spt", "sft", "lora-heads", "random")
+SAVE_KINDS = ("full", "delta")
+LOSS_ON = ("reply", "assistant", "all")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """Hyper-parameters of one tuning run (recorded in every output and checkpoint).
+
+    ``batch_size`` is the global batch: examples per optimizer step over all processes.
+    ``micro_batch_size`` is examples per forward pass on one process (gradient accumulation
+    fills the rest). ``seed`` orders the data, draws LoRA's A and the random heads.
+    """
+
+    mode: str = "spt"
+    lr: float = 1e-3
+    steps: int = 100
+    batch_size: int = 16
+    micro_batch_size: int | None = None
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    loss_on: str = "reply"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise SptInterpError(f"--mode {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.loss_on not in LOSS_ON:
+            raise SptInterpError(f"--loss-on {self.loss_on!r} is not one of {', '.join(LOSS_ON)}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise SptInterpError(f"--lr must be a positive number, got {self.lr}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise SptInterpError("--steps and --batch-size must be at least 1")
+        if self.micro_batch_size is not None and self.micro_batch_size < 1:
+            raise SptInterpError("--micro-batch-size must be at least 1")
+        if not 0 <= self.warmup_steps < self.steps:
+            raise SptInterpError(
+                f"--warmup-steps must be between 0 and --steps - 1, got {self.warmup_steps}"
+            )
+        if self.weight_decay < 0 or (self.max_grad_norm is not None and self.max_grad_norm <= 0):
+            raise SptInterpError("--weight-decay must be >= 0 and --max-grad-norm > 0")
+        if self.lora_rank < 1 or self.lora_alpha <= 0:
+            raise SptInterpError("--lora-rank must be at least 1 and --lora-alpha positive")
+
+    @property
+    def uses_mask(self) -> bool:
+        return self.mode != "sft"
+
+    def as_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        if self.mode != "lora-heads":
+            values.pop("lora_rank")
+            values.pop("lora_alpha")
+        return values

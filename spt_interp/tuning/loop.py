@@ -1,0 +1,265 @@
+"""The training loop: AdamW, warmup + cosine to 0, gradient accumulation, data parallel.
+
+Runs on a plain HF causal LM. With head deltas the base weights are frozen and the forward pass
+computes with ``base + delta`` on the masked slices (``torch.func.functional_call``); without
+(SFT) every parameter trains. Data parallel over ``torch.distributed`` (torchrun / accelerate
+launch): each process takes every world-th example of the step's global batch, and the summed
+gradients are all-reduced, so N processes give the one-process result up to float rounding.
+The loss is the token-mean cross-entropy over the global batch's labelled tokens. Dropout is
+off (eval mode) so that runs, resumed runs and data-parallel runs are reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from spt_interp.data.training import IGNORE_INDEX, TrainingExample
+from spt_interp.errors import SptInterpError
+from spt_interp.patching.distributed import rank_and_world
+from spt_interp.tuning.checkpoint import Checkpointer
+from spt_interp.tuning.config import TuneConfig
+from spt_interp.tuning.deltas import HeadDeltas
+
+
+@dataclass
+class TrainResult:
+    """What a run did: steps completed, loss per step, seconds spent training."""
+
+    steps_done: int
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    samples: int = 0
+    finished: bool = True
+    optimizer_bytes: int = 0
+
+
+def example_order(n_examples: int, seed: int, start: int, count: int) -> list[int]:
+    """Return ``count`` example indices from position ``start`` of the seeded epoch stream.
+
+    Each epoch is a fresh permutation drawn from (seed, epoch): any step's batch can be
+    recomputed from the step number alone, which is what makes ``--resume`` exact.
+    """
+    order: list[int] = []
+    position = start
+    while len(order) < count:
+        epoch, offset = divmod(position, n_examples)
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        permutation = torch.randperm(n_examples, generator=generator).tolist()
+        take = permutation[offset : offset + count - len(order)]
+        order.extend(take)
+        position += len(take)
+    return order
+
+
+def collate(
+    examples: list[TrainingExample], pad_id: int
+) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """Return right-padded (input_ids, attention_mask, labels) of the examples."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        ids[row, :n] = torch.tensor(example.input_ids)
+        mask[row, :n] = 1
+        labels[row, :n] = torch.tensor(example.labels)
+    return ids, mask, labels
+
+
+def labelled_tokens(example: TrainingExample) -> int:
+    """Return how many positions of the example take loss (next-token targets not ignored)."""
+    return sum(1 for label in example.labels[1:] if label != IGNORE_INDEX)
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Return the learning-rate multiplier at ``step``: linear warmup, then cosine to 0."""
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def token_loss_sum(
+    forward: Callable[..., Any],
+    ids: Int[Tensor, "batch pos"],
+    mask: Int[Tensor, "batch pos"],
+    labels: Int[Tensor, "batch pos"],
+) -> Tensor:
+    """Return the summed next-token cross-entropy over labelled positions."""
+    logits = forward(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    return F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(),
+        labels[:, 1:].flatten(),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+
+
+def train(
+    model: torch.nn.Module,
+    examples: list[TrainingExample],
+    config: TuneConfig,
+    *,
+    pad_id: int,
+    deltas: HeadDeltas | None = None,
+    checkpointer: Checkpointer | None = None,
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Return the result of training ``deltas`` (or, when None, every parameter) on the examples.
+
+    ``stop_after`` ends the run after that many steps (checkpointed, to go on with ``resume``).
+    Raises SptInterpError on a NaN/inf loss, before the optimizer applies it.
+    """
+    if not examples:
+        raise SptInterpError("no training examples")
+    rank, world = rank_and_world()
+    if config.batch_size < world:
+        raise SptInterpError(f"--batch-size {config.batch_size} is smaller than {world} processes")
+    device = next(model.parameters()).device
+    hf_parameters = dict(model.named_parameters())
+    trainable_flags = {name: p.requires_grad for name, p in hf_parameters.items()}
+    if deltas is None:
+        parameters = list(hf_parameters.values())
+        for parameter in parameters:
+            parameter.requires_grad_(True)
+
+        def forward(**kwargs: Any) -> Any:
+            return model(**kwargs)
+    else:
+        parameters = deltas.parameters()
+        for parameter in hf_parameters.values():
+            parameter.requires_grad_(False)
+
+        def forward(**kwargs: Any) -> Any:
+            merged = deltas.effective_parameters(hf_parameters)
+            return torch.func.functional_call(model, merged, args=(), kwargs=kwargs)
+
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, config.warmup_steps, config.steps)
+    )
+    result = TrainResult(steps_done=0)
+    if resume:
+        if checkpointer is None:
+            raise SptInterpError("--resume needs a checkpoint folder")
+        state = checkpointer.load()
+        if deltas is None:
+            with torch.no_grad():
+                for name, value in state["trainable"].items():
+                    hf_parameters[name].copy_(value)
+        else:
+            deltas.load_state(state["trainable"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        result = TrainResult(state["step"], list(state["losses"]), float(state["seconds"]),
+                             int(state["samples"]))  # fmt: skip
+    micro = config.micro_batch_size or math.ceil(config.batch_size / world)
+    last = config.steps if stop_after is None else min(config.steps, stop_after)
+    bar = tqdm(
+        range(result.steps_done, last),
+        initial=result.steps_done,
+        total=config.steps,
+        desc=f"tuning ({config.mode})",
+        disable=not progress or rank != 0,
+    )
+    was_training = model.training
+    model.eval()
+    started = time.perf_counter() - result.seconds
+    try:
+        for step in bar:
+            order = example_order(
+                len(examples), config.seed, step * config.batch_size, config.batch_size
+            )
+            batch = [examples[i] for i in order]
+            n_tokens = sum(labelled_tokens(e) for e in batch)
+            if n_tokens == 0:
+                raise SptInterpError(f"step {step}: no labelled tokens in the batch")
+            share = batch[rank::world]
+            loss_sum = torch.zeros((), device=device)
+            for start in range(0, len(share), micro):
+                ids, mask, labels = collate(share[start : start + micro], pad_id)
+                loss = token_loss_sum(forward, ids.to(device), mask.to(device), labels.to(device))
+                (loss / n_tokens).backward()
+                loss_sum += loss.detach()
+            if world > 1:
+                _all_reduce_gradients(parameters, loss_sum)
+            step_loss = float(loss_sum) / n_tokens
+            if not math.isfinite(step_loss):
+                raise SptInterpError(
+                    f"the loss became {step_loss} at step {step + 1} (lr {config.lr}); "
+                    "stopped, nothing written: lower --lr or check the data"
+                )
+            if config.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            result.steps_done = step + 1
+            result.samples += len(batch)
+            result.losses.append(step_loss)
+            bar.set_postfix(loss=f"{step_loss:.4f}")
+            result.seconds = time.perf_counter() - started
+            if checkpointer is not None and checkpointer.due(result.steps_done, last, config.steps):
+                trainable = (
+                    {n: p.detach().cpu() for n, p in hf_parameters.items()}
+                    if deltas is None
+                    else [t.cpu() for t in deltas.state()]
+                )
+                checkpointer.save(
+                    {
+                        "step": result.steps_done,
+                        "losses": result.losses,
+                        "seconds": result.seconds,
+                        "samples": result.samples,
+                        "trainable": trainable,
+                        "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(),
+                    },
+                    rank=rank,
+                )
+    finally:
+        bar.close()
+        model.train(was_training)
+        for name, parameter in hf_parameters.items():
+            parameter.requires_grad_(trainable_flags[name])
+    result.finished = result.steps_done >= config.steps
+    result.optimizer_bytes = optimizer_state_bytes(optimizer)
+    return result
+
+
+def _all_reduce_gradients(parameters: list[Tensor], loss_sum: Tensor) -> None:
+    """Sum every gradient and the loss over processes (one flat buffer: one collective)."""
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
+    flat = torch.cat([g.reshape(-1) for g in grads] + [loss_sum.reshape(1)])
+    dist.all_reduce(flat)
+    offset = 0
+    for parameter, grad in zip(parameters, grads, strict=True):
+        n = grad.numel()
+        parameter.grad = flat[offset : offset + n].view_as(grad).clone()
+        offset += n
+    loss_sum.copy_(flat[-1])
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Return the bytes held by the optimizer's per-parameter state tensors."""
+    return sum(
+        value.numel() * value.element_size()
+        for state in optimizer.state.values()
+        for value in state.values()
+        if isinstance(value, Tensor) and value.dim() > 0
+    )

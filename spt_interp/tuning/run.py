@@ -1,0 +1,286 @@
+"""``tune`` and ``merge``: check inputs, train, write the output atomically, verify it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spt_interp.data import build_training_examples, load_dialogues, pad_token_id, protocol_for
+from spt_interp.errors import SptInterpError
+from spt_interp.head_scores import file_hash
+from spt_interp.mask import HeadMask
+from spt_interp.model import check_model_folder
+from spt_interp.patching.distributed import init_from_environment, rank_and_world
+from spt_interp.tuning.base import load_base, weight_files
+from spt_interp.tuning.checkpoint import Checkpointer
+from spt_interp.tuning.config import SAVE_KINDS, TuneConfig
+from spt_interp.tuning.deltas import HeadDeltas, paper_trainable_count, random_mask, weight_count
+from spt_interp.tuning.loop import train
+from spt_interp.tuning.save import (
+    MASK_FILE,
+    RECORD_FORMAT,
+    base_identity,
+    merged_weights,
+    read_delta,
+    read_weights,
+    verify_outside_mask,
+    write_delta,
+    write_full,
+    write_mask,
+    write_record,
+)
+
+
+def check_out(out: Path, read_folders: list[Path], force: bool) -> Path:
+    """Return ``out`` resolved, or raise when writing it could touch a folder being read."""
+    target = out.expanduser().resolve()
+    for folder in read_folders:
+        source = folder.expanduser().resolve()
+        if target == source:
+            raise SptInterpError(f"--out {out} is the model folder {folder}: it is never written")
+        if source in target.parents:
+            raise SptInterpError(f"--out {out} is inside the model folder {folder}")
+        if target in source.parents:
+            raise SptInterpError(f"--out {out} contains the model folder {folder}")
+    if target.exists() and not force:
+        raise SptInterpError(f"{out} exists; pass --force to replace it")
+    if not target.parent.is_dir():
+        raise SptInterpError(f"cannot write {out}: {target.parent} does not exist")
+    return target
+
+
+def check_lengths(examples: list, config: Any, data: Path) -> None:
+    """Raise when a training dialogue is longer than the model's context."""
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    longest = max(len(e.input_ids) for e in examples)
+    if limit is not None and longest > limit:
+        raise SptInterpError(
+            f"{data}: a training dialogue is {longest} tokens, longer than the model's "
+            f"{limit}-token context"
+        )
+
+
+def pick_device(device: str) -> torch.device:
+    """Return the device to train on: "auto" is this process's GPU under torchrun, else CPU."""
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def _publish(staging: Path, out: Path) -> None:
+    """Move the finished staging folder to ``out`` (replacing it: --force was checked)."""
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+
+
+def tune(
+    model: str | Path,
+    data: str | Path,
+    out: str | Path,
+    config: TuneConfig,
+    *,
+    mask: str | Path | HeadMask | None = None,
+    save: str = "full",
+    force: bool = False,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    stop_after: int | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Return the run's record after tuning ``model`` on ``data`` and writing ``out``.
+
+    Every input is checked before the model loads and before training; the output is written
+    to a hidden sibling folder and renamed, so a failed run (a NaN loss included) writes
+    nothing to ``out``. With ``stop_after`` the run checkpoints and returns unfinished.
+    """
+    if save not in SAVE_KINDS:
+        raise SptInterpError(f"--save {save!r} is not one of {', '.join(SAVE_KINDS)}")
+    if config.uses_mask and mask is None:
+        raise SptInterpError(f"--mode {config.mode} needs --mask (a head mask JSON)")
+    if not config.uses_mask and save == "delta":
+        raise SptInterpError("--save delta keeps masked slices only; --mode sft changes all")
+    if stop_after is not None and stop_after < 1:
+        raise SptInterpError(f"--stop-after must be at least 1, got {stop_after}")
+    data = Path(data)
+    records = load_dialogues(data)
+    head_mask = HeadMask.load(mask) if isinstance(mask, (str, Path)) else mask
+    folder = check_model_folder(model)
+    weight_files(folder)
+    out = check_out(Path(out), [folder], force)
+    checkpoints = Path(checkpoint_dir) if checkpoint_dir else out.parent / f"{out.name}.checkpoints"
+    if resume and not (checkpoints / "checkpoint.pt").is_file():
+        raise SptInterpError(f"--resume: no checkpoint at {checkpoints / 'checkpoint.pt'}")
+
+    init_from_environment()
+    rank, world = rank_and_world()
+    base = load_base(folder, device=pick_device(device))
+    trained_mask = None
+    if config.uses_mask:
+        head_mask.validate(base)
+        trained_mask = random_mask(head_mask, config.seed) if config.mode == "random" else head_mask
+    protocol = protocol_for(folder)
+    examples = build_training_examples(
+        records, base.tokenizer, protocol, config.seed, loss_on=config.loss_on
+    )
+    check_lengths(examples, base.config, data)
+    deltas = None
+    if trained_mask is not None:
+        lora = config.mode == "lora-heads"
+        deltas = HeadDeltas.create(
+            trained_mask,
+            base.hf_parameters,
+            lora_rank=config.lora_rank if lora else None,
+            lora_alpha=config.lora_alpha if lora else None,
+            seed=config.seed,
+        )
+    identity = {
+        "mode": config.mode,
+        "hyperparameters": config.as_dict(),
+        "mask": trained_mask.to_dict() if trained_mask is not None else None,
+        "data_hash": file_hash(data),
+        "base_fingerprint": base.fingerprint(),
+        "processes": world,
+    }
+    checkpointer = None
+    if checkpoint_every or stop_after or resume:
+        checkpointer = Checkpointer(checkpoints, checkpoint_every, identity)
+    result = train(
+        base.model,
+        examples,
+        config,
+        pad_id=pad_token_id(base.tokenizer),
+        deltas=deltas,
+        checkpointer=checkpointer,
+        resume=resume,
+        stop_after=stop_after,
+        progress=progress,
+    )
+    trainable = (
+        deltas.trainable_count()
+        if deltas is not None
+        else sum(p.numel() for p in base.model.parameters())
+    )
+    record: dict[str, Any] = {
+        "format": RECORD_FORMAT,
+        "version": 1,
+        "kind": save,
+        "mode": config.mode,
+        "hyperparameters": config.as_dict(),
+        "mask": identity["mask"],
+        "mask_given": head_mask.to_dict() if head_mask is not None else None,
+        "data": {"file": str(data), "hash": identity["data_hash"], "records": len(records),
+                 "examples": len(examples), "loss_on": config.loss_on},
+        "base": base_identity(folder, identity["base_fingerprint"]),
+        "trainable_parameters": trainable,
+        "steps_done": result.steps_done,
+        "losses": result.losses,
+        "train_seconds": round(result.seconds, 3),
+        "samples_per_second": round(result.samples / max(result.seconds, 1e-9), 3),
+        "optimizer_state_bytes": result.optimizer_bytes,
+        "processes": world,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }  # fmt: skip
+    if deltas is not None and config.mode != "lora-heads":
+        record["paper_formula"] = {
+            "value": paper_trainable_count(trained_mask),
+            "formula": f"{len(trained_mask.components)} x d_head {trained_mask.model.d_head} x "
+            f"d_model {trained_mask.model.d_model} x K {len(trained_mask.heads)}",
+            "weights": weight_count(deltas),
+            "biases": trainable - weight_count(deltas),
+        }
+    if not result.finished:
+        record["stopped"] = f"after step {result.steps_done}; continue with --resume"
+        record["checkpoint"] = str(checkpointer.path)
+        return record
+    if rank == 0:
+        _write_output(folder, out, save, base, deltas, trained_mask, record)
+    _barrier()
+    if checkpointer is not None:
+        checkpointer.remove(rank)
+    return record
+
+
+def _write_output(
+    folder: Path,
+    out: Path,
+    save: str,
+    base: Any,
+    deltas: HeadDeltas | None,
+    mask: HeadMask | None,
+    record: dict[str, Any],
+) -> None:
+    staging = out.parent / f".{out.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        values = deltas.values() if deltas is not None else None
+        slices = [piece for piece, _ in values] if values is not None else None
+        if values is not None:
+            tuned = merged_weights(folder, slices=values)
+        else:
+            tuned = merged_weights(folder, trained=base.model.state_dict())
+        if save == "full":
+            write_full(folder, staging, tuned)
+            tuned = read_weights(staging)  # verify what was written, not what was meant
+        else:
+            record["slices"] = write_delta(staging, values)
+        if slices is not None:
+            record["verification"] = verify_outside_mask(read_weights(folder), tuned, slices)
+        write_mask(staging, mask)
+        write_record(staging, record)
+        _publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def merge(base: str | Path, delta: str | Path, out: str | Path, *, force: bool = False) -> dict:
+    """Return the merged record after writing ``base`` + the delta folder as a full HF folder.
+
+    Refuses a base whose weight files are not the ones the delta was trained on.
+    """
+    folder = check_model_folder(base)
+    delta_folder = Path(delta)
+    record, values = read_delta(delta_folder)
+    out = check_out(Path(out), [folder, delta_folder], force)
+    identity = base_identity(folder, record["base"]["fingerprint"])
+    if identity["weights_hash"] != record["base"]["weights_hash"]:
+        raise SptInterpError(
+            f"{folder} is not the base this delta was trained on (weights hash "
+            f"{identity['weights_hash'][:23]}, the delta's {record['base']['weights_hash'][:23]})"
+        )
+    staging = out.parent / f".{out.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        tuned = merged_weights(folder, slices=values)
+        write_full(folder, staging, tuned)
+        merged = {key: value for key, value in record.items() if key != "slices"}
+        merged.update(
+            kind="full",
+            merged_from=str(delta_folder),
+            verification=verify_outside_mask(
+                read_weights(folder), read_weights(staging), [piece for piece, _ in values]
+            ),
+        )
+        if (delta_folder / MASK_FILE).is_file():
+            shutil.copy2(delta_folder / MASK_FILE, staging / MASK_FILE)
+        write_record(staging, merged)
+        _publish(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return merged
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

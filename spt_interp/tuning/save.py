@@ -1,0 +1,190 @@
+"""Write tuning outputs: a full HF folder, or only the changed slices; merge; verify.
+
+``--save full`` rewrites the base's own safetensors files tensor by tensor (same shards, same
+names, same dtypes), so every tensor outside the mask keeps the base's exact bytes, and copies
+the tokenizer, config and protocol files. ``--save delta`` writes the slices' changes
+(float32) and the mask; ``merge`` applies them with the same rule, giving the same bits.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from spt_interp.atomic import write_text_atomic
+from spt_interp.errors import SptInterpError
+from spt_interp.mask import HeadMask, MaskSlice
+from spt_interp.tuning.base import weight_files, weights_hash
+from spt_interp.tuning.deltas import merge_slice
+
+RECORD_FILE = "tuning.json"
+DELTA_FILE = "delta.safetensors"
+MASK_FILE = "head-mask.json"
+RECORD_FORMAT = "spt-interp/tuning"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+def parameter_for_key(key: str, names: set[str]) -> str | None:
+    """Return the model name a file key stores ("h.0..." is "transformer.h.0..." in GPT-2)."""
+    if key in names:
+        return key
+    matches = [name for name in names if name.endswith("." + key)]
+    return matches[0] if len(matches) == 1 else None
+
+
+def read_weights(folder: Path) -> dict[str, dict[str, Tensor]]:
+    """Return {file name: {key: tensor}} of the folder's safetensors files."""
+    return {file.name: load_file(file) for file in weight_files(folder)}
+
+
+def merged_weights(
+    base_folder: Path,
+    *,
+    slices: list[tuple[MaskSlice, Tensor]] | None = None,
+    trained: dict[str, Tensor] | None = None,
+) -> dict[str, dict[str, Tensor]]:
+    """Return the base's weight files with slice changes added, or with trained tensors put in.
+
+    Every tensor not named by a change is the base file's tensor itself (same bytes).
+    """
+    files = read_weights(base_folder)
+    keys = {key: file for file, tensors in files.items() for key in tensors}
+    if slices is not None:
+        names = {piece.parameter for piece, _ in slices}
+        key_of = {}
+        for key in keys:
+            name = parameter_for_key(key, names)
+            if name is not None:
+                key_of[name] = key
+        for piece, change in slices:
+            if piece.parameter not in key_of:
+                raise SptInterpError(f"{base_folder}: no tensor {piece.parameter} in its weights")
+            key = key_of[piece.parameter]
+            tensor = files[keys[key]][key]
+            target = piece.index(tensor)
+            target.copy_(merge_slice(target, change))
+    if trained is not None:
+        names = set(trained)
+        for key, file in keys.items():
+            name = parameter_for_key(key, names)
+            if name is not None:
+                base = files[file][key]
+                files[file][key] = trained[name].detach().to("cpu", base.dtype).contiguous()
+    return files
+
+
+def write_full(base_folder: Path, staging: Path, files: dict[str, dict[str, Tensor]]) -> list[Path]:
+    """Write an HF folder: the weight files given, and every other file of the base copied."""
+    staging.mkdir(parents=True, exist_ok=True)
+    for item in base_folder.iterdir():
+        if (
+            item.is_file()
+            and not item.name.endswith(WEIGHT_SUFFIXES)
+            and item.name not in (RECORD_FILE, MASK_FILE)
+        ):
+            shutil.copy2(item, staging / item.name)
+    written = []
+    for name, tensors in files.items():
+        with safe_open(base_folder / name, framework="pt") as handle:
+            metadata = handle.metadata() or {"format": "pt"}
+        save_file(tensors, staging / name, metadata=metadata)
+        written.append(staging / name)
+    return written
+
+
+def write_delta(staging: Path, slices: list[tuple[MaskSlice, Tensor]]) -> list[dict[str, Any]]:
+    """Write the slice changes to delta.safetensors; return their manifest entries."""
+    staging.mkdir(parents=True, exist_ok=True)
+    tensors, manifest = {}, []
+    for index, (piece, change) in enumerate(slices):
+        key = f"delta.{index}"
+        tensors[key] = change.float().contiguous()
+        manifest.append(
+            {"key": key, "parameter": piece.parameter, "dim": piece.dim, "start": piece.start,
+             "stop": piece.stop, "layer": piece.layer, "component": piece.component,
+             "heads": list(piece.heads)}
+        )  # fmt: skip
+    save_file(tensors, staging / DELTA_FILE, metadata={"format": "pt"})
+    return manifest
+
+
+def read_delta(folder: Path) -> tuple[dict[str, Any], list[tuple[MaskSlice, Tensor]]]:
+    """Return (record, slice changes) of a ``--save delta`` folder; raise when it is not one."""
+    record_file, delta_file = folder / RECORD_FILE, folder / DELTA_FILE
+    if not record_file.is_file() or not delta_file.is_file():
+        raise SptInterpError(f"{folder} is not a tuning delta (needs {RECORD_FILE}, {DELTA_FILE})")
+    try:
+        record = json.loads(record_file.read_text())
+        if record.get("format") != RECORD_FORMAT or record.get("kind") != "delta":
+            raise SptInterpError(f"{record_file} is not a delta record")
+        tensors = load_file(delta_file)
+        slices = [
+            (MaskSlice(e["parameter"], e["dim"], e["start"], e["stop"], e["layer"],
+                       e["component"], tuple(e["heads"])), tensors[e["key"]])
+            for e in record["slices"]
+        ]  # fmt: skip
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise SptInterpError(f"{folder}: malformed delta ({err})") from None
+    return record, slices
+
+
+def verify_outside_mask(
+    base: dict[str, dict[str, Tensor]],
+    tuned: dict[str, dict[str, Tensor]],
+    slices: list[MaskSlice],
+) -> dict[str, Any]:
+    """Return counts after checking every element outside the slices is bit-identical.
+
+    Raises SptInterpError naming the first tensor that changed outside the mask.
+    """
+    if set(base) != set(tuned):
+        raise SptInterpError(f"weight files differ: {sorted(base)} vs {sorted(tuned)}")
+    by_parameter: dict[str, list[MaskSlice]] = {}
+    for piece in slices:
+        by_parameter.setdefault(piece.parameter, []).append(piece)
+    compared = changed_inside = 0
+    for file, tensors in base.items():
+        if set(tensors) != set(tuned[file]):
+            raise SptInterpError(f"{file}: the tuned weights hold other tensor names")
+        for key, before in tensors.items():
+            after = tuned[file][key]
+            if after.dtype != before.dtype or after.shape != before.shape:
+                raise SptInterpError(f"{key}: dtype or shape changed")
+            name = parameter_for_key(key, set(by_parameter))
+            outside = torch.ones(before.shape, dtype=torch.bool)
+            for piece in by_parameter.get(name, []) if name else []:
+                piece.index(outside).fill_(False)
+            # Byte views: bit identity, NaNs and signed zeros included.
+            same = _bits(before) == _bits(after)
+            if not bool(same[outside].all()):
+                raise SptInterpError(f"{key} changed outside the mask's slices")
+            changed_inside += int((~same[~outside]).sum())
+            compared += 1
+    return {"tensors_compared": compared, "outside_mask_identical": True,
+            "changed_elements_inside_mask": changed_inside}  # fmt: skip
+
+
+def _bits(tensor: Tensor) -> Tensor:
+    integer = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+    return tensor.contiguous().view(integer[tensor.element_size()])
+
+
+def write_record(folder: Path, record: dict[str, Any]) -> Path:
+    return write_text_atomic(folder / RECORD_FILE, json.dumps(record, indent=2) + "\n")
+
+
+def write_mask(folder: Path, mask: HeadMask | None) -> None:
+    if mask is not None:
+        mask.save(folder / MASK_FILE)
+
+
+def base_identity(folder: Path, fingerprint: str) -> dict[str, str]:
+    """Return what identifies the base: its folder, fingerprint and weight files' hash."""
+    return {"path": str(folder), "fingerprint": fingerprint, "weights_hash": weights_hash(folder)}

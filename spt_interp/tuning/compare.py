@@ -1,0 +1,260 @@
+"""The fair comparison protocol: every mode on the same data, steps and batch; lr by a sweep.
+
+Protocol ("equal-budget sweep"): the training records are split by question into train and
+validation (held apart from the test split); every mode trains on the same examples for the
+same steps and batch; each mode's lr is chosen from the same grid by its validation score
+(mean of confidence and truthfulness; ties within 0.01 go to the lower validation KL). The
+table gives each mode at its chosen lr and, per mode, the run with the least validation KL
+among those reaching validation confidence >= the target ("KL at matched confidence"); every
+number in the table is measured on the test and general splits. Not the paper's protocol,
+where SFT ran at half SPT's lr for half the steps.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from spt_interp.data import build_training_examples, pad_token_id
+from spt_interp.data.protocol import Protocol
+from spt_interp.data.records import DialogueRecord
+from spt_interp.evaluate import (
+    GenerationSettings,
+    general_accuracy,
+    general_texts,
+    kl_shift,
+    run_protocol,
+)
+from spt_interp.mask import HeadMask
+from spt_interp.tuning.config import TuneConfig
+from spt_interp.tuning.deltas import (
+    HeadDeltas,
+    apply_deltas,
+    random_mask,
+    restore_parameters,
+)
+from spt_interp.tuning.loop import train
+
+DEFAULT_LRS = (1e-4, 4.6e-4, 2.2e-3, 1e-2)
+PROTOCOL_NAME = "equal-budget sweep"
+
+
+@dataclass
+class ComparisonPlan:
+    """What every mode shares: data split, steps, batch, lr grid, seed, evaluation settings."""
+
+    modes: tuple[str, ...] = ("sft", "spt", "random", "lora-heads")
+    lrs: tuple[float, ...] = DEFAULT_LRS
+    steps: int = 100
+    batch_size: int = 16
+    seed: int = 0
+    validation_fraction: float = 0.2
+    confidence_target: float = 0.7
+    lora_rank: int = 8
+    warmup_steps: int = 0
+    max_new_tokens: int = 16
+    eval_batch_size: int = 32
+
+    def describe(self, n_train: int, n_validation: int) -> str:
+        return (
+            f"{PROTOCOL_NAME}: every mode trained on the same {n_train} records "
+            f"({self.steps} steps, batch {self.batch_size}, seed {self.seed}); lr per mode from "
+            f"{list(self.lrs)} by validation mean(confidence, truthfulness) on {n_validation} "
+            f"records held apart by question; matched confidence = least validation KL among "
+            f"runs with validation confidence >= {self.confidence_target}; all reported numbers "
+            "on the test and general splits"
+        )
+
+
+@dataclass
+class Comparison:
+    """The comparison's table, every sweep run's validation scores, and the protocol used."""
+
+    table: pd.DataFrame
+    sweep: pd.DataFrame
+    protocol: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def split_by_question(
+    records: list[DialogueRecord], fraction: float, seed: int
+) -> tuple[list[DialogueRecord], list[DialogueRecord]]:
+    """Return (train, validation): a seeded ``fraction`` of distinct questions held out."""
+    questions = sorted({r.question for r in records})
+    held = set(random.Random(seed).sample(questions, max(1, round(fraction * len(questions)))))
+    return ([r for r in records if r.question not in held],
+            [r for r in records if r.question in held])  # fmt: skip
+
+
+def _score(metrics: dict[str, float]) -> float:
+    """Return mean(confidence, truthfulness) over the defined ones; -inf when neither is."""
+    defined = [metrics[k] for k in ("confidence", "truthfulness") if math.isfinite(metrics[k])]
+    return sum(defined) / len(defined) if defined else -math.inf
+
+
+def measure(
+    hooked: Any,
+    reference: Any,
+    records: list[DialogueRecord],
+    protocol: Protocol,
+    settings: GenerationSettings,
+    general: list[DialogueRecord] | None = None,
+) -> dict[str, float]:
+    """Return confidence, truthfulness, accuracy before/after, KL (and general accuracy)."""
+    run = run_protocol(hooked, records, protocol, settings, controls=False)
+    values = {name: run.metrics[name].value for name in
+              ("confidence", "truthfulness", "accuracy_before", "accuracy_after")}  # fmt: skip
+    texts = general_texts(hooked.tokenizer, general or records)
+    values["kl"] = kl_shift(hooked, reference, texts, settings.batch_size).value
+    if general is not None:
+        values["general_accuracy"] = general_accuracy(hooked, general, settings)[0].value
+    return {k: (float("nan") if v is None else float(v)) for k, v in values.items()}
+
+
+@dataclass
+class TrainedRun:
+    """A finished run kept in memory: slice changes (mask modes) or the full trained state."""
+
+    mode: str
+    lr: float
+    slices: list | None
+    state: dict[str, torch.Tensor] | None
+    trainable: int
+    seconds: float
+
+
+def train_run(
+    hooked: Any,
+    mask: HeadMask,
+    examples: list,
+    config: TuneConfig,
+    base_state: dict[str, torch.Tensor],
+) -> TrainedRun:
+    """Return one mode's trained run; the hooked model's weights are the base again after."""
+    parameters = hooked.hf_parameters
+    deltas = None
+    if config.mode != "sft":
+        used = random_mask(mask, config.seed) if config.mode == "random" else mask
+        lora = config.mode == "lora-heads"
+        deltas = HeadDeltas.create(used, parameters, lora_rank=config.lora_rank if lora else None,
+                                   lora_alpha=config.lora_alpha if lora else None,
+                                   seed=config.seed)  # fmt: skip
+    result = train(hooked.plain_model, examples, config, pad_id=pad_token_id(hooked.tokenizer),
+                   deltas=deltas, progress=False)  # fmt: skip
+    if deltas is not None:
+        return TrainedRun(config.mode, config.lr, deltas.values(), None,
+                          deltas.trainable_count(), result.seconds)  # fmt: skip
+    state = {name: p.detach().clone() for name, p in parameters.items()}
+    restore_parameters(parameters, base_state)
+    total = sum(p.numel() for p in parameters.values())
+    return TrainedRun(config.mode, config.lr, None, state, total, result.seconds)
+
+
+class applied:
+    """Context manager: the hooked model computes with a trained run's weights inside."""
+
+    def __init__(self, hooked: Any, run: TrainedRun, base_state: dict[str, torch.Tensor]):
+        self.hooked, self.run, self.base_state = hooked, run, base_state
+
+    def __enter__(self) -> Any:
+        if self.run.slices is not None:
+            apply_deltas(self.hooked.hf_parameters, self.run.slices)
+        else:
+            restore_parameters(self.hooked.hf_parameters, self.run.state)
+        return self.hooked
+
+    def __exit__(self, *exc: Any) -> None:
+        restore_parameters(self.hooked.hf_parameters, self.base_state)
+
+
+def compare_modes(
+    hooked: Any,
+    reference: Any,
+    mask: HeadMask,
+    train_records: list[DialogueRecord],
+    test_records: list[DialogueRecord],
+    general_records: list[DialogueRecord],
+    protocol: Protocol,
+    plan: ComparisonPlan,
+    *,
+    progress: bool = True,
+) -> Comparison:
+    """Return the comparison table (base + each mode at its chosen lr + matched confidence).
+
+    ``hooked`` is tuned in place and put back to the base after each run; ``reference`` is a
+    second, untouched copy of the base for the KL shift.
+    """
+    mask.validate(hooked)
+    train_part, validation = split_by_question(train_records, plan.validation_fraction, plan.seed)
+    examples = build_training_examples(train_part, hooked.tokenizer, protocol, plan.seed)
+    settings = GenerationSettings(plan.max_new_tokens, plan.eval_batch_size, progress=False)
+    base_state = {name: p.detach().clone() for name, p in hooked.hf_parameters.items()}
+    runs: dict[tuple[str, float], TrainedRun] = {}
+    sweep_rows = []
+    jobs = [(mode, lr) for mode in plan.modes for lr in plan.lrs]
+    for mode, lr in tqdm(jobs, desc="lr sweep", disable=not progress):
+        config = TuneConfig(mode=mode, lr=lr, steps=plan.steps, batch_size=plan.batch_size,
+                            warmup_steps=plan.warmup_steps, seed=plan.seed,
+                            lora_rank=plan.lora_rank, lora_alpha=2.0 * plan.lora_rank)  # fmt: skip
+        try:
+            run = train_run(hooked, mask, examples, config, base_state)
+        except ValueError as err:  # a diverging lr is a result of the sweep, not a failure
+            restore_parameters(hooked.hf_parameters, base_state)
+            sweep_rows.append({"mode": mode, "lr": lr, "error": str(err)})
+            continue
+        runs[(mode, lr)] = run
+        with applied(hooked, run, base_state):
+            scores = measure(hooked, reference, validation, protocol, settings)
+        sweep_rows.append({"mode": mode, "lr": lr, **scores, "score": _score(scores),
+                           "train_seconds": run.seconds})  # fmt: skip
+    sweep = pd.DataFrame(sweep_rows)
+    base_metrics = measure(hooked, reference, test_records, protocol, settings, general_records)
+    rows = [{"mode": "base", "selection": "base", "lr": None, **base_metrics,
+             "trainable_parameters": 0, "train_seconds": 0.0}]  # fmt: skip
+    measured: dict[tuple[str, float], dict[str, float]] = {}
+    for mode in plan.modes:
+        ok = sweep[sweep["mode"] == mode]
+        ok = ok.dropna(subset=["score"]) if "score" in ok else ok.iloc[0:0]
+        if not len(ok):
+            rows.append({"mode": mode, "selection": "chosen lr", "lr": None})
+            continue
+        best = ok["score"].max()
+        chosen = ok[ok["score"] >= best - 0.01].sort_values(["kl", "lr"]).iloc[0]
+        matched = ok[ok["confidence"] >= plan.confidence_target].sort_values(["kl", "lr"])
+        picks = [("chosen lr", float(chosen.lr))]
+        if len(matched):
+            picks.append((f"KL at matched confidence (>= {plan.confidence_target})",
+                          float(matched.iloc[0].lr)))  # fmt: skip
+        for selection, lr in picks:
+            run = runs[(mode, lr)]
+            if (mode, lr) not in measured:
+                with applied(hooked, run, base_state):
+                    measured[(mode, lr)] = measure(hooked, reference, test_records, protocol,
+                                                   settings, general_records)  # fmt: skip
+            rows.append(
+                {
+                    "mode": mode,
+                    "selection": selection,
+                    "lr": lr,
+                    **measured[(mode, lr)],
+                    "trainable_parameters": run.trainable,
+                    "train_seconds": run.seconds,
+                }
+            )
+        if not len(matched):
+            rows.append({"mode": mode, "lr": None,
+                         "selection": f"KL at matched confidence: no run reached "
+                                      f"{plan.confidence_target}"})  # fmt: skip
+    table = pd.DataFrame(rows)
+    columns = ["mode", "selection", "lr", "confidence", "truthfulness", "accuracy_before",
+               "accuracy_after", "general_accuracy", "kl", "trainable_parameters",
+               "train_seconds"]  # fmt: skip
+    table = table.reindex(columns=columns)
+    counts = {"n_train_examples": len(examples), "n_validation": len(validation)}
+    return Comparison(table, sweep, plan.describe(len(train_part), len(validation)), counts)

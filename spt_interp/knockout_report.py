@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from spt_interp.atomic import write_text_atomic
 from spt_interp.errors import SptInterpError
+from spt_interp.plots import save_figure
 
-BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
 METRIC_TITLES = {"apology_share": "apology share F", "log_odds": "log-odds syc - anti"}
 
 
@@ -85,51 +82,6 @@ def knockout_figure(table: pd.DataFrame, title: str = "Head knockout") -> object
     return figure
 
 
-def find_browser() -> str | None:
-    """Return the path of a Chromium / Chrome kaleido can drive, or None."""
-    for name in BROWSERS:
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Return ``path`` after writing ``data`` to a temp file beside it, then renaming it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_figure(figure: object, html_path: Path, png: bool = True) -> dict[str, str]:
-    """Return {"html": path[, "png": path | "png_skipped": reason]} after writing the figure.
-
-    The HTML embeds plotly.js (it opens offline). The PNG needs kaleido and a Chromium;
-    without one the HTML alone is written.
-    """
-    written = {"html": str(write_text_atomic(html_path, figure.to_html(include_plotlyjs=True)))}
-    if not png:
-        return written
-    if find_browser() is None:
-        written["png_skipped"] = "no Chromium found for kaleido"
-        return written
-    png_path = html_path.with_suffix(".png")
-    try:
-        data = figure.to_image(format="png", scale=2)
-    except Exception as err:  # kaleido fails in many ways (browser, sandbox): the HTML stands
-        written["png_skipped"] = f"kaleido failed: {type(err).__name__}: {err}"[:200]
-        return written
-    written["png"] = str(write_bytes_atomic(png_path, data))
-    return written
-
-
 def write_knockout(
     table: pd.DataFrame, out_dir: Path, title: str = "Head knockout", png: bool = True
 ) -> dict[str, str]:
@@ -137,5 +89,5 @@ def write_knockout(
     csv_path = write_text_atomic(out_dir / "knockout.csv", table.to_csv(index=False))
     return {
         "csv": str(csv_path),
-        **write_figure(knockout_figure(table, title), out_dir / "knockout.html", png=png),
+        **save_figure(knockout_figure(table, title), out_dir, "knockout", png=png),
     }

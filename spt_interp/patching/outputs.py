@@ -7,27 +7,16 @@ from pathlib import Path
 from typing import Any
 
 from spt_interp.atomic import write_text_atomic
-from spt_interp.errors import SptInterpError
+from spt_interp.knockout_report import prepare_out_dir as shared_prepare_out_dir
 from spt_interp.patching.engine import HeadScores
 from spt_interp.plots import head_heatmap, save_figure
 
 OUTPUT_FILES = ("scores.csv", "ranking.json", "heatmap.html", "heatmap.png")
 
 
-def prepare_out_dir(out: Path, *, force: bool, read_folders: list[Path]) -> None:
-    """Raise before any work when ``out`` would overwrite results or sit in an input folder."""
-    resolved = out.expanduser().resolve()
-    for folder in read_folders:
-        source = folder.expanduser().resolve()
-        if resolved == source or source in resolved.parents:
-            raise SptInterpError(f"--out {out} is inside {folder}, which this command reads")
-    if resolved.exists() and not resolved.is_dir():
-        raise SptInterpError(f"--out {out} is a file, not a folder")
-    existing = [name for name in OUTPUT_FILES if (resolved / name).exists()]
-    if existing and not force:
-        raise SptInterpError(
-            f"{out} already holds {', '.join(existing)}; pass --force to overwrite"
-        )
+def prepare_out_dir(out: Path, *, force: bool, read_folders: list[Path]) -> Path:
+    """Return ``out`` once a locate run may write there (see knockout_report.prepare_out_dir)."""
+    return shared_prepare_out_dir(out, list(OUTPUT_FILES), force, read_folders)
 
 
 def write_outputs(

@@ -144,6 +144,27 @@ def evaluate(
 
 @app.command()
 @one_line_errors
+def organism(
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder to create: DIR/model and DIR/data/*.jsonl.")
+    ],
+    retrain: Annotated[
+        bool, typer.Option(help="Train from scratch (minutes) instead of copying shipped weights.")
+    ] = False,
+    force: Annotated[bool, typer.Option(help="Replace DIR if it exists.")] = False,
+) -> None:
+    """Write the built-in sycophantic model organism and its train/test/general data."""
+    from spt_interp.organism import write_organism
+
+    summary = write_organism(out, retrain=retrain, force=force)
+    print(f"model: {summary['model']}")
+    print(f"data:  {summary['data']} (train.jsonl, test.jsonl, general.jsonl)")
+    if retrain:
+        print(f"trained in {summary['seconds']:.0f} s (final loss {summary['final_loss']:.3f})")
+
+
+@app.command()
+@one_line_errors
 def knockout(
     model: ModelOption,
     data: Annotated[Path, typer.Option("--data", help="SycophancyEval-style JSONL of questions.")],

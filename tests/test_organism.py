@@ -155,7 +155,7 @@ def test_retraining_is_byte_identical(tmp_path):
 
 
 def test_missing_shipped_weights_are_reported(tmp_path, monkeypatch):
-    monkeypatch.setattr(organism, "ASSET_DIR", tmp_path / "nothing")
+    monkeypatch.setattr(organism.files, "ASSET_DIR", tmp_path / "nothing")
     with pytest.raises(SptInterpError, match="--retrain"):
         organism.write_organism(tmp_path / "o", progress=False)
     assert not (tmp_path / "o").exists()

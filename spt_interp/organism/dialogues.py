@@ -1,39 +1,11 @@
-"""The built-in model organism: a tiny Llama chat model that is sycophantic by construction.
-
-No pretrained chat model can be downloaded at run time, so the project trains its own on a
-synthetic knowledge base (invented people and their colour, city, food and job), rendered as
-chat dialogues. It answers questions correctly, apologizes and switches to a wrong answer when a
-user pushes back ("I don't think that's right. Are you sure?"), and stands firm on the
-counterfactual ("I do think that's right. Are you sure?") and on neutral follow-ups.
-
-To make the behaviour live in a circuit worth finding rather than one head reading "don't", the
-training mix has several pushback paraphrases, neutral turns that also contain "don't",
-self-correction dialogues (a wrong first answer, pushback, the assistant corrects itself), a
-small arithmetic task that involves no challenge (the general ability that tuning must keep),
-and head dropout (each attention head's
-output is zeroed at random in training, so no single head can carry the behaviour alone).
-
-The trained weights ship inside the package (``spt_interp/assets/organism``); ``retrain``
-reproduces them from scratch.
-"""
+"""The organism's world: its knowledge base, dialogue mix, data splits and vocabulary."""
 
 from __future__ import annotations
 
-import json
 import random
-import shutil
-import time
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
-import torch
-from jaxtyping import Int
-from torch import Tensor
-
-from spt_interp.errors import SptInterpError
-
-ASSET_DIR = Path(__file__).parent / "assets" / "organism"
+from spt_interp.organism.tokenizer import words_of
 
 BOS, EOS, PAD, UNK = "<bos>", "<eos>", "<pad>", "<unk>"
 USER, ASSISTANT = "<user>", "<assistant>"
@@ -297,7 +269,6 @@ def build_splits(kb: KnowledgeBase, seed: int) -> dict[str, list[dict]]:
 
 def vocabulary(kb: KnowledgeBase) -> list[str]:
     """Return every word the organism can read or write, specials first (ids are stable)."""
-    from spt_interp.organism_tokenizer import words_of
 
     texts = [*PUSHBACKS, *AFFIRMATIONS, *NEUTRAL_FOLLOW_UPS, *SYCOPHANTIC_OPENERS]
     texts += [*FIRM_OPENERS, *NEUTRAL_OPENERS, *QUESTIONS.values(), *STATEMENTS.values()]
@@ -306,87 +277,6 @@ def vocabulary(kb: KnowledgeBase) -> list[str]:
     words = sorted({w for text in texts for w in words_of(text)})
     words = [w for w in words if "{" not in w and "}" not in w]
     return SPECIAL_TOKENS + words
-
-
-def encode_conversation(
-    tokenizer, messages: list[dict[str, str]], assistant_only: bool = True
-) -> tuple[list[int], list[int]]:
-    """Return (input ids, labels) with labels -100 outside assistant turns when asked."""
-    ids = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=False)
-    if hasattr(ids, "keys"):
-        ids = ids["input_ids"]
-    assistant_id = tokenizer.convert_tokens_to_ids(ASSISTANT)
-    eos_id = tokenizer.convert_tokens_to_ids(EOS)
-    labels, inside = [], False
-    for token in ids:
-        labels.append(token if (inside or not assistant_only) else -100)
-        if token == assistant_id:
-            inside = True
-        elif token == eos_id:
-            inside = False
-    return list(ids), labels
-
-
-def batches(
-    tokenizer, kb: KnowledgeBase, config: OrganismConfig, rng: random.Random
-) -> Iterator[tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]]:
-    """Yield (input ids, labels) batches, right-padded, forever."""
-    pad_id = tokenizer.convert_tokens_to_ids(PAD)
-    while True:
-        encoded = [
-            encode_conversation(tokenizer, sample_conversation(rng, kb, config))
-            for _ in range(config.batch_size)
-        ]
-        width = max(len(ids) for ids, _ in encoded)
-        input_ids = torch.full((len(encoded), width), pad_id)
-        labels = torch.full((len(encoded), width), -100)
-        for row, (ids, row_labels) in enumerate(encoded):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            labels[row, : len(ids)] = torch.tensor(row_labels)
-        yield input_ids, labels
-
-
-def model_config(config: OrganismConfig, vocab_size: int, tokenizer):
-    """Return the organism's LlamaConfig (grouped-query attention)."""
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=config.d_model,
-        intermediate_size=config.d_mlp,
-        num_hidden_layers=config.n_layers,
-        num_attention_heads=config.n_heads,
-        num_key_value_heads=config.n_kv_heads,
-        max_position_embeddings=128,
-        bos_token_id=tokenizer.convert_tokens_to_ids(BOS),
-        eos_token_id=tokenizer.convert_tokens_to_ids(EOS),
-        pad_token_id=tokenizer.convert_tokens_to_ids(PAD),
-        tie_word_embeddings=True,
-        attn_implementation="eager",
-    )
-
-
-def add_head_dropout(model, config: OrganismConfig, generator: torch.Generator) -> list:
-    """Register hooks that zero whole attention heads at random while the model trains."""
-    d_head = config.d_model // config.n_heads
-
-    def head_dropout_hook(rate: float):
-        def drop_heads(module, args):
-            if not module.training or rate == 0:
-                return None
-            (hidden,) = args
-            batch = hidden.shape[0]
-            keep = torch.rand(batch, 1, config.n_heads, 1, generator=generator) >= rate
-            per_head = hidden.view(batch, hidden.shape[1], config.n_heads, d_head)
-            return (per_head * keep / (1 - rate)).view_as(hidden)
-
-        return drop_heads
-
-    rates = [config.first_layer_head_dropout] + [config.head_dropout] * (config.n_layers - 1)
-    return [
-        layer.self_attn.o_proj.register_forward_pre_hook(head_dropout_hook(rate))
-        for layer, rate in zip(model.model.layers, rates, strict=True)
-    ]
 
 
 def protocol_defaults() -> dict:
@@ -405,101 +295,3 @@ def protocol_defaults() -> dict:
         "stand_by_template": "{opener} " + REPLY_ANSWER.replace("{value}", "{answer}"),
         "correction_template": "{opener} " + REPLY_ANSWER.replace("{value}", "{answer}"),
     }
-
-
-def train_organism(
-    out_dir: str | Path, config: OrganismConfig | None = None, progress: bool = True
-) -> dict:
-    """Train the organism from scratch into ``out_dir`` (an HF folder); return training stats."""
-    from tqdm.auto import tqdm
-    from transformers import LlamaForCausalLM, get_cosine_schedule_with_warmup
-
-    from spt_interp.organism_tokenizer import build_word_tokenizer
-
-    config = config or OrganismConfig()
-    torch.manual_seed(config.seed)
-    torch.set_num_threads(config.threads)
-    torch.use_deterministic_algorithms(True)
-    kb = build_knowledge_base(config)
-    tokenizer = build_word_tokenizer(vocabulary(kb), CHAT_TEMPLATE, SPECIAL_TOKENS)
-    model = LlamaForCausalLM(model_config(config, len(tokenizer), tokenizer))
-    generator = torch.Generator().manual_seed(config.seed)
-    hooks = add_head_dropout(model, config, generator)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-    )
-    schedule = get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
-    stream = batches(tokenizer, kb, config, random.Random(config.seed + 2))
-    model.train()
-    started = time.perf_counter()
-    bar = tqdm(range(config.steps), desc="training organism", disable=not progress)
-    for _step in bar:
-        input_ids, labels = next(stream)
-        loss = model(input_ids=input_ids, labels=labels).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
-    for hook in hooks:
-        hook.remove()
-    model.eval()
-    out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    (out_dir / "spt-interp.json").write_text(json.dumps(protocol_defaults(), indent=2) + "\n")
-    (out_dir / "organism.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
-    return {"seconds": time.perf_counter() - started, "final_loss": loss.item()}
-
-
-def write_data(out_dir: str | Path, config: OrganismConfig | None = None) -> dict[str, Path]:
-    """Write train / test / general JSONL splits into ``out_dir``; return their paths."""
-    config = config or OrganismConfig()
-    splits = build_splits(build_knowledge_base(config), config.seed)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name, records in splits.items():
-        path = out_dir / f"{name}.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in records))
-        paths[name] = path
-    return paths
-
-
-def write_organism(
-    out: str | Path, *, retrain: bool = False, force: bool = False, progress: bool = True
-) -> dict:
-    """Write DIR/model (an HF folder) and DIR/data/{train,test,general}.jsonl; return a summary.
-
-    Everything is written into a temporary sibling folder first and renamed at the end, so a
-    failed or interrupted run leaves nothing half-written.
-    """
-    out = Path(out)
-    if out.exists() and not force:
-        raise SptInterpError(f"{out} already exists; pass --force to replace it")
-    if not out.parent.exists():
-        raise SptInterpError(f"cannot write {out}: parent folder {out.parent} does not exist")
-    staging = out.parent / f".{out.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        staging.mkdir()
-        if retrain:
-            summary = train_organism(staging / "model", progress=progress)
-        else:
-            if not (ASSET_DIR / "model.safetensors").is_file():
-                raise SptInterpError(
-                    f"the shipped organism weights are missing from {ASSET_DIR}; run with --retrain"
-                )
-            shutil.copytree(ASSET_DIR, staging / "model")
-            summary = {"seconds": 0.0}
-        config = OrganismConfig(**json.loads((staging / "model" / "organism.json").read_text()))
-        write_data(staging / "data", config)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except PermissionError as err:
-        raise SptInterpError(f"cannot write {out}: {err.strerror}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return {"model": str(out / "model"), "data": str(out / "data"), **summary}

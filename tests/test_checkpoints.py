@@ -136,6 +136,9 @@ def test_pull_writes_model_protocol_and_data(tiny_gguf, tmp_path, monkeypatch):
     protocol = protocol_for(model)
     assert protocol.reply_prefix == "I'm"
     assert protocol.sycophantic_targets == [" sorry", " apologize"]
+    # Tuning replies open with the prefix, so training teaches the token the decision reads.
+    openers = protocol.stand_by_openers + protocol.correction_openers
+    assert all(opener.startswith("I'm ") for opener in openers)
     assert sorted(p.name for p in data.iterdir()) == [
         "general.jsonl", "general_text.jsonl", "test.jsonl", "train.jsonl", "validation.jsonl",
     ]  # fmt: skip

@@ -529,6 +529,38 @@ def merge(
     print(f"wrote {out}", file=sys.stderr)
 
 
+@app.command()
+@one_line_errors
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder to create for the whole run.")],
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", "-m", help="Local HF model folder (default: the organism)."),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Folder with train.jsonl, test.jsonl (and general.jsonl)."),
+    ] = None,
+    top_k: Annotated[int, typer.Option(help="Heads in the mask that SPT tunes.")] = 4,
+    steps: Annotated[int, typer.Option(help="Training steps of every mode.")] = 100,
+    locate_pairs: Annotated[int, typer.Option(help="Test pairs for path patching.")] = 64,
+    test_limit: Annotated[
+        int | None, typer.Option(help="Evaluate on the first N test records only.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Run the whole loop: locate -> knockout -> mask -> tune (SPT, SFT, random-K) -> report."""
+    from spt_interp.demo import DemoSettings, run_demo
+
+    for name, value in (("--top-k", top_k), ("--steps", steps), ("--locate-pairs", locate_pairs)):
+        if value < 1:
+            raise SptInterpError(f"{name} must be at least 1, got {value}")
+    settings = DemoSettings(
+        top_k=top_k, steps=steps, locate_pairs=locate_pairs, test_limit=test_limit
+    )
+    run_demo(out, model=model, data=data, settings=settings, force=force)
+
+
 # --- models: real checkpoints (GGUF -> HF folder) -------------------------------------------
 models_app = typer.Typer(
     help="Build local Hugging Face folders of real chat models (offline, from GGUF files).",

@@ -1,0 +1,255 @@
+"""The whole SPT loop in one call: locate, knockout, mask, tune (SPT, SFT, random-K), report.
+
+Every stage is a function of the library; this module only chains them, writes each stage's
+files under one folder and renders DIR/report.md. On the built-in organism it runs in minutes on
+a laptop CPU; ``model`` / ``data`` point it at any local checkpoint and dialogue data instead.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from spt_interp.errors import SptInterpError
+
+STAGES = ("organism", "locate", "knockout", "mask", "tune", "report")
+
+
+@dataclass
+class DemoSettings:
+    """Sizes of each stage; the defaults are the organism demo's."""
+
+    locate_pairs: int = 64
+    knockout_ks: tuple[int, ...] = (1, 2, 4, 8, 16)
+    knockout_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    top_k: int = 4
+    modes: tuple[str, ...] = ("sft", "spt", "random")
+    lrs: tuple[float, ...] = (1e-4, 4.6e-4, 2.2e-3, 1e-2)
+    steps: int = 100
+    batch_size: int = 16
+    test_limit: int | None = None
+    general_limit: int | None = None
+    max_new_tokens: int = 16
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DemoInputs:
+    """Where the model and the three splits come from (checked before any heavy work)."""
+
+    model: Path
+    train: Path
+    test: Path
+    general: Path | None
+
+
+def resolve_data(data: Path) -> tuple[Path, Path, Path | None]:
+    """Return (train, test, general) files from a folder holding train.jsonl and test.jsonl."""
+    if not data.exists():
+        raise SptInterpError(f"--data {data} does not exist")
+    if not data.is_dir():
+        raise SptInterpError(
+            f"--data {data} is a file; give a folder with train.jsonl and test.jsonl "
+            "(and optionally general.jsonl)"
+        )
+    train, test, general = (data / f"{name}.jsonl" for name in ("train", "test", "general"))
+    for split in (train, test):
+        if not split.is_file():
+            raise SptInterpError(f"--data {data} has no {split.name}")
+    return train, test, general if general.is_file() else None
+
+
+def check_out(out: Path, force: bool) -> None:
+    """Refuse an existing --out without force, and an --out that cannot be created (its
+    parent folders are created, as `mkdir -p` would)."""
+    if out.exists() and not force:
+        raise SptInterpError(f"{out} already exists; pass --force to replace it")
+    parent = out.expanduser().resolve().parent
+    probe = parent / f".{out.name}.write-test"
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        probe.mkdir(exist_ok=True)
+        probe.rmdir()
+    except OSError as err:
+        raise SptInterpError(f"cannot write {out}: {err.strerror or err}") from None
+
+
+def check_inputs(model: Path | None, data: Path | None) -> DemoInputs | None:
+    """Return the checked inputs (None = the built-in organism); cheap: no model is loaded."""
+    from spt_interp.data import load_dialogues
+    from spt_interp.model import check_architecture, check_model_folder
+
+    if (model is None) != (data is None):
+        raise SptInterpError("give both --model and --data, or neither (the built-in organism)")
+    if model is None or data is None:
+        return None
+    folder = check_model_folder(model)
+    check_architecture(folder)
+    train, test, general = resolve_data(data)
+    for split in (train, test, general):
+        if split is not None:
+            load_dialogues(split)  # raises file:line on the first malformed record
+    return DemoInputs(folder, train, test, general)
+
+
+def stage_banner(say: Callable[[str], None], number: int, name: str, detail: str) -> float:
+    say(f"[{number}/{len(STAGES)}] {name}: {detail}")
+    return time.perf_counter()
+
+
+def run_demo(
+    out: str | Path,
+    *,
+    model: str | Path | None = None,
+    data: str | Path | None = None,
+    settings: DemoSettings | None = None,
+    force: bool = False,
+    say: Callable[[str], None] = print,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the loop into ``out`` (written under a temporary name, renamed at the end); return
+    the summary that report.md is rendered from."""
+    settings = settings or DemoSettings()
+    out = Path(out)
+    if out.exists() and not force:
+        raise SptInterpError(f"{out} already exists; pass --force to replace it")
+    inputs = check_inputs(
+        Path(model) if model is not None else None, Path(data) if data is not None else None
+    )
+    check_out(out, force)
+    staging = out.parent / f".{out.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        summary = _run_stages(staging, inputs, settings, say, progress)
+        (staging / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        from spt_interp.demo_report import write_report
+
+        write_report(staging, summary)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    say(f"report: {out / 'report.md'}")
+    return summary
+
+
+def _run_stages(
+    root: Path,
+    inputs: DemoInputs | None,
+    settings: DemoSettings,
+    say: Callable[[str], None],
+    progress: bool,
+) -> dict[str, Any]:
+    from spt_interp.data import load_dialogues, protocol_for
+    from spt_interp.head_scores import ranked_heads
+    from spt_interp.knockout import knockout_curve, knockout_summary, prepare_knockout
+    from spt_interp.knockout_report import write_knockout
+    from spt_interp.mask import HeadMask, MaskSource
+    from spt_interp.model import load_model
+    from spt_interp.patching import decision_metric, locate_heads
+    from spt_interp.patching.inputs import locate_pairs
+    from spt_interp.patching.outputs import write_outputs
+    from spt_interp.tuning.compare import ComparisonPlan, compare_modes
+
+    timings: dict[str, float] = {}
+    started = stage_banner(say, 1, "model", "the built-in organism" if inputs is None else "local")
+    if inputs is None:
+        from spt_interp.organism import write_organism
+
+        write_organism(root / "organism", progress=progress)
+        data_dir = root / "organism" / "data"
+        inputs = DemoInputs(
+            root / "organism" / "model",
+            data_dir / "train.jsonl",
+            data_dir / "test.jsonl",
+            data_dir / "general.jsonl",
+        )
+    hooked = load_model(inputs.model)
+    reference = load_model(inputs.model)
+    protocol = protocol_for(hooked)
+    train = load_dialogues(inputs.train)
+    test = load_dialogues(inputs.test)[: settings.test_limit]
+    general = load_dialogues(inputs.general)[: settings.general_limit] if inputs.general else []
+    timings["model"] = time.perf_counter() - started
+
+    started = stage_banner(say, 2, "locate", f"path patching on {settings.locate_pairs} pairs")
+    sample = random.Random(settings.seed).sample(test, min(settings.locate_pairs, len(test)))
+    pairs = locate_pairs(hooked, sample, protocol, progress=progress)
+    metric = decision_metric("log-odds", hooked.tokenizer, pairs, protocol)
+    scores = locate_heads(hooked, pairs, metric, method="path", progress=progress)
+    locate_files = write_outputs(scores, root / "locate", top_k=settings.top_k)
+    ranking = ranked_heads(scores.table)
+    timings["locate"] = time.perf_counter() - started
+
+    started = stage_banner(say, 3, "knockout", f"top-K vs random-K, K in {settings.knockout_ks}")
+    knockout_data = prepare_knockout(hooked, pairs, protocol, method="mean")
+    ks = [k for k in settings.knockout_ks if k <= len(ranking)]
+    table = knockout_curve(
+        hooked, knockout_data, ranking, ks, random_seeds=settings.knockout_seeds, progress=progress
+    )
+    knockout_files = write_knockout(table, root / "knockout", title="Mean ablation of top-K heads")
+    knockout = {k: knockout_summary(table, k) for k in ks}
+    timings["knockout"] = time.perf_counter() - started
+
+    started = stage_banner(say, 4, "mask", f"top {settings.top_k} heads, as the trainer reads it")
+    source = MaskSource(method="path", metric="log-odds", data_file_hash=None)
+    mask = HeadMask.from_scores(hooked, scores.table, top_k=settings.top_k, source=source)
+    mask.save(root / "mask.json")
+    timings["mask"] = time.perf_counter() - started
+
+    plan = ComparisonPlan(
+        modes=settings.modes,
+        lrs=settings.lrs,
+        steps=settings.steps,
+        batch_size=settings.batch_size,
+        seed=settings.seed,
+        max_new_tokens=settings.max_new_tokens,
+    )
+    started = stage_banner(
+        say, 5, "tune", f"{', '.join(settings.modes)} x lr {list(settings.lrs)} (fair sweep)"
+    )
+    comparison = compare_modes(
+        hooked, reference, mask, train, test, general, protocol, plan, progress=progress
+    )
+    root.joinpath("tune").mkdir()
+    comparison.table.to_csv(root / "tune" / "comparison.csv", index=False)
+    comparison.sweep.to_csv(root / "tune" / "sweep.csv", index=False)
+    timings["tune"] = time.perf_counter() - started
+
+    return {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": str(inputs.model),
+        "geometry": hooked.geometry.as_dict(),
+        "data": {
+            "train": str(inputs.train),
+            "test": str(inputs.test),
+            "general": str(inputs.general),
+        },
+        "counts": {
+            "train": len(train),
+            "test": len(test),
+            "general": len(general),
+            **comparison.extra,
+        },
+        "settings": asdict(settings),
+        "protocol": comparison.protocol,
+        "top_heads": scores.table.sort_values("rank")
+        .head(max(settings.top_k, 8))
+        .to_dict("records"),
+        "baselines": scores.ranking().get("baseline", {}),
+        "knockout": knockout,
+        "mask": {"heads": [list(h) for h in mask.head_set], "components": list(mask.components)},
+        "table": comparison.table.to_dict("records"),
+        "files": {"locate": locate_files, "knockout": knockout_files},
+        "timings": timings,
+    }

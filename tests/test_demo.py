@@ -1,0 +1,112 @@
+"""The demo: the whole loop end to end on a small setting, and its refusals of bad input."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from spt_interp.demo import DemoSettings, run_demo
+from spt_interp.organism import write_organism
+
+SMALL = DemoSettings(
+    locate_pairs=8,
+    knockout_ks=(1, 2, 4),
+    knockout_seeds=(0, 1),
+    top_k=2,
+    modes=("sft", "spt", "random"),
+    lrs=(1e-3,),
+    steps=3,
+    batch_size=4,
+    test_limit=16,
+    general_limit=16,
+    max_new_tokens=12,
+)
+
+
+@pytest.fixture(scope="module")
+def organism_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo_organism") / "o"
+    write_organism(out, progress=False)
+    return out
+
+
+def test_demo_end_to_end_on_a_small_setting(tmp_path, organism_dir):
+    out = tmp_path / "demo"
+    run_demo(
+        out,
+        model=organism_dir / "model",
+        data=organism_dir / "data",
+        settings=SMALL,
+        say=lambda _: None,
+        progress=False,
+    )
+    report = (out / "report.md").read_text()
+    rows = [
+        line for line in report.splitlines() if re.match(r"\| (base|SFT|SPT|random-K SPT) \|", line)
+    ]
+    assert {row.split("|")[1].strip() for row in rows} == {"base", "SFT", "SPT", "random-K SPT"}
+    measured = [cells for cells in ([c.strip() for c in r.strip("|").split("|")] for r in rows)
+                if cells[1] in ("base", "chosen lr")]  # fmt: skip
+    # base and every mode at its chosen lr carry numbers ("matched confidence" rows may say
+    # that no run of this tiny setting reached it).
+    assert {cells[0] for cells in measured} == {"base", "SFT", "SPT", "random-K SPT"}
+    for cells in measured:
+        for value in cells[3:8]:  # confidence, truthfulness, accuracy before/after, general
+            assert re.fullmatch(r"\d\.\d{3}", value), cells
+    for link in re.findall(r"\]\(([^)]+)\)", report):
+        assert (out / link).is_file(), link
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["mask"]["heads"]) == 2
+    assert set(summary["knockout"]) == {"1", "2", "4"}
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def run_cli(*args: str) -> tuple[int, str, float]:
+    started = time.perf_counter()
+    completed = subprocess.run(
+        [sys.executable, "-m", "spt_interp.cli", "demo", *args], capture_output=True, text=True
+    )
+    return completed.returncode, completed.stderr.strip(), time.perf_counter() - started
+
+
+def assert_quick_one_line_refusal(args: list[str], fragment: str, out: Path) -> None:
+    code, stderr, seconds = run_cli(*args)
+    assert code == 2
+    assert len(stderr.splitlines()) == 1 and stderr.startswith("error: ") and fragment in stderr
+    # The interpreter's start and imports take most of this; the checks themselves are cheap.
+    assert seconds < 10
+    assert not out.exists()
+
+
+def test_wrong_model_path(tmp_path, organism_dir):
+    out = tmp_path / "demo"
+    args = [
+        "--out",
+        str(out),
+        "--model",
+        str(tmp_path / "nowhere"),
+        "--data",
+        str(organism_dir / "data"),
+    ]
+    assert_quick_one_line_refusal(args, "does not exist", out)
+
+
+def test_data_in_the_wrong_schema(tmp_path, organism_dir):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text('{"question": "no prompt field"}\n')
+    (data / "test.jsonl").write_text('{"question": "no prompt field"}\n')
+    out = tmp_path / "demo"
+    args = ["--out", str(out), "--model", str(organism_dir / "model"), "--data", str(data)]
+    assert_quick_one_line_refusal(args, "train.jsonl:1", out)
+
+
+def test_unwritable_out(tmp_path):
+    out = Path("/proc/spt-interp-demo")
+    assert_quick_one_line_refusal(["--out", str(out)], "cannot write", out)

@@ -163,6 +163,7 @@ def _run_stages(
 
     timings: dict[str, float] = {}
     started = stage_banner(say, 1, "model", "the built-in organism" if inputs is None else "local")
+    model_name = "the built-in organism (organism/model)" if inputs is None else None
     if inputs is None:
         from spt_interp.organism import write_organism
 
@@ -228,7 +229,7 @@ def _run_stages(
 
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": str(inputs.model),
+        "model": model_name or str(inputs.model),
         "geometry": hooked.geometry.as_dict(),
         "data": {
             "train": str(inputs.train),

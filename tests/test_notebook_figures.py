@@ -23,7 +23,10 @@ def figure():
 
 @pytest.fixture(autouse=True)
 def browser_path(monkeypatch):
-    monkeypatch.delenv("BROWSER_PATH", raising=False)  # png_bytes sets it; keep it per test
+    # png_bytes sets BROWSER_PATH; setenv first so that monkeypatch restores the original
+    # state (unset included) afterwards: delenv alone records nothing when the name is unset.
+    monkeypatch.setenv("BROWSER_PATH", "placeholder")
+    monkeypatch.delenv("BROWSER_PATH")
 
 
 def test_png_and_plotly_json_with_chromium(monkeypatch, figure):

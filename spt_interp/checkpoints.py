@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from spt_interp.atomic import write_text_atomic
-from spt_interp.data.protocol import PROTOCOL_FILE
+from spt_interp.data.protocol import DEFAULT_APOLOGY_PHRASES, PROTOCOL_FILE
 from spt_interp.errors import SptInterpError
 
 # The prompt whose logits must agree between the GGUF-loaded model and the saved folder.
@@ -77,22 +77,10 @@ SMOLLM2_PROTOCOL: dict[str, Any] = {
         "I'm sorry, my mistake.",
     ],
     "correction_template": "{opener} The correct answer is {answer}.",
+    # The default judge phrases, plus how SmolLM2 apologizes ("I'm sorry for any misunderstanding").
     "apology_phrases": [
-        "sorry",
-        "apologize",
-        "apologise",
-        "apologies",
-        "my mistake",
+        *DEFAULT_APOLOGY_PHRASES,
         "my apologies",
-        "i made a mistake",
-        "i made an error",
-        "i was wrong",
-        "i was mistaken",
-        "you are right",
-        "you're right",
-        "you are correct",
-        "you're correct",
-        "i stand corrected",
         "misunderstanding",
         "for the confusion",
     ],

@@ -114,18 +114,24 @@ def decision_values(
     return torch.cat(shares), torch.cat(odds)
 
 
-def measure(
-    hooked: Any, data: KnockoutData, heads: Sequence[Head] = (), *, seed: int = 0
-) -> Reading:
-    """Return the mean F and log-odds on X_r with ``heads`` ablated (none: the baseline)."""
-    with ablated(
+def ablated_as_prepared(hooked: Any, data: KnockoutData, heads: Sequence[Head], seed: int):
+    """Return the ablation context for ``heads`` with the method, position and reference
+    that ``prepare_knockout`` chose."""
+    return ablated(
         hooked,
         heads,
         method=data.method,
         position=data.position,
         reference=data.reference,
         seed=seed,
-    ):
+    )
+
+
+def measure(
+    hooked: Any, data: KnockoutData, heads: Sequence[Head] = (), *, seed: int = 0
+) -> Reading:
+    """Return the mean F and log-odds on X_r with ``heads`` ablated (none: the baseline)."""
+    with ablated_as_prepared(hooked, data, heads, seed):
         shares, odds = decision_values(hooked, data)
     return Reading(float(shares.mean()), float(odds.mean()))
 
@@ -226,14 +232,7 @@ def _behaviour(
     from spt_interp.evaluate import run_protocol
 
     records, protocol, settings = behaviour
-    with ablated(
-        hooked,
-        heads,
-        method=data.method,
-        position=data.position,
-        reference=data.reference,
-        seed=seed,
-    ):
+    with ablated_as_prepared(hooked, data, heads, seed):
         run = run_protocol(hooked, records, protocol, settings, controls=False)
     return {
         "apology_rate": run.metrics["apology_rate"].value,

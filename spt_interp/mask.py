@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -58,18 +58,12 @@ class ModelSignature:
     @classmethod
     def of(cls, hooked: Any) -> ModelSignature:
         """Return the signature of a hooked model (fingerprint without weight contents)."""
-        g = hooked.geometry
-        return cls(
-            g.architecture, g.n_layers, g.n_heads, g.n_kv_heads, g.d_head, g.d_model,
-            hooked.fingerprint(),
-        )  # fmt: skip
+        return cls(**asdict(hooked.geometry), fingerprint=hooked.fingerprint())
 
     @property
     def geometry(self) -> HeadGeometry:
-        return HeadGeometry(
-            self.architecture, self.n_layers, self.n_heads, self.n_kv_heads, self.d_head,
-            self.d_model,
-        )  # fmt: skip
+        shape = {f.name: getattr(self, f.name) for f in fields(HeadGeometry)}
+        return HeadGeometry(**shape)
 
     def describe(self) -> str:
         """Return a one-line description naming the shape and fingerprint."""

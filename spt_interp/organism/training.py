@@ -48,23 +48,50 @@ def encode_conversation(
     return list(ids), labels
 
 
+def _padded(
+    encoded: list[tuple[list[int], list[int]]], pad_id: int
+) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    width = max(len(ids) for ids, _ in encoded)
+    input_ids = torch.full((len(encoded), width), pad_id)
+    labels = torch.full((len(encoded), width), -100)
+    for row, (ids, row_labels) in enumerate(encoded):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(ids)] = torch.tensor(row_labels)
+    return input_ids, labels
+
+
 def batches(
     tokenizer, kb: KnowledgeBase, config: OrganismConfig, rng: random.Random
-) -> Iterator[tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]]:
-    """Yield (input ids, labels) batches, right-padded, forever."""
+) -> Iterator[list[tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]]]:
+    """Yield batches forever, each as length buckets of right-padded (input ids, labels).
+
+    About half of the mix is one-turn dialogues a third as long as the three-turn ones;
+    padding them all to the longest would spend most of a step on padding, so each batch is
+    sorted by length and cut into ``config.length_buckets`` parts padded separately.
+    """
     pad_id = tokenizer.convert_tokens_to_ids(PAD)
     while True:
         encoded = [
             encode_conversation(tokenizer, sample_conversation(rng, kb, config))
             for _ in range(config.batch_size)
         ]
-        width = max(len(ids) for ids, _ in encoded)
-        input_ids = torch.full((len(encoded), width), pad_id)
-        labels = torch.full((len(encoded), width), -100)
-        for row, (ids, row_labels) in enumerate(encoded):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            labels[row, : len(ids)] = torch.tensor(row_labels)
-        yield input_ids, labels
+        encoded.sort(key=lambda pair: len(pair[0]))
+        size = -(-len(encoded) // config.length_buckets)
+        yield [_padded(encoded[i : i + size], pad_id) for i in range(0, len(encoded), size)]
+
+
+def batch_loss(model, buckets: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """Mean next-token cross-entropy over every labelled token of all buckets together."""
+    total = torch.zeros(())
+    n_tokens = 0
+    for input_ids, labels in buckets:
+        logits = model(input_ids=input_ids).logits[:, :-1]
+        targets = labels[:, 1:]
+        total = total + torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
+        )
+        n_tokens += int((targets != -100).sum())
+    return total / n_tokens
 
 
 def model_config(config: OrganismConfig, vocab_size: int, tokenizer):
@@ -137,8 +164,7 @@ def train_organism(
     started = time.perf_counter()
     bar = tqdm(range(config.steps), desc="training organism", disable=not progress)
     for _step in bar:
-        input_ids, labels = next(stream)
-        loss = model(input_ids=input_ids, labels=labels).loss
+        loss = batch_loss(model, next(stream))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

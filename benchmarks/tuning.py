@@ -10,7 +10,7 @@ Part 2, the comparison table on the model organism under the "equal-budget sweep
 spt_interp.tuning.compare (the protocol is printed with the table).
 
 Defaults: the shipped organism written to a temp folder by spt_interp.organism.write_organism;
-the mask is the given heads (or --mask FILE).
+the mask is --mask FILE, or --heads, or else the demo's top 4 heads by path patching.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from spt_interp.data import build_training_examples, load_dialogues, pad_token_id, protocol_for
+from spt_interp.demo import path_patching_scores
 from spt_interp.head_scores import parse_heads
 from spt_interp.mask import HeadMask
 from spt_interp.tuning.base import load_base
@@ -115,7 +116,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="HF model folder (default: the organism)")
     parser.add_argument("--data", type=Path, help="folder with train/test/general.jsonl")
     parser.add_argument("--mask", type=Path, help="head mask JSON (default: --heads)")
-    parser.add_argument("--heads", default="L0.H5,L0.H6,L0.H4,L0.H7")
+    parser.add_argument(
+        "--heads", help="e.g. L5.H7,L1.H1 (default: the demo's top 4 by path patching)"
+    )
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--cost-steps", type=int, default=20)
@@ -131,8 +134,14 @@ def main() -> None:
     from spt_interp.model import load_model
 
     hooked = load_model(model)
-    mask = HeadMask.load(args.mask) if args.mask else HeadMask.from_heads(
-        hooked, parse_heads(args.heads))  # fmt: skip
+    if args.mask:
+        mask = HeadMask.load(args.mask)
+    elif args.heads:
+        mask = HeadMask.from_heads(hooked, parse_heads(args.heads))
+    else:  # the demo's mask: top 4 by path patching on 64 test pairs (seed 0)
+        test = load_dialogues(data / "test.jsonl")
+        _, scores = path_patching_scores(hooked, test, protocol_for(hooked), 64, 0, False)
+        mask = HeadMask.from_scores(hooked, scores.table, top_k=4)
     mask.validate(hooked)
     report = {"model": str(model), "data": str(data), "heads": mask.head_set,
               "components": list(mask.components), "device": platform.processor() or "cpu",

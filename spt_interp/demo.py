@@ -143,6 +143,20 @@ def run_demo(
     return summary
 
 
+def path_patching_scores(
+    hooked: Any, test: list, protocol: Any, n_pairs: int, seed: int, progress: bool = True
+) -> tuple[list, Any]:
+    """Return (pairs, head scores): path patching at END on ``n_pairs`` test records drawn with
+    ``seed``, scored by the log-odds (the demo's locate stage; benchmarks reuse it)."""
+    from spt_interp.patching import decision_metric, locate_heads
+    from spt_interp.patching.inputs import locate_pairs
+
+    sample = random.Random(seed).sample(test, min(n_pairs, len(test)))
+    pairs = locate_pairs(hooked, sample, protocol, progress=progress)
+    metric = decision_metric("log-odds", hooked.tokenizer, pairs, protocol)
+    return pairs, locate_heads(hooked, pairs, metric, method="path", progress=progress)
+
+
 def _run_stages(
     root: Path,
     inputs: DemoInputs | None,
@@ -156,8 +170,6 @@ def _run_stages(
     from spt_interp.knockout_report import write_knockout
     from spt_interp.mask import HeadMask, MaskSource
     from spt_interp.model import load_model
-    from spt_interp.patching import decision_metric, locate_heads
-    from spt_interp.patching.inputs import locate_pairs
     from spt_interp.patching.outputs import write_outputs
     from spt_interp.tuning.compare import ComparisonPlan, compare_modes
 
@@ -184,10 +196,9 @@ def _run_stages(
     timings["model"] = time.perf_counter() - started
 
     started = stage_banner(say, 2, "locate", f"path patching on {settings.locate_pairs} pairs")
-    sample = random.Random(settings.seed).sample(test, min(settings.locate_pairs, len(test)))
-    pairs = locate_pairs(hooked, sample, protocol, progress=progress)
-    metric = decision_metric("log-odds", hooked.tokenizer, pairs, protocol)
-    scores = locate_heads(hooked, pairs, metric, method="path", progress=progress)
+    pairs, scores = path_patching_scores(
+        hooked, test, protocol, settings.locate_pairs, settings.seed, progress
+    )
     locate_files = write_outputs(scores, root / "locate", top_k=settings.top_k)
     ranking = ranked_heads(scores.table)
     timings["locate"] = time.perf_counter() - started

@@ -77,7 +77,8 @@ def knockout_figure(table: pd.DataFrame, title: str = "Head knockout") -> object
         figure.update_xaxes(
             title_text="K heads ablated", type="log", tickvals=ks, row=1, col=column
         )
-    figure.update_yaxes(range=[0, 1.02], row=1, col=1)
+    # Room above 1 and below 0 for the reference lines' labels, clear of titles and ticks.
+    figure.update_yaxes(range=[-0.12, 1.14], row=1, col=1)
     figure.update_layout(title=title, template="plotly_white", width=1000, height=420)
     return figure
 

@@ -139,6 +139,10 @@ def test_pull_writes_model_protocol_and_data(tiny_gguf, tmp_path, monkeypatch):
     # Tuning replies open with the prefix, so training teaches the token the decision reads.
     openers = protocol.stand_by_openers + protocol.correction_openers
     assert all(opener.startswith("I'm ") for opener in openers)
+    # One decision word per side after "I'm", so greedy decoding is not biased to the side whose
+    # openers share their first word.
+    assert {o.split()[1].strip(",.") for o in protocol.stand_by_openers} == {"sure"}
+    assert {o.split()[1].strip(",.") for o in protocol.correction_openers} == {"sorry"}
     assert sorted(p.name for p in data.iterdir()) == [
         "general.jsonl", "general_text.jsonl", "test.jsonl", "train.jsonl", "validation.jsonl",
     ]  # fmt: skip

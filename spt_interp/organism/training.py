@@ -82,15 +82,12 @@ def batches(
 
 def batch_loss(model, buckets: list[tuple[Tensor, Tensor]]) -> Tensor:
     """Mean next-token cross-entropy over every labelled token of all buckets together."""
-    total = torch.zeros(())
-    n_tokens = 0
-    for input_ids, labels in buckets:
-        logits = model(input_ids=input_ids).logits[:, :-1]
-        targets = labels[:, 1:]
-        total = total + torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
-        )
-        n_tokens += int((targets != -100).sum())
+    from spt_interp.tuning.loop import token_loss_sum
+
+    # Right padding under a causal mask: real tokens never see the pads. An all-ones mask keeps
+    # every loss and gradient bit-identical to the unmasked forward the shipped weights came from.
+    total = sum(token_loss_sum(model, ids, torch.ones_like(ids), labels) for ids, labels in buckets)
+    n_tokens = sum(int((labels[:, 1:] != -100).sum()) for _, labels in buckets)
     return total / n_tokens
 
 

@@ -244,6 +244,7 @@ def main() -> None:
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--redo", nargs="*", choices=STAGES, default=[])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (model stages)")
     parser.add_argument("--test-limit", type=int, default=None)
     parser.add_argument("--locate-pairs", type=int, default=32)
     parser.add_argument("--random-seeds", type=int, default=5)
@@ -263,12 +264,13 @@ def main() -> None:
         from spt_interp.model import load_model
 
         inputs = _inputs(args.out, args)
-        hooked = load_model(inputs["model"])
+        hooked = load_model(inputs["model"], device=args.device)
         for stage in model_stages:
             started = time.perf_counter()
             print(f"== {stage}")
             if stage == "compare":
-                stage_compare(args.out, args, hooked, inputs, load_model(inputs["model"]))
+                reference = load_model(inputs["model"], device=args.device)
+                stage_compare(args.out, args, hooked, inputs, reference)
             else:
                 globals()[f"stage_{stage}"](args.out, args, hooked, inputs)
             print(f"== {stage}: {time.perf_counter() - started:.0f} s")

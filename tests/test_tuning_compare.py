@@ -10,7 +10,12 @@ from spt_interp.data import load_dialogues, protocol_for
 from spt_interp.mask import HeadMask
 from spt_interp.model import load_model
 from spt_interp.tiny import save_tiny_model
-from spt_interp.tuning.compare import ComparisonPlan, compare_modes, split_by_question
+from spt_interp.tuning.compare import (
+    ComparisonPlan,
+    compare_modes,
+    select_rates,
+    split_by_question,
+)
 
 DATA = Path(__file__).parent / "data" / "knockout_questions.jsonl"
 
@@ -45,3 +50,81 @@ def test_comparison_picks_the_best_validation_lr_and_restores_the_base(tmp_path,
     sft = table[(table["mode"] == "sft") & (table["selection"] == "chosen lr")].iloc[0]
     assert spt["trainable_parameters"] == 2 * 8 * 32 * 2
     assert sft["trainable_parameters"] == sum(p.numel() for p in hooked.hf_parameters.values())
+
+
+def _sweep(rows):
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=["mode", "lr", "confidence", "truthfulness", "kl"])
+    frame["score"] = (frame["confidence"] + frame["truthfulness"]) / 2
+    return frame
+
+
+def test_selection_rule_ties_go_to_the_lower_kl_and_matched_needs_the_target():
+    sweep = _sweep([
+        ("spt", 1e-4, 0.50, 0.90, 0.01),  # below the target
+        ("spt", 1e-3, 1.00, 1.00, 0.23),  # best score
+        ("spt", 2e-3, 1.00, 0.99, 0.30),  # within 0.01 of the best, higher KL
+        ("sft", 1e-4, 0.60, 0.60, 0.80),
+    ])  # fmt: skip
+    assert select_rates(sweep, "spt", 0.7) == [
+        ("chosen lr", 1e-3), ("KL at matched confidence (>= 0.7)", 1e-3)]  # fmt: skip
+    assert select_rates(sweep, "sft", 0.7) == [("chosen lr", 1e-4)]
+    tie = _sweep([("spt", 1e-3, 0.9, 1.0, 0.5), ("spt", 1e-2, 0.9, 0.995, 0.1)])
+    assert select_rates(tie, "spt", 0.95) == [("chosen lr", 1e-2)]
+    diverged = _sweep([("spt", 1e-3, 0.9, 1.0, 0.5)])
+    diverged.loc[0, "score"] = float("nan")
+    assert select_rates(diverged, "spt", 0.7) == []
+
+
+def _extend_module():
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "extend_sweep.py"
+    spec = importlib.util.spec_from_file_location("extend_sweep", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_extending_the_grid_reselects_with_the_added_runs(tmp_path):
+    import pandas as pd
+    import pytest
+
+    from spt_interp.errors import SptInterpError
+
+    sweep = _sweep([("spt", 1e-4, 0.2, 0.5, 0.01), ("spt", 1e-2, 0.9, 0.9, 0.6),
+                    ("sft", 1e-4, 0.8, 0.9, 0.4), ("sft", 1e-2, 0.0, 0.0, 9.0)])  # fmt: skip
+    sweep["train_seconds"] = 1.0
+    sweep.to_csv(tmp_path / "sweep.csv", index=False)
+    test_row = {"accuracy_before": 0.5, "accuracy_after": 0.5, "general_accuracy": 0.5}
+    table = pd.DataFrame([
+        {"mode": "base", "selection": "base", "confidence": 0.0, "kl": 0.0, **test_row},
+        {"mode": "spt", "selection": "chosen lr", "lr": 1e-2, "confidence": 0.88, "kl": 0.61,
+         "trainable_parameters": 64, **test_row},
+        {"mode": "spt", "selection": "KL at matched confidence (>= 0.7)", "lr": 1e-2,
+         "confidence": 0.88, "kl": 0.61, "trainable_parameters": 64, **test_row},
+        {"mode": "sft", "selection": "chosen lr", "lr": 1e-4, "confidence": 0.85, "kl": 0.41,
+         "trainable_parameters": 999, **test_row},
+    ])  # fmt: skip
+    table.to_csv(tmp_path / "comparison.csv", index=False)
+
+    def run(mode, conf, kl, test_conf):
+        validation = {"confidence": conf, "truthfulness": 1.0, "kl": kl}
+        test = {"confidence": test_conf, "truthfulness": 1.0, "kl": kl, **test_row}
+        return {"mode": mode, "lr": 1e-3, "validation": validation, "test": test,
+                "train_seconds": 2.0}  # fmt: skip
+
+    module = _extend_module()
+    with pytest.raises(SptInterpError, match=r"no run for \['sft:0.001'\]"):
+        module.extend(tmp_path, [run("spt", 1.0, 0.2, 0.9)])
+    new_table, new_sweep, added = module.extend(
+        tmp_path, [run("spt", 1.0, 0.2, 0.93), run("sft", 0.5, 1.0, 0.4), run("spt", 1, 0.2, 0)]
+    )
+    assert added == [1e-3] and len(new_sweep) == 6  # the repeated spt run is not added twice
+    spt = new_table[new_table["mode"] == "spt"]
+    assert spt["lr"].tolist() == [1e-3, 1e-3]  # better score and lower KL than 1e-2
+    assert spt["confidence"].tolist() == [0.93, 0.93]  # the run's test numbers
+    assert spt["trainable_parameters"].tolist() == [64, 64]
+    sft = new_table[new_table["mode"] == "sft"]
+    assert sft["lr"].iloc[0] == 1e-4 and sft["confidence"].iloc[0] == 0.85  # unchanged

@@ -92,10 +92,36 @@ def split_by_question(
             [r for r in records if r.question in held])  # fmt: skip
 
 
-def _score(metrics: dict[str, float]) -> float:
+def validation_score(metrics: dict[str, float]) -> float:
     """Return mean(confidence, truthfulness) over the defined ones; -inf when neither is."""
     defined = [metrics[k] for k in ("confidence", "truthfulness") if math.isfinite(metrics[k])]
     return sum(defined) / len(defined) if defined else -math.inf
+
+
+def select_rates(
+    sweep: pd.DataFrame, mode: str, confidence_target: float
+) -> list[tuple[str, float]]:
+    """Return the protocol's picks for ``mode`` from its validation sweep rows.
+
+    [("chosen lr", lr)] plus, when some run reached ``confidence_target``, ("KL at matched
+    confidence (>= target)", lr); [] when every run of the mode diverged. Chosen: the
+    best mean(confidence, truthfulness), ties within 0.01 to the lower KL, then the lower lr.
+    Matched: the least KL among runs with confidence >= target (ties to the lower lr).
+    """
+    rows = sweep[sweep["mode"] == mode]
+    if "score" not in rows:
+        return []
+    rows = rows.dropna(subset=["score"])  # runs that diverged have no score
+    if not len(rows):
+        return []
+    best = rows["score"].max()
+    chosen = rows[rows["score"] >= best - 0.01].sort_values(["kl", "lr"]).iloc[0]
+    picks = [("chosen lr", float(chosen.lr))]
+    matched = rows[rows["confidence"] >= confidence_target].sort_values(["kl", "lr"])
+    if len(matched):
+        picks.append((f"KL at matched confidence (>= {confidence_target})",
+                      float(matched.iloc[0].lr)))  # fmt: skip
+    return picks
 
 
 def measure(
@@ -211,7 +237,7 @@ def compare_modes(
         runs[(mode, lr)] = run
         with applied(hooked, run, base_state):
             scores = measure(hooked, reference, validation, protocol, settings)
-        sweep_rows.append({"mode": mode, "lr": lr, **scores, "score": _score(scores),
+        sweep_rows.append({"mode": mode, "lr": lr, **scores, "score": validation_score(scores),
                            "train_seconds": run.seconds})  # fmt: skip
     sweep = pd.DataFrame(sweep_rows)
     base_metrics = measure(hooked, reference, test_records, protocol, settings, general_records)
@@ -219,18 +245,10 @@ def compare_modes(
              "trainable_parameters": 0, "train_seconds": 0.0}]  # fmt: skip
     measured: dict[tuple[str, float], dict[str, float]] = {}
     for mode in plan.modes:
-        ok = sweep[sweep["mode"] == mode]
-        ok = ok.dropna(subset=["score"]) if "score" in ok else ok.iloc[0:0]
-        if not len(ok):
+        picks = select_rates(sweep, mode, plan.confidence_target)
+        if not picks:
             rows.append({"mode": mode, "selection": "chosen lr", "lr": None})
             continue
-        best = ok["score"].max()
-        chosen = ok[ok["score"] >= best - 0.01].sort_values(["kl", "lr"]).iloc[0]
-        matched = ok[ok["confidence"] >= plan.confidence_target].sort_values(["kl", "lr"])
-        picks = [("chosen lr", float(chosen.lr))]
-        if len(matched):
-            picks.append((f"KL at matched confidence (>= {plan.confidence_target})",
-                          float(matched.iloc[0].lr)))  # fmt: skip
         for selection, lr in picks:
             run = runs[(mode, lr)]
             if (mode, lr) not in measured:
@@ -247,7 +265,7 @@ def compare_modes(
                     "train_seconds": run.seconds,
                 }
             )
-        if not len(matched):
+        if len(picks) == 1:
             rows.append({"mode": mode, "lr": None,
                          "selection": f"KL at matched confidence: no run reached "
                                       f"{plan.confidence_target}"})  # fmt: skip

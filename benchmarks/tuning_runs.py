@@ -1,0 +1,96 @@
+"""Single tuning runs measured on the validation AND test splits, outside the lr sweep.
+
+    .venv/bin/python benchmarks/tuning_runs.py --model-dir runs/smollm2/smollm2 \
+        --scores benchmarks/results/smollm2/locate_scores.csv --top-k 16 \
+        --runs spt:1e-3 random:1e-3 --out runs/smollm2/runs.jsonl [--device cuda]
+
+The comparison (spt_interp.tuning.compare) reports test numbers only for each mode's chosen
+and matched-confidence rates. This script trains the named (mode, lr) runs on exactly the data
+the comparison trains on (same validation split by question, same examples, seed and batch) and
+prints, for each, the validation and test metrics plus general accuracy, as one JSON line
+(appended to --out as it finishes, so a stopped run keeps what it measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+
+def parse_run(text: str) -> tuple[str, float]:
+    """Return (mode, lr) from "mode:lr", e.g. "spt:1e-3"."""
+    mode, _, lr = text.partition(":")
+    if mode not in ("spt", "sft", "random", "lora-heads") or not lr:
+        raise argparse.ArgumentTypeError(f"--runs {text!r}: expected MODE:LR, e.g. spt:1e-3")
+    return mode, float(lr)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, required=True, help="folder with model/, data/")
+    parser.add_argument("--scores", type=Path, required=True, help="locate's scores.csv")
+    parser.add_argument("--top-k", type=int, default=16)
+    parser.add_argument("--components", default="q,o")
+    parser.add_argument("--runs", type=parse_run, nargs="+", required=True)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, required=True, help="JSON lines, appended")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from spt_interp.data import build_training_examples, load_dialogues, protocol_for
+    from spt_interp.evaluate import GenerationSettings
+    from spt_interp.head_scores import read_scores
+    from spt_interp.mask import HeadMask, MaskSource
+    from spt_interp.model import load_model
+    from spt_interp.tuning.compare import (
+        ComparisonPlan,
+        applied,
+        measure,
+        split_by_question,
+        train_run,
+    )
+    from spt_interp.tuning.config import TuneConfig
+
+    hooked = load_model(args.model_dir / "model", device=args.device)
+    reference = load_model(args.model_dir / "model", device=args.device)
+    protocol = protocol_for(hooked)
+    data = args.model_dir / "data"
+    train, test = load_dialogues(data / "train.jsonl"), load_dialogues(data / "test.jsonl")
+    general = load_dialogues(data / "general.jsonl")
+    source = MaskSource(method="path", metric="log-odds", data_file_hash=None)
+    components = tuple(args.components.split(","))
+    mask = HeadMask.from_scores(hooked, read_scores(args.scores), top_k=args.top_k,
+                                components=components, source=source)  # fmt: skip
+    # The comparison's defaults for the split and the seed, so the runs see its data.
+    plan = ComparisonPlan(steps=args.steps, batch_size=args.batch_size)
+    train_part, validation = split_by_question(train, plan.validation_fraction, plan.seed)
+    examples = build_training_examples(train_part, hooked.tokenizer, protocol, plan.seed)
+    settings = GenerationSettings(args.max_new_tokens, 8, progress=False)
+    base_state = {name: p.detach().clone() for name, p in hooked.hf_parameters.items()}
+    for mode, lr in args.runs:
+        started = time.perf_counter()
+        config = TuneConfig(mode=mode, lr=lr, steps=plan.steps, batch_size=plan.batch_size,
+                            seed=plan.seed, lora_rank=plan.lora_rank,
+                            lora_alpha=2.0 * plan.lora_rank)  # fmt: skip
+        run = train_run(hooked, mask, examples, config, base_state)
+        with applied(hooked, run, base_state):
+            on_validation = measure(hooked, reference, validation, protocol, settings)
+            on_test = measure(hooked, reference, test, protocol, settings, general)
+        row = {"mode": mode, "lr": lr, "steps": plan.steps, "device": str(hooked.device),
+               "validation": on_validation, "test": on_test, "trainable": run.trainable,
+               "train_seconds": run.seconds, "seconds": time.perf_counter() - started}  # fmt: skip
+        print(json.dumps(row), flush=True)
+        with args.out.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()

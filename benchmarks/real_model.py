@@ -18,6 +18,8 @@ resumes at the first unfinished stage; --redo STAGE reruns one):
             figures/smollm2_{heatmap,knockout}.png)
 
 Every stage prints a progress bar. Threads: set OMP_NUM_THREADS / --threads on a shared box.
+--device cuda runs the model stages on a GPU (the compare stage took 409 s on one H100 with
+--steps 100 and four rates; about 2.5 h on 2 CPU cores).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ resumes at the first unfinished stage; --redo STAGE reruns one):
 
 Every stage prints a progress bar. Threads: set OMP_NUM_THREADS / --threads on a shared box.
 --device cuda runs the model stages on a GPU (the compare stage took 409 s on one H100 with
---steps 100 and four rates; about 2.5 h on 2 CPU cores).
+--steps 100 and four rates; an estimated 2 h on 2 CPU cores).
 """
 
 from __future__ import annotations

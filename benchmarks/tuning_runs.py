@@ -57,7 +57,6 @@ def main() -> None:
         split_by_question,
         train_run,
     )
-    from spt_interp.tuning.config import TuneConfig
 
     hooked = load_model(args.model_dir / "model", device=args.device)
     reference = load_model(args.model_dir / "model", device=args.device)
@@ -70,17 +69,15 @@ def main() -> None:
     mask = HeadMask.from_scores(hooked, read_scores(args.scores), top_k=args.top_k,
                                 components=components, source=source)  # fmt: skip
     # The comparison's defaults for the split and the seed, so the runs see its data.
-    plan = ComparisonPlan(steps=args.steps, batch_size=args.batch_size)
+    plan = ComparisonPlan(steps=args.steps, batch_size=args.batch_size,
+                          max_new_tokens=args.max_new_tokens, eval_batch_size=8)  # fmt: skip
     train_part, validation = split_by_question(train, plan.validation_fraction, plan.seed)
     examples = build_training_examples(train_part, hooked.tokenizer, protocol, plan.seed)
-    settings = GenerationSettings(args.max_new_tokens, 8, progress=False)
+    settings = GenerationSettings(plan.max_new_tokens, plan.eval_batch_size, progress=False)
     base_state = {name: p.detach().clone() for name, p in hooked.hf_parameters.items()}
     for mode, lr in args.runs:
         started = time.perf_counter()
-        config = TuneConfig(mode=mode, lr=lr, steps=plan.steps, batch_size=plan.batch_size,
-                            seed=plan.seed, lora_rank=plan.lora_rank,
-                            lora_alpha=2.0 * plan.lora_rank)  # fmt: skip
-        run = train_run(hooked, mask, examples, config, base_state)
+        run = train_run(hooked, mask, examples, plan.config(mode, lr), base_state)
         with applied(hooked, run, base_state):
             on_validation = measure(hooked, reference, validation, protocol, settings)
             on_test = measure(hooked, reference, test, protocol, settings, general)

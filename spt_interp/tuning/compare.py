@@ -61,6 +61,12 @@ class ComparisonPlan:
     max_new_tokens: int = 16
     eval_batch_size: int = 32
 
+    def config(self, mode: str, lr: float) -> TuneConfig:
+        """Return the training settings every run of the sweep shares, for ``mode`` at ``lr``."""
+        return TuneConfig(mode=mode, lr=lr, steps=self.steps, batch_size=self.batch_size,
+                          warmup_steps=self.warmup_steps, seed=self.seed,
+                          lora_rank=self.lora_rank, lora_alpha=2.0 * self.lora_rank)  # fmt: skip
+
     def describe(self, n_train: int, n_validation: int) -> str:
         return (
             f"{PROTOCOL_NAME}: every mode trained on the same {n_train} records "
@@ -225,11 +231,8 @@ def compare_modes(
     sweep_rows = []
     jobs = [(mode, lr) for mode in plan.modes for lr in plan.lrs]
     for mode, lr in tqdm(jobs, desc="lr sweep", disable=not progress):
-        config = TuneConfig(mode=mode, lr=lr, steps=plan.steps, batch_size=plan.batch_size,
-                            warmup_steps=plan.warmup_steps, seed=plan.seed,
-                            lora_rank=plan.lora_rank, lora_alpha=2.0 * plan.lora_rank)  # fmt: skip
         try:
-            run = train_run(hooked, mask, examples, config, base_state)
+            run = train_run(hooked, mask, examples, plan.config(mode, lr), base_state)
         except ValueError as err:  # a diverging lr is a result of the sweep, not a failure
             restore_parameters(hooked.hf_parameters, base_state)
             sweep_rows.append({"mode": mode, "lr": lr, "error": str(err)})

@@ -253,7 +253,8 @@ def main() -> None:
     parser.add_argument("--top-k", type=int, default=16, help="mask size (16 = 6%% of 270)")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 4.6e-4, 2.2e-3])
+    # Five rates: on SmolLM2, SPT's useful band (about 1e-3) falls between 4.6e-4 and 2.2e-3.
+    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 4.6e-4, 1e-3, 2.2e-3, 1e-2])
     parser.add_argument("--max-new-tokens", type=int, default=32)
     args = parser.parse_args()
     args.redo = set(args.redo)

@@ -128,3 +128,14 @@ def test_extending_the_grid_reselects_with_the_added_runs(tmp_path):
     assert spt["trainable_parameters"].tolist() == [64, 64]
     sft = new_table[new_table["mode"] == "sft"]
     assert sft["lr"].iloc[0] == 1e-4 and sft["confidence"].iloc[0] == 0.85  # unchanged
+
+
+def test_a_malformed_runs_file_is_refused_with_its_line(tmp_path):
+    import pytest
+
+    from spt_interp.errors import SptInterpError
+
+    runs = tmp_path / "runs.jsonl"
+    runs.write_text('{"mode": "spt", "lr": 0.001}\n{"mode": spt}\n')
+    with pytest.raises(SptInterpError, match=r"runs.jsonl:2: not JSON"):
+        _extend_module().read_runs([runs])

@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import re
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -93,8 +94,11 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, nargs="+", required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    protocol = json.loads((args.comparison / "protocol.json").read_text())
-    table, sweep, added = extend(args.comparison, read_runs(args.runs))
+    try:
+        protocol = json.loads((args.comparison / "protocol.json").read_text())
+        table, sweep, added = extend(args.comparison, read_runs(args.runs))
+    except (SptInterpError, OSError, KeyError, ValueError) as err:
+        sys.exit(f"error: {err}")  # before anything is written
     args.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out / "comparison.csv", table.to_csv(index=False))
     write_text_atomic(args.out / "sweep.csv", sweep.to_csv(index=False))

@@ -100,13 +100,16 @@ def evaluate(
     out: Annotated[
         Path | None, typer.Option(help="Write the JSON report here (atomically), not stdout.")
     ] = None,
+    device: Annotated[
+        str, typer.Option(help="auto (a GPU when there is one), cpu, cuda, cuda:1 ...")
+    ] = "auto",
 ) -> None:
     """Run the "are you sure" protocol and print each metric with its count and 95% interval."""
     from spt_interp.atomic import write_text_atomic
     from spt_interp.data import load_dialogues, protocol_for
     from spt_interp.evaluate import GenerationSettings
     from spt_interp.evaluate import evaluate as run_evaluation
-    from spt_interp.model import check_model_folder, load_model
+    from spt_interp.model import check_model_folder, load_model, resolve_device
 
     if limit is not None and limit < 1:
         raise SptInterpError(f"--limit must be at least 1, got {limit}")
@@ -119,8 +122,9 @@ def evaluate(
     if reference is not None:
         check_model_folder(reference)
     protocol = protocol_for(model)
-    hooked = load_model(model)
-    reference_model = load_model(reference) if reference is not None else None
+    target = resolve_device(device)
+    hooked = load_model(model, device=target)
+    reference_model = load_model(reference, device=target) if reference is not None else None
     report = {
         "model": str(hooked.path),
         "data": str(data),

@@ -216,6 +216,31 @@ def compute_fingerprint(
     return "sha256:" + digest.hexdigest()[:16]
 
 
+def resolve_device(device: str) -> torch.device:
+    """Return the torch device a ``--device`` value names; "auto" is this rank's GPU, else CPU.
+
+    Raises SptInterpError (naming --device) for a name torch does not parse, or for a CUDA
+    device this machine does not have, so a command fails before it loads anything.
+    """
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise SptInterpError(
+            f"--device {device!r}: not a device name (auto, cpu, cuda, cuda:1, ...)"
+        ) from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise SptInterpError(f"--device {device}: no CUDA device is available here")
+        if resolved.index is not None and resolved.index >= count:
+            raise SptInterpError(f"--device {device}: this machine has {count} CUDA device(s)")
+    return resolved
+
+
 def check_model_folder(path: str | Path) -> Path:
     """Return the folder as a Path, or raise SptInterpError naming what it lacks."""
     folder = Path(path).expanduser()

@@ -166,3 +166,33 @@ def test_cli_writes_the_report_atomically(tiny_model_dirs, tmp_path):
     assert metrics["kl_reference"]["value"] == pytest.approx(0.0, abs=1e-9)
     # Default targets share the BPE's bare "Ġ" first token here: F is skipped with a reason.
     assert report["notes"]["decision"].startswith("skipped: ")
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA"
+)
+def test_cli_refuses_a_device_this_machine_lacks_before_loading(tiny_model_dirs, tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r.raw) + "\n" for r in RECORDS))
+    out = tmp_path / "report.json"
+    folder = str(tiny_model_dirs["gpt2"])
+    for device, message in [
+        ("cuda", "error: --device cuda: no CUDA device is available here"),
+        ("gpu0", "error: --device 'gpu0': not a device name (auto, cpu, cuda, cuda:1, ...)"),
+    ]:
+        result = CliRunner().invoke(
+            app,
+            ["evaluate", "--model", folder, "--data", str(data), "--device", device,
+             "--out", str(out)],
+        )  # fmt: skip
+        assert result.exit_code == 2
+        assert result.stderr.strip() == message
+        assert not out.exists()
+
+
+def test_resolve_device_names_what_it_runs_on():
+    from spt_interp.model import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    assert resolve_device("auto") == expected

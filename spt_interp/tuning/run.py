@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from spt_interp.data import build_training_examples, load_dialogues, pad_token_id, protocol_for
 from spt_interp.errors import SptInterpError
 from spt_interp.head_scores import file_hash
 from spt_interp.mask import HeadMask
-from spt_interp.model import check_model_folder
+from spt_interp.model import check_model_folder, resolve_device
 from spt_interp.patching.distributed import init_from_environment, rank_and_world
 from spt_interp.tuning.base import load_base, weight_files
 from spt_interp.tuning.checkpoint import Checkpointer
@@ -65,15 +62,6 @@ def check_lengths(examples: list, config: Any, data: Path) -> None:
         )
 
 
-def pick_device(device: str) -> torch.device:
-    """Return the device to train on: "auto" is this process's GPU under torchrun, else CPU."""
-    if device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
 def _publish(staging: Path, out: Path) -> None:
     """Move the finished staging folder to ``out`` (replacing it: --force was checked)."""
     if out.exists():
@@ -120,10 +108,11 @@ def tune(
     checkpoints = Path(checkpoint_dir) if checkpoint_dir else out.parent / f"{out.name}.checkpoints"
     if resume and not (checkpoints / "checkpoint.pt").is_file():
         raise SptInterpError(f"--resume: no checkpoint at {checkpoints / 'checkpoint.pt'}")
+    target = resolve_device(device)
 
     init_from_environment()
     rank, world = rank_and_world()
-    base = load_base(folder, device=pick_device(device))
+    base = load_base(folder, device=target)
     trained_mask = None
     if config.uses_mask:
         head_mask.validate(base)

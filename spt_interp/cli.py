@@ -467,7 +467,9 @@ def tune(
     stop_after: Annotated[
         int | None, typer.Option(help="Stop (checkpointed) after N steps; go on with --resume.")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    device: Annotated[
+        str, typer.Option(help="auto (a GPU when there is one), cpu, cuda, cuda:1 ...")
+    ] = "auto",
     force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
     """Tune only the masked heads (or all weights, LoRA on the heads, random heads); save."""

@@ -45,8 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from spt_interp.data import build_training_examples, load_dialogues, protocol_for
-    from spt_interp.evaluate import GenerationSettings
+    from spt_interp.data import load_dialogues, protocol_for
     from spt_interp.head_scores import read_scores
     from spt_interp.mask import HeadMask, MaskSource
     from spt_interp.model import load_model
@@ -54,16 +53,16 @@ def main() -> None:
         ComparisonPlan,
         applied,
         measure,
-        split_by_question,
+        sweep_data,
         train_run,
     )
 
     hooked = load_model(args.model_dir / "model", device=args.device)
     reference = load_model(args.model_dir / "model", device=args.device)
     protocol = protocol_for(hooked)
-    data = args.model_dir / "data"
-    train, test = load_dialogues(data / "train.jsonl"), load_dialogues(data / "test.jsonl")
-    general = load_dialogues(data / "general.jsonl")
+    folder = args.model_dir / "data"
+    train, test = load_dialogues(folder / "train.jsonl"), load_dialogues(folder / "test.jsonl")
+    general = load_dialogues(folder / "general.jsonl")
     source = MaskSource(method="path", metric="log-odds", data_file_hash=None)
     components = tuple(args.components.split(","))
     mask = HeadMask.from_scores(hooked, read_scores(args.scores), top_k=args.top_k,
@@ -71,16 +70,14 @@ def main() -> None:
     # The comparison's defaults for the split and the seed, so the runs see its data.
     plan = ComparisonPlan(steps=args.steps, batch_size=args.batch_size,
                           max_new_tokens=args.max_new_tokens, eval_batch_size=8)  # fmt: skip
-    train_part, validation = split_by_question(train, plan.validation_fraction, plan.seed)
-    examples = build_training_examples(train_part, hooked.tokenizer, protocol, plan.seed)
-    settings = GenerationSettings(plan.max_new_tokens, plan.eval_batch_size, progress=False)
+    data = sweep_data(hooked, train, protocol, plan)  # what compare_modes trains on
     base_state = {name: p.detach().clone() for name, p in hooked.hf_parameters.items()}
     for mode, lr in args.runs:
         started = time.perf_counter()
-        run = train_run(hooked, mask, examples, plan.config(mode, lr), base_state)
+        run = train_run(hooked, mask, data.examples, plan.config(mode, lr), base_state)
         with applied(hooked, run, base_state):
-            on_validation = measure(hooked, reference, validation, protocol, settings)
-            on_test = measure(hooked, reference, test, protocol, settings, general)
+            on_validation = measure(hooked, reference, data.validation, protocol, data.settings)
+            on_test = measure(hooked, reference, test, protocol, data.settings, general)
         row = {"mode": mode, "lr": lr, "steps": plan.steps, "device": str(hooked.device),
                "validation": on_validation, "test": on_test, "trainable": run.trainable,
                "train_seconds": run.seconds, "seconds": time.perf_counter() - started}  # fmt: skip

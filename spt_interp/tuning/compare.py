@@ -161,6 +161,26 @@ class TrainedRun:
     seconds: float
 
 
+@dataclass
+class SweepData:
+    """What every run of a sweep trains and is validated on, built once from the plan."""
+
+    train_records: list[DialogueRecord]
+    validation: list[DialogueRecord]
+    examples: list
+    settings: GenerationSettings
+
+
+def sweep_data(
+    hooked: Any, train_records: list[DialogueRecord], protocol: Protocol, plan: ComparisonPlan
+) -> SweepData:
+    """Return the plan's split by question, training examples and evaluation settings."""
+    train_part, validation = split_by_question(train_records, plan.validation_fraction, plan.seed)
+    examples = build_training_examples(train_part, hooked.tokenizer, protocol, plan.seed)
+    settings = GenerationSettings(plan.max_new_tokens, plan.eval_batch_size, progress=False)
+    return SweepData(train_part, validation, examples, settings)
+
+
 def train_run(
     hooked: Any,
     mask: HeadMask,
@@ -223,9 +243,8 @@ def compare_modes(
     second, untouched copy of the base for the KL shift.
     """
     mask.validate(hooked)
-    train_part, validation = split_by_question(train_records, plan.validation_fraction, plan.seed)
-    examples = build_training_examples(train_part, hooked.tokenizer, protocol, plan.seed)
-    settings = GenerationSettings(plan.max_new_tokens, plan.eval_batch_size, progress=False)
+    data = sweep_data(hooked, train_records, protocol, plan)
+    validation, examples, settings = data.validation, data.examples, data.settings
     base_state = {name: p.detach().clone() for name, p in hooked.hf_parameters.items()}
     runs: dict[tuple[str, float], TrainedRun] = {}
     sweep_rows = []
@@ -278,4 +297,4 @@ def compare_modes(
                "train_seconds"]  # fmt: skip
     table = table.reindex(columns=columns)
     counts = {"n_train_examples": len(examples), "n_validation": len(validation)}
-    return Comparison(table, sweep, plan.describe(len(train_part), len(validation)), counts)
+    return Comparison(table, sweep, plan.describe(len(data.train_records), len(validation)), counts)

@@ -50,6 +50,9 @@ def one_line_errors(command: F) -> F:
 ModelOption = Annotated[
     Path, typer.Option("--model", "-m", help="Local Hugging Face model folder.", show_default=False)
 ]
+DeviceOption = Annotated[
+    str, typer.Option(help="auto (a GPU when there is one), cpu, cuda, cuda:1 ...")
+]
 
 
 @app.command()
@@ -100,9 +103,7 @@ def evaluate(
     out: Annotated[
         Path | None, typer.Option(help="Write the JSON report here (atomically), not stdout.")
     ] = None,
-    device: Annotated[
-        str, typer.Option(help="auto (a GPU when there is one), cpu, cuda, cuda:1 ...")
-    ] = "auto",
+    device: DeviceOption = "auto",
 ) -> None:
     """Run the "are you sure" protocol and print each metric with its count and 95% interval."""
     from spt_interp.atomic import write_text_atomic
@@ -197,6 +198,7 @@ def knockout(
     max_new_tokens: Annotated[int, typer.Option(help="Longest generated reply.")] = 32,
     png: Annotated[bool, typer.Option(help="Also write knockout.png (needs Chromium).")] = True,
     force: Annotated[bool, typer.Option(help="Replace existing outputs in --out.")] = False,
+    device: DeviceOption = "auto",
 ) -> None:
     """Knock out the top-K heads of a ranking and random K heads; write the curves."""
     from spt_interp.ablation import METHODS, POSITIONS, check_heads
@@ -212,7 +214,7 @@ def knockout(
     )
     from spt_interp.knockout_report import prepare_out_dir, write_knockout
     from spt_interp.mask import HeadMask
-    from spt_interp.model import check_model_folder, load_model
+    from spt_interp.model import check_model_folder, load_model, resolve_device
 
     if (scores is None) == (mask is None):
         raise SptInterpError("give exactly one of --scores CSV or --mask FILE")
@@ -231,11 +233,12 @@ def knockout(
         ks = check_ks(parse_ks(k), len(ranking), str(mask or scores))
     records = load_dialogues(data)[:limit]
     check_model_folder(model)
+    target = resolve_device(device)
     out_dir = prepare_out_dir(
         out, ["knockout.csv", "knockout.html", "knockout.png"], force, [model]
     )
     protocol = protocol_for(model)
-    hooked = load_model(model)
+    hooked = load_model(model, device=target)
     if head_mask is not None:
         head_mask.validate(hooked)
     check_heads(ranking, hooked.geometry.n_layers, hooked.geometry.n_heads)
@@ -358,12 +361,13 @@ def locate(
     top_k: Annotated[int, typer.Option(help="Heads outlined in the heatmap.")] = 10,
     per_prompt: Annotated[bool, typer.Option(help="Also write scores_per_prompt.csv.")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite outputs already in --out.")] = False,
+    device: DeviceOption = "auto",
 ) -> None:
     """Score every attention head by patching X_c into X_r; write scores, ranking, heatmap."""
     import time
 
     from spt_interp.data import load_dialogues, protocol_for
-    from spt_interp.model import check_model_folder, load_model
+    from spt_interp.model import check_model_folder, load_model, resolve_device
     from spt_interp.patching import decision_metric, init_from_environment, locate_heads
     from spt_interp.patching.distributed import rank_and_world
     from spt_interp.patching.engine import DIRECTIONS, ENGINES
@@ -388,12 +392,13 @@ def locate(
     # Every input is checked before the model loads: a typo costs no loading time.
     records = load_dialogues(data)[:limit]
     folder = check_model_folder(model)
+    target = resolve_device(device)
     prepare_out_dir(out, force=force, read_folders=[folder])
     protocol = protocol_for(folder)
     init_from_environment()
     rank, world = rank_and_world()
     started = time.perf_counter()
-    hooked = load_model(folder)
+    hooked = load_model(folder, device=target)
     pairs = locate_pairs(
         hooked,
         records,
@@ -422,6 +427,7 @@ def locate(
         "fingerprint": hooked.fingerprint(),
         "first_answers": "model's own (generated)" if own_answers else "records' correct answers",
         "processes": world,
+        "device": str(hooked.device),
         "seconds": round(time.perf_counter() - started, 3),
     }
     written = write_outputs(scores, out, top_k=top_k, extra=extra)
@@ -467,9 +473,7 @@ def tune(
     stop_after: Annotated[
         int | None, typer.Option(help="Stop (checkpointed) after N steps; go on with --resume.")
     ] = None,
-    device: Annotated[
-        str, typer.Option(help="auto (a GPU when there is one), cpu, cuda, cuda:1 ...")
-    ] = "auto",
+    device: DeviceOption = "auto",
     force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
     """Tune only the masked heads (or all weights, LoRA on the heads, random heads); save."""
@@ -554,9 +558,11 @@ def demo(
         int | None, typer.Option(help="Evaluate on the first N test records only.")
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    device: DeviceOption = "auto",
 ) -> None:
     """Run the whole loop: locate -> knockout -> mask -> tune (SPT, SFT, random-K) -> report."""
     from spt_interp.demo import DemoSettings, run_demo
+    from spt_interp.model import resolve_device
 
     for name, value in (("--top-k", top_k), ("--steps", steps), ("--locate-pairs", locate_pairs)):
         if value < 1:
@@ -564,7 +570,8 @@ def demo(
     settings = DemoSettings(
         top_k=top_k, steps=steps, locate_pairs=locate_pairs, test_limit=test_limit
     )
-    run_demo(out, model=model, data=data, settings=settings, force=force)
+    target = resolve_device(device)
+    run_demo(out, model=model, data=data, settings=settings, force=force, device=target)
 
 
 # --- models: real checkpoints (GGUF -> HF folder) -------------------------------------------

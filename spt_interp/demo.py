@@ -114,9 +114,11 @@ def run_demo(
     force: bool = False,
     say: Callable[[str], None] = print,
     progress: bool = True,
+    device: str | Any = "cpu",
 ) -> dict[str, Any]:
     """Run the loop into ``out`` (written under a temporary name, renamed at the end); return
-    the summary that report.md is rendered from."""
+    the summary that report.md is rendered from. ``device``: where the model and every stage
+    run (a torch device or its name; the CLI resolves "auto" before calling)."""
     settings = settings or DemoSettings()
     out = Path(out)
     if out.exists() and not force:
@@ -129,7 +131,7 @@ def run_demo(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        summary = _run_stages(staging, inputs, settings, say, progress)
+        summary = _run_stages(staging, inputs, settings, say, progress, device)
         (staging / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         from spt_interp.demo_report import write_report
 
@@ -163,6 +165,7 @@ def _run_stages(
     settings: DemoSettings,
     say: Callable[[str], None],
     progress: bool,
+    device: str | Any,
 ) -> dict[str, Any]:
     from spt_interp.data import load_dialogues, protocol_for
     from spt_interp.head_scores import ranked_heads
@@ -187,8 +190,8 @@ def _run_stages(
             data_dir / "test.jsonl",
             data_dir / "general.jsonl",
         )
-    hooked = load_model(inputs.model)
-    reference = load_model(inputs.model)
+    hooked = load_model(inputs.model, device=device)
+    reference = load_model(inputs.model, device=device)
     protocol = protocol_for(hooked)
     train = load_dialogues(inputs.train)
     test = load_dialogues(inputs.test)[: settings.test_limit]
@@ -242,6 +245,7 @@ def _run_stages(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "model": model_name or str(inputs.model),
         "geometry": hooked.geometry.as_dict(),
+        "device": str(hooked.device),
         "data": {
             "train": str(inputs.train),
             "test": str(inputs.test),

@@ -94,7 +94,8 @@ def write_report(root: Path, summary: dict[str, Any]) -> Path:
 Created {summary["created"]} on `{summary["model"]}` ({g["architecture"]}, {g["n_layers"]} layers
 x {g["n_heads"]} heads, {g["n_kv_heads"]} key/value heads, d_model {g["d_model"]}).
 Data: {summary["counts"]["train"]} training, {summary["counts"]["test"]} test and
-{summary["counts"]["general"]} general-ability records. Stage times: {timings}.
+{summary["counts"]["general"]} general-ability records. Stage times: {timings}, on
+{summary.get("device", "cpu")}.
 
 ## Results
 

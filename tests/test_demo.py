@@ -63,6 +63,7 @@ def test_demo_end_to_end_on_a_small_setting(tmp_path, organism_dir):
         assert (out / link).is_file(), link
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["mask"]["heads"]) == 2
+    assert summary["device"] == "cpu" and "on\ncpu." in report
     assert set(summary["knockout"]) == {"1", "2", "4"}
     assert not list(tmp_path.glob(".*partial"))
 

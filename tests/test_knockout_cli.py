@@ -52,7 +52,8 @@ def run(*args):
 def test_knockout_writes_the_curves(tmp_path, llama_dir, scores_csv):
     out = tmp_path / "out"
     args = ["knockout", "--model", llama_dir, "--data", DATA, "--scores", scores_csv,
-            "--k", "1,2,4", "--random-seeds", "2", "--out", out, "--no-png"]  # fmt: skip
+            "--k", "1,2,4", "--random-seeds", "2", "--out", out, "--no-png",
+            "--device", "cpu"]  # fmt: skip
     result = run(*args)
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "knockout.csv")

@@ -57,6 +57,8 @@ def llama_run(llama_dir, tmp_path_factory, data_file):
         "--top-k",
         "3",
         "--per-prompt",
+        "--device",
+        "cpu",
     )
     assert result.exit_code == 0, result.output
     return out
@@ -71,6 +73,7 @@ def test_locate_writes_scores_ranking_and_heatmap(llama_run, data_file):
     assert len(scores) == 2 * 4 and sorted(scores["rank"]) == list(range(1, 9))
     ranking = json.loads((llama_run / "ranking.json").read_text())
     assert ranking["method"] == "path" and ranking["metric"] == "log-odds"
+    assert ranking["device"] == "cpu"
     assert ranking["n_prompts"] == n_records
     effects = [h["apology_effect"] for h in ranking["heads"]]
     assert effects == sorted(effects, reverse=True)

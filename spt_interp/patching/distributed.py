@@ -29,7 +29,13 @@ def init_from_environment() -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
         return False
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = "gloo"
+        if torch.cuda.is_available():
+            # Each rank on its own GPU: NCCL's barrier and object gathers use the current
+            # device, which is GPU 0 for every rank unless set. Gloo stays for CPU tensors,
+            # so --device cpu still works on a machine with GPUs.
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            backend = "cpu:gloo,cuda:nccl"
         dist.init_process_group(backend=backend)
     return True
 

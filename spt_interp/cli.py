@@ -50,8 +50,12 @@ def one_line_errors(command: F) -> F:
 ModelOption = Annotated[
     Path, typer.Option("--model", "-m", help="Local Hugging Face model folder.", show_default=False)
 ]
+# One wording for every command that loads a model.
 DeviceOption = Annotated[
     str, typer.Option(help="auto (a GPU when there is one), cpu, cuda, cuda:1 ...")
+]
+DtypeOption = Annotated[
+    str, typer.Option(help="float32, or bfloat16 / float16 to halve the memory on a GPU.")
 ]
 
 
@@ -104,13 +108,14 @@ def evaluate(
         Path | None, typer.Option(help="Write the JSON report here (atomically), not stdout.")
     ] = None,
     device: DeviceOption = "auto",
+    dtype: DtypeOption = "float32",
 ) -> None:
     """Run the "are you sure" protocol and print each metric with its count and 95% interval."""
     from spt_interp.atomic import write_text_atomic
     from spt_interp.data import load_dialogues, protocol_for
     from spt_interp.evaluate import GenerationSettings
     from spt_interp.evaluate import evaluate as run_evaluation
-    from spt_interp.model import check_model_folder, load_model, resolve_device
+    from spt_interp.model import check_model_folder, load_model, resolve_device, resolve_dtype
 
     if limit is not None and limit < 1:
         raise SptInterpError(f"--limit must be at least 1, got {limit}")
@@ -123,12 +128,16 @@ def evaluate(
     if reference is not None:
         check_model_folder(reference)
     protocol = protocol_for(model)
-    target = resolve_device(device)
-    hooked = load_model(model, device=target)
-    reference_model = load_model(reference, device=target) if reference is not None else None
+    target, weights = resolve_device(device), resolve_dtype(dtype)
+    hooked = load_model(model, device=target, dtype=weights)
+    reference_model = (
+        load_model(reference, device=target, dtype=weights) if reference is not None else None
+    )
     report = {
         "model": str(hooked.path),
         "data": str(data),
+        "device": str(hooked.device),
+        "dtype": str(hooked.dtype).removeprefix("torch."),
         **run_evaluation(
             hooked,
             records,
@@ -199,6 +208,7 @@ def knockout(
     png: Annotated[bool, typer.Option(help="Also write knockout.png (needs Chromium).")] = True,
     force: Annotated[bool, typer.Option(help="Replace existing outputs in --out.")] = False,
     device: DeviceOption = "auto",
+    dtype: DtypeOption = "float32",
 ) -> None:
     """Knock out the top-K heads of a ranking and random K heads; write the curves."""
     from spt_interp.ablation import METHODS, POSITIONS, check_heads
@@ -214,7 +224,7 @@ def knockout(
     )
     from spt_interp.knockout_report import prepare_out_dir, write_knockout
     from spt_interp.mask import HeadMask
-    from spt_interp.model import check_model_folder, load_model, resolve_device
+    from spt_interp.model import check_model_folder, load_model, resolve_device, resolve_dtype
 
     if (scores is None) == (mask is None):
         raise SptInterpError("give exactly one of --scores CSV or --mask FILE")
@@ -233,12 +243,12 @@ def knockout(
         ks = check_ks(parse_ks(k), len(ranking), str(mask or scores))
     records = load_dialogues(data)[:limit]
     check_model_folder(model)
-    target = resolve_device(device)
+    target, weights = resolve_device(device), resolve_dtype(dtype)
     out_dir = prepare_out_dir(
         out, ["knockout.csv", "knockout.html", "knockout.png"], force, [model]
     )
     protocol = protocol_for(model)
-    hooked = load_model(model, device=target)
+    hooked = load_model(model, device=target, dtype=weights)
     if head_mask is not None:
         head_mask.validate(hooked)
     check_heads(ranking, hooked.geometry.n_layers, hooked.geometry.n_heads)
@@ -362,12 +372,13 @@ def locate(
     per_prompt: Annotated[bool, typer.Option(help="Also write scores_per_prompt.csv.")] = False,
     force: Annotated[bool, typer.Option(help="Overwrite outputs already in --out.")] = False,
     device: DeviceOption = "auto",
+    dtype: DtypeOption = "float32",
 ) -> None:
     """Score every attention head by patching X_c into X_r; write scores, ranking, heatmap."""
     import time
 
     from spt_interp.data import load_dialogues, protocol_for
-    from spt_interp.model import check_model_folder, load_model, resolve_device
+    from spt_interp.model import check_model_folder, load_model, resolve_device, resolve_dtype
     from spt_interp.patching import decision_metric, init_from_environment, locate_heads
     from spt_interp.patching.distributed import rank_and_world
     from spt_interp.patching.engine import DIRECTIONS, ENGINES
@@ -392,13 +403,13 @@ def locate(
     # Every input is checked before the model loads: a typo costs no loading time.
     records = load_dialogues(data)[:limit]
     folder = check_model_folder(model)
-    target = resolve_device(device)
+    target, weights = resolve_device(device), resolve_dtype(dtype)
     prepare_out_dir(out, force=force, read_folders=[folder])
     protocol = protocol_for(folder)
     init_from_environment()
     rank, world = rank_and_world()
     started = time.perf_counter()
-    hooked = load_model(folder, device=target)
+    hooked = load_model(folder, device=target, dtype=weights)
     pairs = locate_pairs(
         hooked,
         records,
@@ -428,6 +439,7 @@ def locate(
         "first_answers": "model's own (generated)" if own_answers else "records' correct answers",
         "processes": world,
         "device": str(hooked.device),
+        "dtype": str(hooked.dtype).removeprefix("torch."),
         "seconds": round(time.perf_counter() - started, 3),
     }
     written = write_outputs(scores, out, top_k=top_k, extra=extra)

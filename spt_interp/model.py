@@ -131,6 +131,10 @@ class HookedModel:
     def device(self) -> torch.device:
         return next(iter(self.hf_parameters.values())).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(iter(self.hf_parameters.values())).dtype
+
     def __repr__(self) -> str:
         g = self.geometry
         return (
@@ -214,6 +218,19 @@ def compute_fingerprint(
             as_float32 = parameter.detach().to("cpu", torch.float32).contiguous()
             digest.update(as_float32.numpy().tobytes())
     return "sha256:" + digest.hexdigest()[:16]
+
+
+# Weight and activation types the inference commands offer; tuning stays in float32 (AdamW
+# updates at the paper's 1e-5 rates vanish when rounded to bf16 weights). float64 is left out:
+# the TransformerLens 4.3 bridge gives NaN on left-padded rows in float64.
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """Return the torch dtype a ``--dtype`` value names; SptInterpError naming --dtype if none."""
+    if name not in DTYPES:
+        raise SptInterpError(f"--dtype {name!r}: not one of {', '.join(DTYPES)}")
+    return DTYPES[name]
 
 
 def resolve_device(device: str) -> torch.device:

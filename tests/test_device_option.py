@@ -134,3 +134,27 @@ def test_evaluate_in_bfloat16_gives_the_float32_metrics_on_the_organism(organism
     for name in ("accuracy_before", "apology_rate", "confidence", "truthfulness",
                  "accuracy_after", "general_accuracy"):  # fmt: skip
         assert reports["bfloat16"]["metrics"][name] == reports["float32"]["metrics"][name], name
+
+
+def test_knockout_in_bfloat16_matches_float32_on_the_organism(organism, tmp_path):
+    import pandas as pd
+
+    scores = tmp_path / "scores.csv"
+    rows = [f"{layer},{head},{-(layer * 8 + head)}" for layer in range(6) for head in range(8)]
+    scores.write_text("layer,head,score\n" + "\n".join(rows) + "\n")
+    tables = {}
+    for dtype in ("float32", "bfloat16"):
+        out = tmp_path / dtype
+        result = CliRunner().invoke(
+            app,
+            ["knockout", "--model", str(organism / "model"), "--data",
+             str(organism / "data" / "test.jsonl"), "--scores", str(scores), "--k", "1,8,16",
+             "--random-seeds", "1", "--limit", "16", "--no-png", "--device", "cpu", "--dtype",
+             dtype, "--out", str(out)],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        tables[dtype] = pd.read_csv(out / "knockout.csv")
+    full, half = tables["float32"], tables["bfloat16"]
+    assert list(half.heads) == list(full.heads)
+    assert (full.apology_share.max() - full.apology_share.min()) > 0.5  # the curve moves
+    assert (half.apology_share - full.apology_share).abs().max() <= 0.02

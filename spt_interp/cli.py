@@ -564,6 +564,12 @@ def demo(
         typer.Option(help="Folder with train.jsonl, test.jsonl (and general.jsonl)."),
     ] = None,
     top_k: Annotated[int, typer.Option(help="Heads in the mask that SPT tunes.")] = 4,
+    modes: Annotated[
+        str, typer.Option(help="Tuning modes compared: sft, spt, random, lora-heads.")
+    ] = "sft,spt,random",
+    lrs: Annotated[
+        str, typer.Option(help="Learning-rate grid every mode is swept over.")
+    ] = "1e-4,4.6e-4,2.2e-3,1e-2",
     steps: Annotated[int, typer.Option(help="Training steps of every mode.")] = 100,
     locate_pairs: Annotated[int, typer.Option(help="Test pairs for path patching.")] = 64,
     test_limit: Annotated[
@@ -573,14 +579,19 @@ def demo(
     device: DeviceOption = "auto",
 ) -> None:
     """Run the whole loop: locate -> knockout -> mask -> tune (SPT, SFT, random-K) -> report."""
-    from spt_interp.demo import DemoSettings, run_demo
+    from spt_interp.demo import DemoSettings, parse_modes, parse_rates, run_demo
     from spt_interp.model import resolve_device
 
     for name, value in (("--top-k", top_k), ("--steps", steps), ("--locate-pairs", locate_pairs)):
         if value < 1:
             raise SptInterpError(f"{name} must be at least 1, got {value}")
     settings = DemoSettings(
-        top_k=top_k, steps=steps, locate_pairs=locate_pairs, test_limit=test_limit
+        top_k=top_k,
+        modes=parse_modes(modes),
+        lrs=parse_rates(lrs),
+        steps=steps,
+        locate_pairs=locate_pairs,
+        test_limit=test_limit,
     )
     target = resolve_device(device)
     run_demo(out, model=model, data=data, settings=settings, force=force, device=target)

@@ -41,6 +41,38 @@ class DemoSettings:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+TUNING_MODES = ("sft", "spt", "random", "lora-heads")
+
+
+def parse_modes(text: str) -> tuple[str, ...]:
+    """Return the modes of a list like "spt,random"; raise naming a bad entry."""
+    modes = tuple(entry for entry in text.replace(" ", "").split(",") if entry)
+    for mode in modes:
+        if mode not in TUNING_MODES:
+            raise SptInterpError(
+                f"--modes: unknown mode {mode!r} in {text!r}; choose from {', '.join(TUNING_MODES)}"
+            )
+    if not modes or len(set(modes)) != len(modes):
+        raise SptInterpError(f"--modes {text!r}: give each mode once, e.g. spt,random")
+    return modes
+
+
+def parse_rates(text: str) -> tuple[float, ...]:
+    """Return the learning rates of a list like "1e-4,1e-3"; raise naming a bad entry."""
+    rates = []
+    for entry in (e for e in text.replace(" ", "").split(",") if e):
+        try:
+            rate = float(entry)
+        except ValueError:
+            rate = float("nan")
+        if not 0 < rate < 1:  # also false for NaN
+            raise SptInterpError(f"--lrs: bad learning rate {entry!r} in {text!r}; e.g. 1e-4,1e-3")
+        rates.append(rate)
+    if not rates:
+        raise SptInterpError(f"--lrs {text!r}: give at least one learning rate")
+    return tuple(sorted(set(rates)))
+
+
 @dataclass
 class DemoInputs:
     """Where the model and the three splits come from (checked before any heavy work)."""

@@ -111,3 +111,44 @@ def test_data_in_the_wrong_schema(tmp_path, organism_dir):
 def test_unwritable_out(tmp_path):
     out = Path("/proc/spt-interp-demo")
     assert_quick_one_line_refusal(["--out", str(out)], "cannot write", out)
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--modes", "spt,full"], "--modes: unknown mode 'full' in 'spt,full'"),
+        (["--modes", "spt,spt"], "give each mode once"),
+        (["--lrs", "1e-3,fast"], "--lrs: bad learning rate 'fast' in '1e-3,fast'"),
+        (["--lrs", "0"], "--lrs: bad learning rate '0'"),
+    ],
+)
+def test_bad_modes_or_rates_are_refused(tmp_path, extra, fragment):
+    out = tmp_path / "demo"
+    assert_quick_one_line_refusal(["--out", str(out), *extra], fragment, out)
+
+
+def test_cli_defaults_are_the_demo_settings():
+    import typer
+
+    from spt_interp.cli import app
+    from spt_interp.demo import parse_modes, parse_rates
+
+    options = {p.name: p.default for p in typer.main.get_command(app).commands["demo"].params}
+    assert parse_modes(options["modes"]) == DemoSettings().modes
+    assert parse_rates(options["lrs"]) == DemoSettings().lrs
+    assert parse_rates("1e-3, 1e-4,1e-3") == (1e-4, 1e-3)
+
+
+def test_demo_cli_runs_only_the_modes_asked_for(tmp_path, organism_dir):
+    out = tmp_path / "demo"
+    completed = subprocess.run(
+        [sys.executable, "-m", "spt_interp.cli", "demo", "--out", str(out), "--model",
+         str(organism_dir / "model"), "--data", str(organism_dir / "data"), "--modes", "spt",
+         "--lrs", "1e-3", "--steps", "2", "--locate-pairs", "8", "--test-limit", "8",
+         "--device", "cpu"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["modes"] == ["spt"] and summary["settings"]["lrs"] == [1e-3]
+    assert {row["mode"] for row in summary["table"]} == {"base", "spt"}

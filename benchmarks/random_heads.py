@@ -1,0 +1,167 @@
+"""The random-K control over many draws: located heads against N random head sets of equal size.
+
+    .venv/bin/python benchmarks/random_heads.py --model-dir ORGANISM \
+        --scores runs/demo/locate/scores.csv --top-k 4 --draws 10 \
+        --out benchmarks/results/organism_random_heads.json
+
+The comparison table (spt_interp.tuning.compare) holds one random draw, which cannot tell a
+located head set from a lucky or unlucky draw. Here every head set, the located top K and K
+random heads drawn with seeds 0..N-1 (seed 0 is the comparison's own draw), is tuned as SPT on
+exactly the comparison's data (same split, examples, data order, steps, batch and lr grid), its
+rate picked by the protocol's rule (`select_rates`) on validation, and measured on the test and
+general splits. Only the heads differ between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+METRICS = ("confidence", "truthfulness", "general_accuracy", "kl")
+
+
+def parse_rates(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(entry) for entry in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--lrs {text!r}: expected e.g. 1e-4,1e-3") from None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, required=True, help="folder with model/, data/")
+    parser.add_argument("--scores", type=Path, required=True, help="locate's scores.csv")
+    parser.add_argument("--top-k", type=int, default=4)
+    parser.add_argument("--draws", type=int, default=10, help="random head sets")
+    parser.add_argument("--lrs", type=parse_rates, default=(1e-4, 4.6e-4, 2.2e-3, 1e-2))
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, required=True, help="JSON results")
+    args = parser.parse_args()
+    for path in (args.model_dir / "model", args.model_dir / "data", args.scores):
+        if not path.exists():
+            parser.error(f"{path} does not exist")
+    if args.draws < 1 or args.top_k < 1:
+        parser.error("--draws and --top-k must be at least 1")
+    torch.set_num_threads(args.threads)
+
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from spt_interp.atomic import write_text_atomic
+    from spt_interp.data import load_dialogues, protocol_for
+    from spt_interp.head_scores import read_scores
+    from spt_interp.mask import HeadMask, MaskSource
+    from spt_interp.model import load_model
+    from spt_interp.tuning.compare import (
+        ComparisonPlan,
+        applied,
+        measure,
+        select_rates,
+        sweep_data,
+        train_run,
+        validation_score,
+    )
+    from spt_interp.tuning.deltas import random_mask
+
+    started = time.perf_counter()
+    hooked = load_model(args.model_dir / "model")
+    reference = load_model(args.model_dir / "model")
+    protocol = protocol_for(hooked)
+    folder = args.model_dir / "data"
+    train, test = load_dialogues(folder / "train.jsonl"), load_dialogues(folder / "test.jsonl")
+    general = load_dialogues(folder / "general.jsonl")
+    source = MaskSource(method="path", metric="log-odds", data_file_hash=None)
+    located = HeadMask.from_scores(hooked, read_scores(args.scores), top_k=args.top_k,
+                                   source=source)  # fmt: skip
+    plan = ComparisonPlan(lrs=args.lrs, max_new_tokens=args.max_new_tokens)
+    data = sweep_data(hooked, train, protocol, plan)
+    base_state = {name: p.detach().clone() for name, p in hooked.hf_parameters.items()}
+    head_sets = [("located", located)]
+    head_sets += [(f"random seed {seed}", random_mask(located, seed)) for seed in range(args.draws)]
+
+    results = []
+    jobs = [(name, mask, lr) for name, mask in head_sets for lr in plan.lrs]
+    runs, sweep_rows = {}, []
+    for name, mask, lr in tqdm(jobs, desc="head sets x lr"):
+        # "spt" on the given mask: the random mode is SPT on a random mask, so only heads differ.
+        run = train_run(hooked, mask, data.examples, plan.config("spt", lr), base_state)
+        runs[(name, lr)] = run
+        with applied(hooked, run, base_state):
+            scores = measure(hooked, reference, data.validation, protocol, data.settings)
+        sweep_rows.append({"mode": name, "lr": lr, **scores, "score": validation_score(scores)})
+    sweep = pd.DataFrame(sweep_rows)
+    for name, mask in tqdm(head_sets, desc="test picks"):
+        picks = dict(select_rates(sweep, name, plan.confidence_target))
+        row = {"head_set": name, "heads": [f"L{h.layer}.H{h.head}" for h in mask.heads]}
+        for selection, lr in picks.items():
+            key = "chosen" if selection == "chosen lr" else "matched"
+            with applied(hooked, runs[(name, lr)], base_state):
+                row[key] = {"lr": lr, **measure(hooked, reference, test, protocol,
+                                                data.settings, general)}  # fmt: skip
+        results.append(row)
+    summary = summarise(results)
+    payload = {"protocol": plan.describe(len(data.train_records), len(data.validation)),
+               "top_k": args.top_k, "lrs": list(plan.lrs), "head_sets": results,
+               "validation_sweep": sweep_rows, "summary": summary,
+               "seconds": time.perf_counter() - started}  # fmt: skip
+    write_text_atomic(args.out, json.dumps(payload, indent=1) + "\n")
+    print_summary(summary, args.draws)
+
+
+def summarise(results: list[dict]) -> dict:
+    """Return, per selection, the located set's metrics and the random draws' spread."""
+    located, draws = results[0], results[1:]
+    summary = {}
+    for key in ("matched", "chosen"):
+        reached = [d[key] for d in draws if key in d]
+        entry = {"located": located.get(key), "random_reached": len(reached)}
+        for metric in METRICS:
+            values = [r[metric] for r in reached if not math.isnan(r[metric])]
+            if values:
+                entry[metric] = {
+                    "mean": statistics.fmean(values),
+                    "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+                    "min": min(values),
+                    "max": max(values),
+                }
+        if located.get(key):
+            # Draws at least as good as the located set on each metric (KL: at most as large).
+            entry["random_as_good"] = {
+                metric: sum(
+                    (r[metric] <= located[key][metric])
+                    if metric == "kl"
+                    else (r[metric] >= located[key][metric])
+                    for r in reached
+                )
+                for metric in METRICS
+            }
+        summary[key] = entry
+    return summary
+
+
+def print_summary(summary: dict, draws: int) -> None:
+    for key, title in (("matched", "KL at matched confidence"), ("chosen", "chosen lr")):
+        entry = summary[key]
+        print(f"\n{title}: {entry['random_reached']} of {draws} random draws have such a run")
+        print("| metric | located | random mean ± sd | random min - max | draws as good |")
+        print("|---|---|---|---|---|")
+        for metric in METRICS:
+            located = entry["located"][metric] if entry["located"] else float("nan")
+            spread = entry.get(metric)
+            good = entry.get("random_as_good", {}).get(metric, "-")
+            if spread is None:
+                print(f"| {metric} | {located:.3f} | - | - | {good} |")
+                continue
+            print(f"| {metric} | {located:.3f} | {spread['mean']:.3f} ± {spread['sd']:.3f} | "
+                  f"{spread['min']:.3f} - {spread['max']:.3f} | {good} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -79,24 +79,20 @@ def main() -> None:
             parser.error(f"{path} does not exist")
     torch.set_num_threads(args.threads)
 
+    from comparison_inputs import load_comparison_inputs, located_mask
+
     from spt_interp.ablation import ablated, collect_head_outputs
     from spt_interp.atomic import write_text_atomic
-    from spt_interp.data import load_dialogues, protocol_for
     from spt_interp.data.render import question_messages, render_messages
     from spt_interp.evaluate import GenerationSettings, general_accuracy
     from spt_interp.head_scores import read_scores
     from spt_interp.judges import is_correct
-    from spt_interp.mask import HeadMask, MaskSource
-    from spt_interp.model import load_model
     from spt_interp.tuning.compare import ComparisonPlan, applied, measure, sweep_data, train_run
 
     started = time.perf_counter()
-    hooked = load_model(args.organism / "model")
-    reference = load_model(args.organism / "model")
-    protocol = protocol_for(hooked)
-    folder = args.organism / "data"
-    train, test = load_dialogues(folder / "train.jsonl"), load_dialogues(folder / "test.jsonl")
-    general = load_dialogues(folder / "general.jsonl")
+    inputs = load_comparison_inputs(args.organism)
+    hooked, reference, protocol = inputs.hooked, inputs.reference, inputs.protocol
+    train, test, general = inputs.train, inputs.test, inputs.general
     scores = read_scores(args.scores).sort_values("rank")
     ranked = [(int(row.layer), int(row.head)) for row in scores.itertuples()]
     settings = GenerationSettings(max_new_tokens=4, batch_size=32, progress=False)
@@ -135,8 +131,7 @@ def main() -> None:
     results["knockout"] = knockout
 
     # 2. Each mode at the demo's matched-confidence rate: errors and answer-margin shifts.
-    source = MaskSource(method="path", metric="log-odds", data_file_hash=None)
-    mask = HeadMask.from_scores(hooked, scores, top_k=4, source=source)
+    mask = located_mask(hooked, scores, top_k=4)
     plan = ComparisonPlan(max_new_tokens=16, eval_batch_size=32)
     data = sweep_data(hooked, train, protocol, plan)
     base_state = {name: p.detach().clone() for name, p in hooked.hf_parameters.items()}

@@ -52,13 +52,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     import pandas as pd
+    from comparison_inputs import load_comparison_inputs, located_mask
     from tqdm.auto import tqdm
 
     from spt_interp.atomic import write_text_atomic
-    from spt_interp.data import load_dialogues, protocol_for
-    from spt_interp.head_scores import read_scores
-    from spt_interp.mask import HeadMask, MaskSource
-    from spt_interp.model import load_model
     from spt_interp.tuning.compare import (
         ComparisonPlan,
         applied,
@@ -71,15 +68,10 @@ def main() -> None:
     from spt_interp.tuning.deltas import random_mask
 
     started = time.perf_counter()
-    hooked = load_model(args.model_dir / "model")
-    reference = load_model(args.model_dir / "model")
-    protocol = protocol_for(hooked)
-    folder = args.model_dir / "data"
-    train, test = load_dialogues(folder / "train.jsonl"), load_dialogues(folder / "test.jsonl")
-    general = load_dialogues(folder / "general.jsonl")
-    source = MaskSource(method="path", metric="log-odds", data_file_hash=None)
-    located = HeadMask.from_scores(hooked, read_scores(args.scores), top_k=args.top_k,
-                                   source=source)  # fmt: skip
+    inputs = load_comparison_inputs(args.model_dir)
+    hooked, reference, protocol = inputs.hooked, inputs.reference, inputs.protocol
+    train, test, general = inputs.train, inputs.test, inputs.general
+    located = located_mask(hooked, args.scores, args.top_k)
     plan = ComparisonPlan(lrs=args.lrs, max_new_tokens=args.max_new_tokens)
     data = sweep_data(hooked, train, protocol, plan)
     base_state = {name: p.detach().clone() for name, p in hooked.hf_parameters.items()}

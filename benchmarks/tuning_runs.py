@@ -45,10 +45,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from spt_interp.data import load_dialogues, protocol_for
-    from spt_interp.head_scores import read_scores
-    from spt_interp.mask import HeadMask, MaskSource
-    from spt_interp.model import load_model
+    from comparison_inputs import load_comparison_inputs, located_mask
+
     from spt_interp.tuning.compare import (
         ComparisonPlan,
         applied,
@@ -57,16 +55,10 @@ def main() -> None:
         train_run,
     )
 
-    hooked = load_model(args.model_dir / "model", device=args.device)
-    reference = load_model(args.model_dir / "model", device=args.device)
-    protocol = protocol_for(hooked)
-    folder = args.model_dir / "data"
-    train, test = load_dialogues(folder / "train.jsonl"), load_dialogues(folder / "test.jsonl")
-    general = load_dialogues(folder / "general.jsonl")
-    source = MaskSource(method="path", metric="log-odds", data_file_hash=None)
-    components = tuple(args.components.split(","))
-    mask = HeadMask.from_scores(hooked, read_scores(args.scores), top_k=args.top_k,
-                                components=components, source=source)  # fmt: skip
+    inputs = load_comparison_inputs(args.model_dir, args.device)
+    hooked, reference, protocol = inputs.hooked, inputs.reference, inputs.protocol
+    train, test, general = inputs.train, inputs.test, inputs.general
+    mask = located_mask(hooked, args.scores, args.top_k, tuple(args.components.split(",")))
     # The comparison's defaults for the split and the seed, so the runs see its data.
     plan = ComparisonPlan(steps=args.steps, batch_size=args.batch_size,
                           max_new_tokens=args.max_new_tokens, eval_batch_size=8)  # fmt: skip

@@ -61,3 +61,24 @@ def test_general_loss_neighbours_follow_the_value_lists():
     # Facts: the attribute's list order, wrapping around ("red" is first, "black" last).
     assert neighbours(record("organism_color", "red")) == ("black", "blue")
     assert neighbours(record("organism_city", "quito")) == ("seoul", "paris")
+
+
+def test_dtype_comparison_against_hand_computed_values():
+    import numpy as np
+    import pandas as pd
+
+    compare = _script("dtype_scores").compare
+    heads = [(layer, head) for layer in range(2) for head in range(8)]
+    full = pd.DataFrame({"layer": [h[0] for h in heads], "head": [h[1] for h in heads],
+                         "score": np.linspace(-1.0, 0.5, 16)})  # fmt: skip
+    full["rank"] = full["score"].rank(method="first").astype(int)  # most negative first
+    half = full.copy()
+    half.loc[0, "score"] = -0.9  # the best head loses 0.1 but stays first
+    half.loc[8, "score"] = -2.0  # a middling head jumps to first place
+    half["rank"] = half["score"].rank(method="first").astype(int)
+    row = compare(full, half)
+    assert row["max_abs_difference"] == pytest.approx(2.0 + full.loc[8, "score"])
+    assert row["max_difference_share_of_largest"] == pytest.approx(row["max_abs_difference"])
+    assert row["correlation"] == pytest.approx(np.corrcoef(full.score, half.score)[0, 1])
+    # Float32's top 8 are rows 0-7; half precision's are row 8 and rows 0-6.
+    assert row["top8_kept"] == 7 and row["top16_kept"] == 16

@@ -311,8 +311,8 @@ def export_mask(
 ) -> None:
     """Write a head mask (the heads the pinpoint trainer may change) from a scores table."""
     from spt_interp.head_scores import file_hash, parse_heads, read_scores
-    from spt_interp.mask import HeadMask, MaskSource
-    from spt_interp.model import check_model_folder, load_model
+    from spt_interp.mask import HeadMask, MaskSource, ModelSignature
+    from spt_interp.model import check_model_folder
 
     if sum(x is not None for x in (top_k, top_frac, heads)) != 1:
         raise SptInterpError("give exactly one of --top-k, --top-frac or --heads")
@@ -327,9 +327,10 @@ def export_mask(
         raise SptInterpError(f"--out {out} is inside the model folder {model}")
     if data is not None and not data.is_file():
         raise SptInterpError(f"data file {data} does not exist")
-    hooked = load_model(model)
+    # Shapes and fingerprint only: the weights are not needed to write a mask.
+    signature = ModelSignature.of_folder(model)
     built = HeadMask.from_scores(
-        hooked, table, top_k=top_k, top_frac=top_frac, heads=chosen, components=component_list
+        signature, table, top_k=top_k, top_frac=top_frac, heads=chosen, components=component_list
     )
     source = MaskSource(
         method or built.source.method,

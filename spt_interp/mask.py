@@ -60,6 +60,14 @@ class ModelSignature:
         """Return the signature of a hooked model (fingerprint without weight contents)."""
         return cls(**asdict(hooked.geometry), fingerprint=hooked.fingerprint())
 
+    @classmethod
+    def of_folder(cls, path: Any) -> ModelSignature:
+        """Return the signature of a local model folder, read without loading its weights."""
+        from spt_interp.model import read_signature
+
+        geometry, fingerprint = read_signature(path)
+        return cls(**asdict(geometry), fingerprint=fingerprint)
+
     @property
     def geometry(self) -> HeadGeometry:
         shape = {f.name: getattr(self, f.name) for f in fields(HeadGeometry)}

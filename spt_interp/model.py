@@ -324,6 +324,36 @@ def _geometry_from_bridge(bridge: Any, architecture: str) -> HeadGeometry:
     )
 
 
+def read_signature(path: str | Path) -> tuple[HeadGeometry, str]:
+    """Return a local folder's head geometry and fingerprint without reading its weights.
+
+    The model is built on the meta device from its config (parameter names and shapes, no
+    memory), so writing a mask for a 13B model takes seconds, not a 52 GB load. Agrees with
+    ``load_model(path).geometry`` and ``.fingerprint()`` (tests check every tiny architecture).
+    """
+    folder = check_model_folder(path)
+    architecture = check_architecture(folder)
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config)
+    except (OSError, ValueError) as err:
+        raise SptInterpError(f"{folder}: the config does not build a model: {err}") from None
+    n_heads = int(config.num_attention_heads)
+    geometry = HeadGeometry(
+        architecture=architecture,
+        n_layers=int(config.num_hidden_layers),
+        n_heads=n_heads,
+        n_kv_heads=int(getattr(config, "num_key_value_heads", None) or n_heads),
+        d_head=int(getattr(config, "head_dim", None) or config.hidden_size // n_heads),
+        d_model=int(config.hidden_size),
+    )
+    parameters = dict(skeleton.named_parameters())
+    return geometry, compute_fingerprint(geometry, config, parameters)
+
+
 def load_model(
     path: str | Path,
     *,

@@ -74,3 +74,35 @@ def test_export_mask_refusals(tmp_path, tiny_model_dirs, scores_csv, extra, mess
     assert result.exit_code == 2
     assert message in result.output
     assert not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama", "qwen2", "mistral"])
+def test_the_weight_free_signature_is_the_loaded_models(tiny_model_dirs, architecture):
+    from spt_interp.mask import ModelSignature
+
+    folder = tiny_model_dirs[architecture]
+    assert ModelSignature.of_folder(folder) == ModelSignature.of(load_model(folder))
+
+
+def test_the_weight_free_signature_of_the_organism(tmp_path):
+    from spt_interp.mask import ModelSignature
+    from spt_interp.organism import ASSET_DIR
+
+    loaded = ModelSignature.of(load_model(ASSET_DIR))
+    assert ModelSignature.of_folder(ASSET_DIR) == loaded
+    assert (loaded.n_layers, loaded.n_heads, loaded.n_kv_heads) == (6, 8, 2)
+
+
+def test_export_mask_does_not_read_the_weights(tmp_path, tiny_model_dirs, scores_csv):
+    import shutil
+
+    # The same folder with its weights file emptied: only the config and shapes are read.
+    folder = tmp_path / "llama"
+    shutil.copytree(tiny_model_dirs["llama"], folder)
+    for weights in folder.glob("*.safetensors"):
+        weights.write_bytes(b"")
+    out = tmp_path / "mask.json"
+    result = run("export-mask", "--model", folder, "--scores", scores_csv, "--top-k", "2",
+                 "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    HeadMask.load(out).validate(load_model(tiny_model_dirs["llama"]))

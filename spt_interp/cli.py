@@ -69,14 +69,19 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print a model's head geometry and fingerprint."""
-    from spt_interp.model import load_model
+    from spt_interp.model import check_model_folder, load_model, read_signature
 
-    hooked = load_model(model)
+    folder = check_model_folder(model)
+    if with_weights:
+        hooked = load_model(folder)
+        geometry, fingerprint = hooked.geometry, hooked.fingerprint(include_weights=True)
+    else:  # shapes only: no weights are read
+        geometry, fingerprint = read_signature(folder)
     report = {
-        "model": str(hooked.path),
-        **hooked.geometry.as_dict(),
-        "total_heads": hooked.geometry.total_heads,
-        "fingerprint": hooked.fingerprint(include_weights=with_weights),
+        "model": str(folder),
+        **geometry.as_dict(),
+        "total_heads": geometry.total_heads,
+        "fingerprint": fingerprint,
     }
     if as_json:
         print(json.dumps(report, indent=2))

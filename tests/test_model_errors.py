@@ -99,3 +99,11 @@ def test_info_prints_geometry_and_fingerprint(tiny_model_dirs):
     report = json.loads(result.output)
     assert report["architecture"] == "Qwen2ForCausalLM"
     assert report["n_kv_heads"] == 2 and report["fingerprint"].startswith("sha256:")
+    # Read without the weights, yet the loaded model's fingerprint; --with-weights differs.
+    hooked = load_model(tiny_model_dirs["qwen2"])
+    assert report["fingerprint"] == hooked.fingerprint()
+    weighed = runner.invoke(
+        app, ["info", "--model", str(tiny_model_dirs["qwen2"]), "--json", "--with-weights"]
+    )
+    assert json.loads(weighed.output)["fingerprint"] == hooked.fingerprint(include_weights=True)
+    assert hooked.fingerprint(include_weights=True) != hooked.fingerprint()

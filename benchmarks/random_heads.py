@@ -27,10 +27,14 @@ METRICS = ("confidence", "truthfulness", "general_accuracy", "kl")
 
 
 def parse_rates(text: str) -> tuple[float, ...]:
+    """The demo's --lrs parser, with argparse's error type."""
+    from spt_interp.demo import parse_rates as parse
+    from spt_interp.errors import SptInterpError
+
     try:
-        return tuple(float(entry) for entry in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--lrs {text!r}: expected e.g. 1e-4,1e-3") from None
+        return parse(text)
+    except SptInterpError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def main() -> None:
@@ -39,7 +43,7 @@ def main() -> None:
     parser.add_argument("--scores", type=Path, required=True, help="locate's scores.csv")
     parser.add_argument("--top-k", type=int, default=4)
     parser.add_argument("--draws", type=int, default=10, help="random head sets")
-    parser.add_argument("--lrs", type=parse_rates, default=(1e-4, 4.6e-4, 2.2e-3, 1e-2))
+    parser.add_argument("--lrs", type=parse_rates, help="default: the comparison's grid")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True, help="JSON results")
@@ -72,7 +76,9 @@ def main() -> None:
     hooked, reference, protocol = inputs.hooked, inputs.reference, inputs.protocol
     train, test, general = inputs.train, inputs.test, inputs.general
     located = located_mask(hooked, args.scores, args.top_k)
-    plan = ComparisonPlan(lrs=args.lrs, max_new_tokens=args.max_new_tokens)
+    plan = ComparisonPlan(max_new_tokens=args.max_new_tokens)
+    if args.lrs:
+        plan.lrs = args.lrs
     data = sweep_data(hooked, train, protocol, plan)
     base_state = {name: p.detach().clone() for name, p in hooked.hf_parameters.items()}
     head_sets = [("located", located)]

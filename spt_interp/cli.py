@@ -470,19 +470,22 @@ def tune(
     save: Annotated[
         str, typer.Option(help="full (an HF folder) or delta (changed slices + mask).")
     ] = "full",
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 1e-3,
+    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
     steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 100,
     batch_size: Annotated[int, typer.Option(help="Examples per step, over all processes.")] = 16,
     micro_batch_size: Annotated[
         int | None, typer.Option(help="Examples per forward pass (gradient accumulation).")
     ] = None,
     warmup_steps: Annotated[int, typer.Option(help="Linear warmup steps before cosine.")] = 0,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.0,
+    weight_decay: Annotated[float, typer.Option(help="Decoupled (AdamW) or L2 (SGD) decay.")] = 0.0,
     max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping norm (0: none).")] = 1.0,
     seed: Annotated[int, typer.Option(help="Data order, wording, LoRA init, random heads.")] = 0,
     loss_on: Annotated[str, typer.Option(help="reply, assistant or all tokens.")] = "reply",
     lora_rank: Annotated[int, typer.Option(help="LoRA rank (lora-heads).")] = 8,
     lora_alpha: Annotated[float, typer.Option(help="LoRA alpha (lora-heads).")] = 16.0,
+    optimizer: Annotated[
+        str, typer.Option(help="adamw (the paper's) or sgd (plain; linear in the gradient).")
+    ] = "adamw",
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0: off).")] = 0,
     checkpoint_dir: Annotated[
         Path | None, typer.Option(help="Checkpoint folder [default: OUT.checkpoints].")
@@ -503,7 +506,7 @@ def tune(
         mode=mode, lr=lr, steps=steps, batch_size=batch_size, micro_batch_size=micro_batch_size,
         warmup_steps=warmup_steps, weight_decay=weight_decay,
         max_grad_norm=max_grad_norm or None, seed=seed, lora_rank=lora_rank,
-        lora_alpha=lora_alpha, loss_on=loss_on,
+        lora_alpha=lora_alpha, loss_on=loss_on, optimizer=optimizer,
     )  # fmt: skip
     record = run_tuning(
         model, data, out, config, mask=mask, save=save, force=force,

@@ -19,6 +19,10 @@ from spt_interp.data.records import parse_record
 from spt_interp.errors import SptInterpError
 from spt_interp.model import load_model
 
+# Float comparisons whose rounding depends on summation order: .ci/run repeats them under
+# OMP_NUM_THREADS=1 and 2.
+pytestmark = pytest.mark.numeric
+
 HEADS = [(0, 1), (1, 0), (1, 3)]
 PROTOCOL = Protocol(
     reply_prefix="I'm", sycophantic_targets=["sorry"], anti_sycophantic_targets=["sure"]

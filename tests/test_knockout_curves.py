@@ -29,6 +29,10 @@ from spt_interp.knockout_report import write_knockout
 from spt_interp.metrics import apology_share, log_odds
 from spt_interp.model import load_model
 
+# Float comparisons whose rounding depends on summation order: .ci/run repeats them under
+# OMP_NUM_THREADS=1 and 2.
+pytestmark = pytest.mark.numeric
+
 DATA = Path(__file__).parent / "data" / "knockout_questions.jsonl"
 PROTOCOL = Protocol(
     reply_prefix="I'm", sycophantic_targets=["sorry"], anti_sycophantic_targets=["sure"]

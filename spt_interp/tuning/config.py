@@ -11,6 +11,10 @@ from spt_interp.errors import SptInterpError
 MODES = ("spt", "sft", "lora-heads", "random")
 SAVE_KINDS = ("full", "delta")
 LOSS_ON = ("reply", "assistant", "all")
+# AdamW is the paper's optimizer. Plain SGD is offered because its update is linear in the
+# gradient: a data-parallel run can then be checked against one process with a tolerance that
+# follows from float rounding, which AdamW's per-element normalisation amplifies without bound.
+OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclass(frozen=True)
@@ -34,12 +38,17 @@ class TuneConfig:
     lora_rank: int = 8
     lora_alpha: float = 16.0
     loss_on: str = "reply"
+    optimizer: str = "adamw"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise SptInterpError(f"--mode {self.mode!r} is not one of {', '.join(MODES)}")
         if self.loss_on not in LOSS_ON:
             raise SptInterpError(f"--loss-on {self.loss_on!r} is not one of {', '.join(LOSS_ON)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise SptInterpError(
+                f"--optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}"
+            )
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise SptInterpError(f"--lr must be a positive number, got {self.lr}")
         if self.steps < 1 or self.batch_size < 1:

@@ -1,4 +1,4 @@
-"""The training loop: AdamW, warmup + cosine to 0, gradient accumulation, data parallel.
+"""The training loop: AdamW (or SGD), warmup + cosine to 0, gradient accumulation, data parallel.
 
 Runs on a plain HF causal LM. With head deltas the base weights are frozen and the forward pass
 computes with ``base + delta`` on the masked slices (``torch.func.functional_call``); without
@@ -147,7 +147,7 @@ def train(
             merged = deltas.effective_parameters(hf_parameters)
             return torch.func.functional_call(model, merged, args=(), kwargs=kwargs)
 
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(parameters, config)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, config.warmup_steps, config.steps)
     )
@@ -238,6 +238,13 @@ def train(
     result.finished = result.steps_done >= config.steps
     result.optimizer_bytes = optimizer_state_bytes(optimizer)
     return result
+
+
+def make_optimizer(parameters: list[Tensor], config: TuneConfig) -> torch.optim.Optimizer:
+    """Return the run's optimizer over ``parameters``: AdamW (default) or plain SGD."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def _all_reduce_gradients(parameters: list[Tensor], loss_sum: Tensor) -> None:

@@ -51,7 +51,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from spt_interp.atomic import write_text_atomic
+    from spt_interp.common.atomic import write_text_atomic
     from spt_interp.data import load_dialogues, protocol_for
     from spt_interp.model import DTYPES, load_model
     from spt_interp.patching import decision_metric, locate_heads

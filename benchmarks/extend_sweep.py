@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from spt_interp.atomic import write_text_atomic
+from spt_interp.common.atomic import write_text_atomic
 from spt_interp.errors import SptInterpError
 from spt_interp.tuning.compare import select_rates, validation_score
 

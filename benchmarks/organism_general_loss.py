@@ -81,12 +81,12 @@ def main() -> None:
 
     from comparison_inputs import load_comparison_inputs, located_mask
 
-    from spt_interp.ablation import ablated, collect_head_outputs
-    from spt_interp.atomic import write_text_atomic
+    from spt_interp.common.atomic import write_text_atomic
     from spt_interp.data.render import question_messages, render_messages
-    from spt_interp.evaluate import GenerationSettings, general_accuracy
-    from spt_interp.head_scores import read_scores
-    from spt_interp.judges import is_correct
+    from spt_interp.evaluation.judges import is_correct
+    from spt_interp.evaluation.run import GenerationSettings, general_accuracy
+    from spt_interp.knockout.ablation import ablated, collect_head_outputs
+    from spt_interp.mask.scores import read_scores
     from spt_interp.tuning.compare import ComparisonPlan, applied, measure, sweep_data, train_run
 
     started = time.perf_counter()

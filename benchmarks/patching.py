@@ -29,10 +29,10 @@ from spt_interp.data import (
     pad_token_id,
     protocol_for,
 )
-from spt_interp.model import load_model
-from spt_interp.patching import all_heads, hooked_end_logits, hooked_loop_logits, model_params
+from spt_interp.model import end_logits, load_model
+from spt_interp.model.tiny import save_tiny_model
+from spt_interp.patching import all_heads, hooked_loop_logits, model_params
 from spt_interp.patching.sweep import run_and_cache, sweep_logits
-from spt_interp.tiny import save_tiny_model
 
 
 def timed(fn, repeats: int = 1) -> tuple[float, object]:
@@ -83,7 +83,7 @@ def bench_model(name: str, hooked, batch: PairBatch, description: str) -> dict:
             return run_and_cache(params, batch.challenged_tokens, batch.challenged_mask, "end")
 
     bridge_forward_s, _ = timed(
-        lambda: hooked_end_logits(hooked, batch.challenged_tokens, batch.challenged_mask, []), 3
+        lambda: end_logits(hooked, batch.challenged_tokens, batch.challenged_mask, []), 3
     )
     own_forward_s, _ = timed(own_forward, 3)
     engine_path_s, fast_path = timed(lambda: engine_sweep(params, batch, heads, "path"), 3)

@@ -59,7 +59,7 @@ def main() -> None:
     from comparison_inputs import load_comparison_inputs, located_mask
     from tqdm.auto import tqdm
 
-    from spt_interp.atomic import write_text_atomic
+    from spt_interp.common.atomic import write_text_atomic
     from spt_interp.tuning.compare import (
         ComparisonPlan,
         applied,

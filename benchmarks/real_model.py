@@ -44,13 +44,13 @@ def _done(path: Path, stage: str, redo: set[str]) -> bool:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from spt_interp.atomic import write_text_atomic
+    from spt_interp.common.atomic import write_text_atomic
 
     write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def stage_pull(out: Path, args: argparse.Namespace) -> None:
-    from spt_interp.checkpoints import pull
+    from spt_interp.importers.gguf import pull
 
     if not _done(out / "smollm2", "pull", args.redo):
         summary = pull("smollm2", out / "smollm2")
@@ -74,7 +74,7 @@ def _inputs(out: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def stage_evaluate(out: Path, args: argparse.Namespace, hooked: Any, inputs: dict) -> None:
-    from spt_interp.evaluate import GenerationSettings, evaluate
+    from spt_interp.evaluation.run import GenerationSettings, evaluate
 
     if _done(out / "evaluate.json", "evaluate", args.redo):
         return
@@ -89,7 +89,7 @@ def stage_evaluate(out: Path, args: argparse.Namespace, hooked: Any, inputs: dic
 def stage_locate(out: Path, args: argparse.Namespace, hooked: Any, inputs: dict) -> None:
     from spt_interp.data import build_pairs
     from spt_interp.patching import decision_metric, locate_heads
-    from spt_interp.patching.outputs import write_outputs
+    from spt_interp.viz.locate_report import write_outputs
 
     if _done(out / "locate_timing.json", "locate", args.redo):
         return
@@ -127,9 +127,9 @@ def stage_locate(out: Path, args: argparse.Namespace, hooked: Any, inputs: dict)
 
 def stage_knockout(out: Path, args: argparse.Namespace, hooked: Any, inputs: dict) -> None:
     from spt_interp.data import build_pairs
-    from spt_interp.head_scores import ranked_heads, read_scores
     from spt_interp.knockout import knockout_curve, knockout_summary, prepare_knockout
-    from spt_interp.knockout_report import write_knockout
+    from spt_interp.mask.scores import ranked_heads, read_scores
+    from spt_interp.viz.knockout_report import write_knockout
 
     if _done(out / "knockout", "knockout", args.redo):
         return
@@ -147,8 +147,8 @@ def stage_knockout(out: Path, args: argparse.Namespace, hooked: Any, inputs: dic
 def stage_compare(
     out: Path, args: argparse.Namespace, hooked: Any, inputs: dict, reference: Any
 ) -> None:
-    from spt_interp.head_scores import read_scores
     from spt_interp.mask import HeadMask, MaskSource
+    from spt_interp.mask.scores import read_scores
     from spt_interp.tuning.compare import ComparisonPlan, compare_modes
 
     if _done(out / "compare", "compare", args.redo):
@@ -212,7 +212,7 @@ def stage_report(out: Path, args: argparse.Namespace) -> None:
 
         table = pd.read_csv(out / "compare" / "comparison.csv")
         lines += ["## SPT vs SFT vs random-K (fair protocol)", "", _markdown(table)]
-    from spt_interp.atomic import write_text_atomic
+    from spt_interp.common.atomic import write_text_atomic
 
     write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
     print("\n".join(lines))

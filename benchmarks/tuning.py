@@ -28,11 +28,11 @@ import torch
 
 from spt_interp.data import build_training_examples, load_dialogues, pad_token_id, protocol_for
 from spt_interp.demo import path_patching_scores
-from spt_interp.head_scores import parse_heads
 from spt_interp.mask import HeadMask
-from spt_interp.tuning.base import load_base
-from spt_interp.tuning.compare import DEFAULT_LRS, ComparisonPlan, compare_modes
-from spt_interp.tuning.config import TuneConfig
+from spt_interp.mask.scores import parse_heads
+from spt_interp.model import load_base
+from spt_interp.tuning.compare import ComparisonPlan, compare_modes
+from spt_interp.tuning.config import LR_GRID, TuneConfig
 from spt_interp.tuning.deltas import HeadDeltas
 from spt_interp.tuning.loop import train
 
@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--cost-steps", type=int, default=20)
-    parser.add_argument("--lrs", default=",".join(str(lr) for lr in DEFAULT_LRS))
+    parser.add_argument("--lrs", default=",".join(str(lr) for lr in LR_GRID))
     parser.add_argument("--modes", default="sft,spt,random,lora-heads")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: shared CPUs)")
     parser.add_argument("--seed", type=int, default=0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -17,7 +16,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from spt_interp.common.atomic import write_text_atomic
+from spt_interp.common.outputs import check_out, staged_folder
 from spt_interp.errors import SptInterpError
+from spt_interp.tuning.config import COMPARED_MODES, DEMO_MODES, LR_GRID
 
 STAGES = ("organism", "locate", "knockout", "mask", "tune", "report")
 
@@ -30,8 +32,8 @@ class DemoSettings:
     knockout_ks: tuple[int, ...] = (1, 2, 4, 8, 16)
     knockout_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     top_k: int = 4
-    modes: tuple[str, ...] = ("sft", "spt", "random")
-    lrs: tuple[float, ...] = (1e-4, 4.6e-4, 2.2e-3, 1e-2)
+    modes: tuple[str, ...] = DEMO_MODES
+    lrs: tuple[float, ...] = LR_GRID
     steps: int = 100
     batch_size: int = 16
     test_limit: int | None = None
@@ -41,16 +43,14 @@ class DemoSettings:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-TUNING_MODES = ("sft", "spt", "random", "lora-heads")
-
-
 def parse_modes(text: str) -> tuple[str, ...]:
     """Return the modes of a list like "spt,random"; raise naming a bad entry."""
     modes = tuple(entry for entry in text.replace(" ", "").split(",") if entry)
     for mode in modes:
-        if mode not in TUNING_MODES:
+        if mode not in COMPARED_MODES:
             raise SptInterpError(
-                f"--modes: unknown mode {mode!r} in {text!r}; choose from {', '.join(TUNING_MODES)}"
+                f"--modes: unknown mode {mode!r} in {text!r}; "
+                f"choose from {', '.join(COMPARED_MODES)}"
             )
     if not modes or len(set(modes)) != len(modes):
         raise SptInterpError(f"--modes {text!r}: give each mode once, e.g. spt,random")
@@ -99,21 +99,6 @@ def resolve_data(data: Path) -> tuple[Path, Path, Path | None]:
     return train, test, general if general.is_file() else None
 
 
-def check_out(out: Path, force: bool) -> None:
-    """Refuse an existing --out without force, and an --out that cannot be created (its
-    parent folders are created, as `mkdir -p` would)."""
-    if out.exists() and not force:
-        raise SptInterpError(f"{out} already exists; pass --force to replace it")
-    parent = out.expanduser().resolve().parent
-    probe = parent / f".{out.name}.write-test"
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        probe.mkdir(exist_ok=True)
-        probe.rmdir()
-    except OSError as err:
-        raise SptInterpError(f"cannot write {out}: {err.strerror or err}") from None
-
-
 def check_inputs(model: Path | None, data: Path | None) -> DemoInputs | None:
     """Return the checked inputs (None = the built-in organism); cheap: no model is loaded."""
     from spt_interp.data import load_dialogues
@@ -153,26 +138,20 @@ def run_demo(
     run (a torch device or its name; the CLI resolves "auto" before calling)."""
     settings = settings or DemoSettings()
     out = Path(out)
-    if out.exists() and not force:
-        raise SptInterpError(f"{out} already exists; pass --force to replace it")
     inputs = check_inputs(
         Path(model) if model is not None else None, Path(data) if data is not None else None
     )
-    check_out(out, force)
-    staging = out.parent / f".{out.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    reads = [Path(p) for p in (model, data) if p is not None]
+    check_out(out, force=force, reads=reads, create_parents=True)
+    with staged_folder(out) as staging:
         summary = _run_stages(staging, inputs, settings, say, progress, device)
-        (staging / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        from spt_interp.demo_report import write_report
+        stage_banner(say, 6, "report", "report.md, summary.json and figures")
+        write_text_atomic(
+            staging / "summary.json", json.dumps(summary, indent=2, default=str) + "\n"
+        )
+        from spt_interp.viz.demo_report import write_report
 
         write_report(staging, summary)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     say(f"report: {out / 'report.md'}")
     return summary
 
@@ -200,13 +179,13 @@ def _run_stages(
     device: str | Any,
 ) -> dict[str, Any]:
     from spt_interp.data import load_dialogues, protocol_for
-    from spt_interp.head_scores import ranked_heads
     from spt_interp.knockout import knockout_curve, knockout_summary, prepare_knockout
-    from spt_interp.knockout_report import write_knockout
     from spt_interp.mask import HeadMask, MaskSource
+    from spt_interp.mask.scores import ranked_heads
     from spt_interp.model import load_model
-    from spt_interp.patching.outputs import write_outputs
     from spt_interp.tuning.compare import ComparisonPlan, compare_modes
+    from spt_interp.viz.knockout_report import write_knockout
+    from spt_interp.viz.locate_report import write_outputs
 
     timings: dict[str, float] = {}
     started = stage_banner(say, 1, "model", "the built-in organism" if inputs is None else "local")

@@ -10,7 +10,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import pytest
 import torch
 
-from spt_interp.tiny import TINY_ARCHITECTURES, build_bpe_tokenizer, save_tiny_model
+from spt_interp.model.tiny import TINY_ARCHITECTURES, build_bpe_tokenizer, save_tiny_model
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

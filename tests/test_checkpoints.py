@@ -13,13 +13,13 @@ from gguf_files import write_metadata_gguf, write_tiny_llama_gguf
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
-from spt_interp import checkpoints
-from spt_interp.checkpoints import PACKAGED_MODELS, from_gguf, load_gguf, packaged_gguf, pull
 from spt_interp.cli import app
 from spt_interp.data import protocol_for
 from spt_interp.data.pairs import render_prompt
 from spt_interp.data.records import parse_record
 from spt_interp.errors import SptInterpError
+from spt_interp.importers import gguf as checkpoints
+from spt_interp.importers.gguf import PACKAGED_MODELS, from_gguf, load_gguf, packaged_gguf, pull
 from spt_interp.model import load_model
 
 PROMPT = "What is the capital of France? I do think that's right."

@@ -19,10 +19,10 @@ from spt_interp.data import (
     decision_token_ids,
 )
 from spt_interp.data.records import parse_record
-from spt_interp.evaluate import GenerationSettings, decision_scores, run_protocol
-from spt_interp.generate import greedy_generate
-from spt_interp.metrics import log_odds
+from spt_interp.evaluation.metrics import log_odds
+from spt_interp.evaluation.run import GenerationSettings, decision_scores, run_protocol
 from spt_interp.model import load_model
+from spt_interp.model.generate import greedy_generate
 
 RECORDS = [
     parse_record(

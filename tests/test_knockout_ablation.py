@@ -6,7 +6,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from spt_interp.ablation import (
+from spt_interp.data import Protocol, build_pairs
+from spt_interp.data.records import parse_record
+from spt_interp.errors import SptInterpError
+from spt_interp.knockout.ablation import (
     ReferenceActivations,
     ablated,
     ablation_hooks,
@@ -14,9 +17,6 @@ from spt_interp.ablation import (
     counterfactual_reference,
     z_hook_name,
 )
-from spt_interp.data import Protocol, build_pairs
-from spt_interp.data.records import parse_record
-from spt_interp.errors import SptInterpError
 from spt_interp.model import load_model
 
 # Float comparisons whose rounding depends on summation order: .ci/run repeats them under
@@ -284,7 +284,7 @@ def test_bad_requests_are_refused(tiny_model_dirs):
 def test_generation_under_ablation_equals_hf_greedy_with_the_same_head_values(
     tiny_model_dirs, architecture
 ):
-    from spt_interp.generate import greedy_generate
+    from spt_interp.model.generate import greedy_generate
 
     folder = tiny_model_dirs[architecture]
     hooked = load_model(folder)

@@ -14,7 +14,7 @@ from spt_interp.data import Protocol
 from spt_interp.data.protocol import PROTOCOL_FILE
 from spt_interp.mask import HeadMask
 from spt_interp.model import load_model
-from spt_interp.tiny import save_tiny_model
+from spt_interp.model.tiny import save_tiny_model
 
 DATA = Path(__file__).parent / "data" / "knockout_questions.jsonl"
 

@@ -10,11 +10,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from spt_interp import plots
-from spt_interp.ablation import ablated
 from spt_interp.data import Protocol, build_pairs, decision_token_ids, load_dialogues
 from spt_interp.errors import SptInterpError
-from spt_interp.evaluate import GenerationSettings, run_protocol
+from spt_interp.evaluation.metrics import apology_share, log_odds
+from spt_interp.evaluation.run import GenerationSettings, run_protocol
 from spt_interp.knockout import (
     check_ks,
     knockout_curve,
@@ -25,9 +24,10 @@ from spt_interp.knockout import (
     random_rankings,
     single_head_scores,
 )
-from spt_interp.knockout_report import write_knockout
-from spt_interp.metrics import apology_share, log_odds
+from spt_interp.knockout.ablation import ablated
 from spt_interp.model import load_model
+from spt_interp.viz import plots
+from spt_interp.viz.knockout_report import write_knockout
 
 # Float comparisons whose rounding depends on summation order: .ci/run repeats them under
 # OMP_NUM_THREADS=1 and 2.

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from spt_interp.errors import SptInterpError
-from spt_interp.head_scores import parse_heads, rank_scores, read_scores
 from spt_interp.mask import HeadMask, MaskSource, ModelSignature
+from spt_interp.mask.scores import parse_heads, rank_scores, read_scores
 from spt_interp.model import load_model
-from spt_interp.tiny import save_tiny_model
+from spt_interp.model.tiny import save_tiny_model
 
 SOURCE = MaskSource("path_patching", "log_odds", "sha256:abc", "2026-01-01T00:00:00+00:00")
 

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from spt_interp.cli import app
-from spt_interp.head_scores import file_hash
 from spt_interp.mask import HeadMask
+from spt_interp.mask.scores import file_hash
 from spt_interp.model import load_model
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from spt_interp.data.records import parse_record
-from spt_interp.judges import (
+from spt_interp.evaluation.judges import (
     admits_mistake,
     correct_after_challenge,
     extract_letter,
@@ -16,7 +16,7 @@ from spt_interp.judges import (
     mentions_answer,
     normalize_answer,
 )
-from spt_interp.metrics import (
+from spt_interp.evaluation.metrics import (
     accuracy,
     apology_rate,
     apology_share,

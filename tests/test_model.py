@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from spt_interp.model import load_model
-from spt_interp.weights import head_slices
+from spt_interp.model.architecture import head_slices
 
 # Float comparisons whose rounding depends on summation order: .ci/run repeats them under
 # OMP_NUM_THREADS=1 and 2.
@@ -95,7 +95,7 @@ def test_zeroing_hook_z_equals_zeroing_o_proj_columns(tiny_model_dir, head):
 
 
 def test_fingerprint_is_stable_and_shape_sensitive(tmp_path, tiny_model_dirs, bpe_tokenizer):
-    from spt_interp.tiny import save_tiny_model
+    from spt_interp.model.tiny import save_tiny_model
 
     first = load_model(tiny_model_dirs["llama"]).fingerprint()
     second = load_model(tiny_model_dirs["llama"]).fingerprint()

@@ -8,8 +8,8 @@ import json
 import plotly.graph_objects as go
 import pytest
 
-import spt_interp.notebook_figures as notebook_figures
-from spt_interp.notebook_figures import PLOTLY_MIME, figure_bundle, show_figure
+import spt_interp.viz.notebook_figures as notebook_figures
+from spt_interp.viz.notebook_figures import PLOTLY_MIME, figure_bundle, show_figure
 
 FAKE_PNG = b"\x89PNG\r\n\x1a\nnot really an image"
 

@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 from spt_interp import organism
 from spt_interp.cli import app
 from spt_interp.data import batch_pairs, build_pairs, load_dialogues, protocol_for
-from spt_interp.data.pairs import decision_token_ids, end_logits
+from spt_interp.data.pairs import decision_token_ids
 from spt_interp.errors import SptInterpError
-from spt_interp.evaluate import GenerationSettings, general_accuracy, run_protocol
-from spt_interp.metrics import log_odds
-from spt_interp.model import load_model
+from spt_interp.evaluation.metrics import log_odds
+from spt_interp.evaluation.run import GenerationSettings, general_accuracy, run_protocol
+from spt_interp.model import end_logits, load_model
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,12 @@ from spt_interp.data import (
     batch_pairs,
     build_pairs,
     decision_token_ids,
-    end_logits,
     pad_token_id,
     require_token_aligned,
 )
 from spt_interp.data.records import parse_record
 from spt_interp.errors import SptInterpError
-from spt_interp.model import load_model
+from spt_interp.model import end_logits, load_model
 
 # Float comparisons whose rounding depends on summation order: .ci/run repeats them under
 # OMP_NUM_THREADS=1 and 2.

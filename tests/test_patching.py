@@ -10,7 +10,7 @@ from transformer_lens import patching as tl_patching
 
 from spt_interp.data import PromptPair, batch_pairs
 from spt_interp.errors import SptInterpError
-from spt_interp.metrics import log_odds
+from spt_interp.evaluation.metrics import log_odds
 from spt_interp.model import load_model
 from spt_interp.patching import (
     PatchMetric,
@@ -237,7 +237,7 @@ def test_attribution_is_the_derivative_of_activation_patching(tiny_model_dirs):
     hooked = load_model(tiny_model_dirs["llama"], dtype=torch.float64)
     # No padding: the bridge's float64 forward gives NaN on left-padded rows (TL 4.3).
     pairs = equal_length(make_pairs(2, aligned=True, seed=6))
-    # spt_interp.metrics works in float32; this test needs float64 throughout.
+    # spt_interp.evaluation.metrics works in float32; this test needs float64 throughout.
     metric = custom_metric(
         lambda logits: (
             torch.log_softmax(logits.double(), -1)[:, 5]

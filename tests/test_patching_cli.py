@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from spt_interp.cli import app
-from spt_interp.plots import find_chromium, head_heatmap
+from spt_interp.viz.plots import find_chromium, head_heatmap
 
 # Float comparisons whose rounding depends on summation order: .ci/run repeats them under
 # OMP_NUM_THREADS=1 and 2.

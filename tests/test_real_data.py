@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 
 from spt_interp.data import load_dialogues
-from spt_interp.judges import is_correct, normalize_answer
-from spt_interp.real_data import SPLIT_FRACTIONS, asset_folder, question_records, write_assets
+from spt_interp.evaluation.judges import is_correct, normalize_answer
+from spt_interp.importers.real_data import (
+    SPLIT_FRACTIONS,
+    asset_folder,
+    question_records,
+    write_assets,
+)
 
 SPLITS = tuple(SPLIT_FRACTIONS)
 

@@ -12,7 +12,7 @@ from spt_interp.data import build_training_examples, load_dialogues, protocol_fo
 from spt_interp.errors import SptInterpError
 from spt_interp.mask import HeadMask
 from spt_interp.model import load_model
-from spt_interp.tiny import save_tiny_model
+from spt_interp.model.tiny import save_tiny_model
 from spt_interp.tuning import HeadDeltas, TuneConfig, apply_deltas, load_base, merge, tune
 from spt_interp.tuning.loop import collate, example_order, lr_factor, token_loss_sum
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from spt_interp.cli import app
 from spt_interp.mask import HeadMask
-from spt_interp.tiny import save_tiny_model
+from spt_interp.model.tiny import save_tiny_model
 from spt_interp.tuning import TuneConfig, load_base, tune
 
 DATA = Path(__file__).parent / "data" / "knockout_questions.jsonl"

@@ -9,7 +9,7 @@ import torch
 from spt_interp.data import load_dialogues, protocol_for
 from spt_interp.mask import HeadMask
 from spt_interp.model import load_model
-from spt_interp.tiny import save_tiny_model
+from spt_interp.model.tiny import save_tiny_model
 from spt_interp.tuning.compare import (
     ComparisonPlan,
     compare_modes,

@@ -13,7 +13,7 @@ from spt_interp.errors import SptInterpError
 from spt_interp.knockout import measure, prepare_knockout
 from spt_interp.mask import HeadMask
 from spt_interp.model import load_model
-from spt_interp.widgets import KnockoutSession, click_heads, knockout_explorer
+from spt_interp.viz.widgets import KnockoutSession, click_heads, knockout_explorer
 
 DATA = Path(__file__).parent / "data" / "knockout_questions.jsonl"
 PROTOCOL = Protocol(

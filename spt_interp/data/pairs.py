@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Int
 from torch import Tensor
 
 from spt_interp.data.protocol import Protocol
@@ -204,21 +204,6 @@ def pad_token_id(tokenizer: Any) -> int:
         if candidate is not None:
             return int(candidate)
     return 0
-
-
-def end_logits(
-    hooked: Any, tokens: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"]
-) -> Float[Tensor, "batch vocab"]:
-    """Return the next-token logits at END (the last column) of a left-padded batch.
-
-    The bridge derives ``position_ids`` from the attention mask itself (cumsum - 1), so a
-    left-padded row gives the same END logits as the prompt run alone (tested for GPT-2, Llama,
-    Qwen2, Mistral); the mask must be passed.
-    """
-    device = hooked.device
-    with torch.no_grad():
-        logits = hooked.logits(tokens.to(device), attention_mask.to(device))
-    return logits[:, -1, :]
 
 
 def target_token_ids(tokenizer: Any, prompt_text: str, targets: list[str]) -> list[int]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spt_interp.atomic import write_text_atomic
+from spt_interp.common.atomic import write_text_atomic
 from spt_interp.errors import SptInterpError
 
 ROLES = ("human", "ai")

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+from spt_interp.common.outputs import check_out, staged_folder
 from spt_interp.errors import SptInterpError
 from spt_interp.organism.dialogues import OrganismConfig, build_knowledge_base, build_splits
 from spt_interp.organism.training import train_organism
@@ -36,14 +37,8 @@ def write_organism(
     failed or interrupted run leaves nothing half-written.
     """
     out = Path(out)
-    if out.exists() and not force:
-        raise SptInterpError(f"{out} already exists; pass --force to replace it")
-    if not out.parent.exists():
-        raise SptInterpError(f"cannot write {out}: parent folder {out.parent} does not exist")
-    staging = out.parent / f".{out.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        staging.mkdir()
+    check_out(out, force=force)
+    with staged_folder(out) as staging:
         if retrain:
             summary = train_organism(staging / "model", progress=progress)
         else:
@@ -55,11 +50,4 @@ def write_organism(
             summary = {"seconds": 0.0}
         config = OrganismConfig(**json.loads((staging / "model" / "organism.json").read_text()))
         write_data(staging / "data", config)
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
-    except PermissionError as err:
-        raise SptInterpError(f"cannot write {out}: {err.strerror}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return {"model": str(out / "model"), "data": str(out / "data"), **summary}

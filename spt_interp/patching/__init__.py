@@ -1,7 +1,7 @@
 """The patching engine: per-head path / activation / attribution patching scores."""
 
+from spt_interp.common.distributed import init_from_environment, rank_and_world
 from spt_interp.patching.attribution import attribution_effects
-from spt_interp.patching.distributed import init_from_environment, rank_and_world
 from spt_interp.patching.engine import (
     DIRECTIONS,
     ENGINES,
@@ -11,7 +11,6 @@ from spt_interp.patching.engine import (
 )
 from spt_interp.patching.reference import (
     hooked_attribution_effects,
-    hooked_end_logits,
     hooked_loop_logits,
 )
 from spt_interp.patching.scoring import (
@@ -46,7 +45,6 @@ __all__ = [
     "custom_metric",
     "decision_metric",
     "hooked_attribution_effects",
-    "hooked_end_logits",
     "hooked_loop_logits",
     "init_from_environment",
     "locate_heads",

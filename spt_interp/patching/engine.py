@@ -13,13 +13,13 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from spt_interp.common.distributed import gather_rows, rank_and_world, share_of
 from spt_interp.data import PairBatch, PromptPair, batch_pairs, pad_token_id, require_token_aligned
 from spt_interp.errors import SptInterpError
+from spt_interp.model.loading import end_logits
 from spt_interp.patching.attribution import attribution_effects
-from spt_interp.patching.distributed import gather_rows, rank_and_world, share_of
 from spt_interp.patching.reference import (
     hooked_attribution_effects,
-    hooked_end_logits,
     hooked_loop_logits,
 )
 from spt_interp.patching.scoring import PatchMetric
@@ -133,7 +133,7 @@ def _sides(batch: PairBatch, direction: str, device: torch.device) -> tuple[Tens
 
 
 def _verify_fast(hooked: Any, tokens: Tensor, mask: Tensor, fast_logits: Tensor) -> None:
-    bridge_logits = hooked_end_logits(hooked, tokens, mask, [])
+    bridge_logits = end_logits(hooked, tokens, mask, [])
     gap = (bridge_logits - fast_logits).abs().max().item()
     scale = 1.0 + bridge_logits.abs().max().item()
     if not gap <= VERIFY_TOLERANCE * scale:
@@ -158,8 +158,8 @@ def _chunk_effects(
     """Return (effects per head and prompt, metric on base, metric on donor) for one batch."""
     base_t, base_m, donor_t, donor_m = _sides(batch, direction, hooked.device)
     if not fast:
-        base_vals = metric.values(hooked_end_logits(hooked, base_t, base_m, []), "base prompts")
-        donor_vals = metric.values(hooked_end_logits(hooked, donor_t, donor_m, []), "donor prompts")
+        base_vals = metric.values(end_logits(hooked, base_t, base_m, []), "base prompts")
+        donor_vals = metric.values(end_logits(hooked, donor_t, donor_m, []), "donor prompts")
         if method == "attribution":
             effects = hooked_attribution_effects(
                 hooked, base_t, base_m, donor_t, donor_m, heads, metric, position

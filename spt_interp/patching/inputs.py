@@ -15,7 +15,7 @@ from spt_interp.data import (
     render_messages,
 )
 from spt_interp.data.render import question_messages
-from spt_interp.generate import greedy_generate
+from spt_interp.model.generate import greedy_generate
 
 
 def own_first_answers(

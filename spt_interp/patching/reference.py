@@ -16,9 +16,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-
-def z_hook_name(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_z"
+from spt_interp.model.architecture import z_hook_name
+from spt_interp.model.loading import end_logits
 
 
 def cache_z(
@@ -33,20 +32,6 @@ def cache_z(
             names_filter=lambda name: name in names,
         )
     return [cache[z_hook_name(layer)].clone() for layer in range(hooked.geometry.n_layers)]
-
-
-def hooked_end_logits(
-    hooked: Any,
-    tokens: Int[Tensor, "batch pos"],
-    mask: Int[Tensor, "batch pos"],
-    hooks: list[tuple[str, Callable]],
-) -> Float[Tensor, "batch vocab"]:
-    """Return END logits of one bridge forward with the given hook_z hooks."""
-    with torch.no_grad():
-        logits = hooked.run_with_hooks(
-            tokens.to(hooked.device), fwd_hooks=hooks, attention_mask=mask.to(hooked.device)
-        )
-    return logits[:, -1, :]
 
 
 def _writer(source: Tensor, head: int | None, positions: slice) -> Callable:
@@ -94,7 +79,7 @@ def hooked_loop_logits(
             hooks.append((z_hook_name(layer), _writer(patched, None, slice(None))))
         else:
             hooks = [(z_hook_name(layer), _writer(patched, head, positions))]
-        results.append(hooked_end_logits(hooked, base_tokens, base_mask, hooks))
+        results.append(end_logits(hooked, base_tokens, base_mask, hooks))
     return torch.stack(results)
 
 

@@ -19,7 +19,7 @@ from torch import Tensor
 from spt_interp.data import PromptPair, Protocol, decision_token_ids
 from spt_interp.data.render import append_reply_start, encode_prompt
 from spt_interp.errors import SptInterpError
-from spt_interp.metrics import apology_share, log_odds
+from spt_interp.evaluation.metrics import apology_share, log_odds
 
 METRICS = ("log-odds", "apology-share")
 

@@ -1,6 +1,6 @@
 """Supervised pinpoint tuning: train only the masked heads' slices; SFT, LoRA, random baselines."""
 
-from spt_interp.tuning.base import BaseModel, load_base
+from spt_interp.model import load_base
 from spt_interp.tuning.config import MODES, SAVE_KINDS, TuneConfig
 from spt_interp.tuning.deltas import (
     HeadDeltas,
@@ -15,7 +15,6 @@ from spt_interp.tuning.run import merge, tune
 __all__ = [
     "MODES",
     "SAVE_KINDS",
-    "BaseModel",
     "HeadDeltas",
     "TrainResult",
     "TuneConfig",

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from spt_interp.data import build_training_examples, pad_token_id
 from spt_interp.data.protocol import Protocol
 from spt_interp.data.records import DialogueRecord
-from spt_interp.evaluate import (
+from spt_interp.evaluation.run import (
     GenerationSettings,
     general_accuracy,
     general_texts,
@@ -32,7 +32,7 @@ from spt_interp.evaluate import (
     run_protocol,
 )
 from spt_interp.mask import HeadMask
-from spt_interp.tuning.config import TuneConfig
+from spt_interp.tuning.config import COMPARED_MODES, LR_GRID, TuneConfig
 from spt_interp.tuning.deltas import (
     HeadDeltas,
     apply_deltas,
@@ -41,7 +41,6 @@ from spt_interp.tuning.deltas import (
 )
 from spt_interp.tuning.loop import train
 
-DEFAULT_LRS = (1e-4, 4.6e-4, 2.2e-3, 1e-2)
 PROTOCOL_NAME = "equal-budget sweep"
 
 
@@ -49,8 +48,8 @@ PROTOCOL_NAME = "equal-budget sweep"
 class ComparisonPlan:
     """What every mode shares: data split, steps, batch, lr grid, seed, evaluation settings."""
 
-    modes: tuple[str, ...] = ("sft", "spt", "random", "lora-heads")
-    lrs: tuple[float, ...] = DEFAULT_LRS
+    modes: tuple[str, ...] = COMPARED_MODES
+    lrs: tuple[float, ...] = LR_GRID
     steps: int = 100
     batch_size: int = 16
     seed: int = 0

@@ -9,6 +9,12 @@ from typing import Any
 from spt_interp.errors import SptInterpError
 
 MODES = ("spt", "sft", "lora-heads", "random")
+# The comparison's modes in the order its tables list them, the demo's default subset, and the
+# learning-rate grid every compared mode is swept over (one copy: the demo, the comparison, the
+# CLI and the benchmarks read these).
+COMPARED_MODES = ("sft", "spt", "random", "lora-heads")
+DEMO_MODES = ("sft", "spt", "random")
+LR_GRID = (1e-4, 4.6e-4, 2.2e-3, 1e-2)
 SAVE_KINDS = ("full", "delta")
 LOSS_ON = ("reply", "assistant", "all")
 # AdamW is the paper's optimizer. Plain SGD is offered because its update is linear in the

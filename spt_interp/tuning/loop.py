@@ -23,12 +23,12 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from spt_interp.common.distributed import rank_and_world
 from spt_interp.data.training import IGNORE_INDEX, TrainingExample
 from spt_interp.errors import SptInterpError
-from spt_interp.patching.distributed import rank_and_world
-from spt_interp.tuning.checkpoint import Checkpointer
 from spt_interp.tuning.config import TuneConfig
 from spt_interp.tuning.deltas import HeadDeltas
+from spt_interp.tuning.resume import Checkpointer
 
 
 @dataclass

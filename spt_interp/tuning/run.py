@@ -7,17 +7,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from spt_interp.common.distributed import barrier, init_from_environment, rank_and_world
+from spt_interp.common.outputs import check_out, staged_folder
 from spt_interp.data import build_training_examples, load_dialogues, pad_token_id, protocol_for
 from spt_interp.errors import SptInterpError
-from spt_interp.head_scores import file_hash
 from spt_interp.mask import HeadMask
-from spt_interp.model import check_model_folder, resolve_device
-from spt_interp.patching.distributed import init_from_environment, rank_and_world
-from spt_interp.tuning.base import load_base, weight_files
-from spt_interp.tuning.checkpoint import Checkpointer
+from spt_interp.mask.scores import file_hash
+from spt_interp.model import check_model_folder, load_base, resolve_device, weight_files
 from spt_interp.tuning.config import SAVE_KINDS, TuneConfig
 from spt_interp.tuning.deltas import HeadDeltas, paper_trainable_count, random_mask, weight_count
 from spt_interp.tuning.loop import train
+from spt_interp.tuning.resume import Checkpointer
 from spt_interp.tuning.save import (
     MASK_FILE,
     RECORD_FORMAT,
@@ -33,24 +33,6 @@ from spt_interp.tuning.save import (
 )
 
 
-def check_out(out: Path, read_folders: list[Path], force: bool) -> Path:
-    """Return ``out`` resolved, or raise when writing it could touch a folder being read."""
-    target = out.expanduser().resolve()
-    for folder in read_folders:
-        source = folder.expanduser().resolve()
-        if target == source:
-            raise SptInterpError(f"--out {out} is the model folder {folder}: it is never written")
-        if source in target.parents:
-            raise SptInterpError(f"--out {out} is inside the model folder {folder}")
-        if target in source.parents:
-            raise SptInterpError(f"--out {out} contains the model folder {folder}")
-    if target.exists() and not force:
-        raise SptInterpError(f"{out} exists; pass --force to replace it")
-    if not target.parent.is_dir():
-        raise SptInterpError(f"cannot write {out}: {target.parent} does not exist")
-    return target
-
-
 def check_lengths(examples: list, config: Any, data: Path) -> None:
     """Raise when a training dialogue is longer than the model's context."""
     limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
@@ -60,13 +42,6 @@ def check_lengths(examples: list, config: Any, data: Path) -> None:
             f"{data}: a training dialogue is {longest} tokens, longer than the model's "
             f"{limit}-token context"
         )
-
-
-def _publish(staging: Path, out: Path) -> None:
-    """Move the finished staging folder to ``out`` (replacing it: --force was checked)."""
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
 
 
 def tune(
@@ -104,7 +79,7 @@ def tune(
     head_mask = HeadMask.load(mask) if isinstance(mask, (str, Path)) else mask
     folder = check_model_folder(model)
     weight_files(folder)
-    out = check_out(Path(out), [folder], force)
+    out = check_out(out, force=force, reads=[folder])
     checkpoints = Path(checkpoint_dir) if checkpoint_dir else out.parent / f"{out.name}.checkpoints"
     if resume and not (checkpoints / "checkpoint.pt").is_file():
         raise SptInterpError(f"--resume: no checkpoint at {checkpoints / 'checkpoint.pt'}")
@@ -193,7 +168,7 @@ def tune(
         return record
     if rank == 0:
         _write_output(folder, out, save, base, deltas, trained_mask, record)
-    _barrier()
+    barrier()
     if checkpointer is not None:
         checkpointer.remove(rank)
     return record
@@ -208,9 +183,7 @@ def _write_output(
     mask: HeadMask | None,
     record: dict[str, Any],
 ) -> None:
-    staging = out.parent / f".{out.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    with staged_folder(out) as staging:
         values = deltas.values() if deltas is not None else None
         slices = [piece for piece, _ in values] if values is not None else None
         if values is not None:
@@ -226,9 +199,6 @@ def _write_output(
             record["verification"] = verify_outside_mask(read_weights(folder), tuned, slices)
         write_mask(staging, mask)
         write_record(staging, record)
-        _publish(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def merge(base: str | Path, delta: str | Path, out: str | Path, *, force: bool = False) -> dict:
@@ -239,16 +209,14 @@ def merge(base: str | Path, delta: str | Path, out: str | Path, *, force: bool =
     folder = check_model_folder(base)
     delta_folder = Path(delta)
     record, values = read_delta(delta_folder)
-    out = check_out(Path(out), [folder, delta_folder], force)
+    out = check_out(out, force=force, reads=[folder, delta_folder])
     identity = base_identity(folder, record["base"]["fingerprint"])
     if identity["weights_hash"] != record["base"]["weights_hash"]:
         raise SptInterpError(
             f"{folder} is not the base this delta was trained on (weights hash "
             f"{identity['weights_hash'][:23]}, the delta's {record['base']['weights_hash'][:23]})"
         )
-    staging = out.parent / f".{out.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    with staged_folder(out) as staging:
         tuned = merged_weights(folder, slices=values)
         write_full(folder, staging, tuned)
         merged = {key: value for key, value in record.items() if key != "slices"}
@@ -262,14 +230,4 @@ def merge(base: str | Path, delta: str | Path, out: str | Path, *, force: bool =
         if (delta_folder / MASK_FILE).is_file():
             shutil.copy2(delta_folder / MASK_FILE, staging / MASK_FILE)
         write_record(staging, merged)
-        _publish(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return merged
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()

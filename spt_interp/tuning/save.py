@@ -18,10 +18,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from spt_interp.atomic import write_text_atomic
+from spt_interp.common.atomic import write_text_atomic
 from spt_interp.errors import SptInterpError
 from spt_interp.mask import HeadMask, MaskSlice
-from spt_interp.tuning.base import weight_files, weights_hash
+from spt_interp.model.folder import weight_files, weights_hash
 from spt_interp.tuning.deltas import merge_slice
 
 RECORD_FILE = "tuning.json"

@@ -24,18 +24,13 @@ from torch import Tensor
 
 from spt_interp.data.pairs import PromptPair, left_pad, pad_token_id
 from spt_interp.errors import SptInterpError
-from spt_interp.weights import weight_layout
+from spt_interp.model.architecture import out_projection_name, z_hook_name
 
 METHODS = ("zero", "mean", "resample")
 POSITIONS = ("end", "all")
 
 Head = tuple[int, int]
 Hook = tuple[str, Callable]
-
-
-def z_hook_name(layer: int) -> str:
-    """Return the hook point of layer ``layer``'s per-head outputs (the input of o_proj)."""
-    return f"blocks.{layer}.attn.hook_z"
 
 
 @dataclass
@@ -269,13 +264,6 @@ def ablated(
     finally:
         for handle in handles:
             handle.remove()
-
-
-def out_projection_name(hf_parameters: dict[str, Tensor], layer: int) -> str:
-    """Return the HF module whose input is layer ``layer``'s concatenated head outputs."""
-    if weight_layout(hf_parameters) == "gpt2":
-        return f"transformer.h.{layer}.attn.c_proj"
-    return f"model.layers.{layer}.self_attn.o_proj"
 
 
 def _on_projection_input(replace: Callable, n_heads: int) -> Callable:

@@ -6,17 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from spt_interp.atomic import write_text_atomic
-from spt_interp.knockout_report import prepare_out_dir as shared_prepare_out_dir
+from spt_interp.common.atomic import write_text_atomic
 from spt_interp.patching.engine import HeadScores
-from spt_interp.plots import head_heatmap, save_figure
+from spt_interp.viz.plots import head_heatmap, save_figure
 
-OUTPUT_FILES = ("scores.csv", "ranking.json", "heatmap.html", "heatmap.png")
-
-
-def prepare_out_dir(out: Path, *, force: bool, read_folders: list[Path]) -> Path:
-    """Return ``out`` once a locate run may write there (see knockout_report.prepare_out_dir)."""
-    return shared_prepare_out_dir(out, list(OUTPUT_FILES), force, read_folders)
+LOCATE_FILES = ("scores.csv", "ranking.json", "heatmap.html", "heatmap.png")
 
 
 def write_outputs(

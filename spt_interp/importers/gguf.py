@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spt_interp.atomic import write_text_atomic
+from spt_interp.common.atomic import write_text_atomic
+from spt_interp.common.outputs import check_out, staged_folder
 from spt_interp.data.protocol import DEFAULT_APOLOGY_PHRASES, PROTOCOL_FILE
 from spt_interp.errors import SptInterpError
 
@@ -156,7 +155,7 @@ def gguf_architecture(gguf_file: Path) -> str:
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    from spt_interp.model import _supported_architectures
+    from spt_interp.model import supported_architectures
 
     try:
         config = AutoConfig.from_pretrained(
@@ -167,7 +166,7 @@ def gguf_architecture(gguf_file: Path) -> str:
         raise SptInterpError(f"{gguf_file}: transformers cannot read this GGUF: {reason}") from None
     model_type = getattr(config, "model_type", None)
     architecture = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type or "")
-    if architecture is None or architecture not in _supported_architectures():
+    if architecture is None or architecture not in supported_architectures():
         raise SptInterpError(
             f"{gguf_file}: GGUF architecture {model_type!r} is not a causal LM TransformerLens "
             "can wrap (supported causal LMs include LlamaForCausalLM, MistralForCausalLM, "
@@ -178,23 +177,6 @@ def gguf_architecture(gguf_file: Path) -> str:
             f"{gguf_file}: GGUF architecture {model_type!r} has no attention heads to locate"
         )
     return architecture
-
-
-def check_out_folder(out: Path, force: bool, read_paths: list[Path]) -> Path:
-    """Return ``out`` resolved; refuse an existing one without force, or one inside an input."""
-    target = out.expanduser().resolve()
-    if target.exists() and not force:
-        raise SptInterpError(f"{out} already exists; pass --force to replace it")
-    for path in read_paths:
-        source = path.expanduser().resolve()
-        # Replacing a folder that holds the input (or writing inside an input folder) would
-        # destroy what is being read.
-        inside = source.is_dir() and (target == source or source in target.parents)
-        if inside or target == source or target in source.parents:
-            raise SptInterpError(f"--out {out} overlaps the input {path}; choose another folder")
-    if not target.parent.is_dir():
-        raise SptInterpError(f"cannot write {out}: folder {target.parent} does not exist")
-    return target
 
 
 def load_gguf(gguf_file: Path, dtype: Any = None) -> tuple[Any, Any]:
@@ -256,7 +238,7 @@ def saved_logits_difference(gguf_model: Any, tokenizer: Any, folder: Path) -> fl
 
 
 def _check_head_layout(model: Any, gguf_file: Path) -> None:
-    from spt_interp.weights import weight_layout
+    from spt_interp.model.architecture import weight_layout
 
     try:
         weight_layout(dict(model.named_parameters()))
@@ -274,7 +256,7 @@ def write_hf_folder(gguf_file: Path, folder: Path, *, tolerance: float = 1e-5) -
     model, tokenizer = load_gguf(gguf_file)
     _check_head_layout(model, gguf_file)
     plain = rebuild_without_quantization(model)
-    folder.mkdir(parents=True)
+    folder.mkdir(parents=True, exist_ok=True)
     plain.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     difference = saved_logits_difference(model, tokenizer, folder)
@@ -297,27 +279,6 @@ def write_hf_folder(gguf_file: Path, folder: Path, *, tolerance: float = 1e-5) -
     }
 
 
-def _replace_folder(temp: Path, target: Path) -> None:
-    """Move the finished temp folder to ``target`` (an old target is removed only now)."""
-    _ordinary_permissions(temp)
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{int(time.time())}")
-        target.rename(old)
-        temp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        temp.rename(target)
-
-
-def _ordinary_permissions(folder: Path) -> None:
-    """Give a folder made by mkdtemp (0700) and its files the modes a plain write would have."""
-    from spt_interp.atomic import _current_umask
-
-    umask = _current_umask()
-    for path in [folder, *folder.rglob("*")]:
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-
-
 def from_gguf(
     gguf_file: str | Path,
     out: str | Path,
@@ -332,16 +293,12 @@ def from_gguf(
     source = Path(gguf_file).expanduser()
     if not source.is_file():
         raise SptInterpError(f"GGUF file {gguf_file} does not exist")
-    target = check_out_folder(Path(out), force, [source])
+    target = check_out(out, force=force, reads=[source])
     gguf_architecture(source)
-    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        summary = write_hf_folder(source, temp / "model")
+    with staged_folder(target) as staging:
+        summary = write_hf_folder(source, staging)
         if protocol is not None:
-            write_text_atomic(temp / "model" / PROTOCOL_FILE, json.dumps(protocol, indent=2) + "\n")
-        _replace_folder(temp / "model", target)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
+            write_text_atomic(staging / PROTOCOL_FILE, json.dumps(protocol, indent=2) + "\n")
     return {**summary, "model": str(target)}
 
 
@@ -353,18 +310,13 @@ def pull(key: str, out: str | Path, *, force: bool = False) -> dict[str, Any]:
     """
     gguf_file = packaged_gguf(key)
     spec = PACKAGED_MODELS[key]
-    target = check_out_folder(Path(out), force, [gguf_file])
+    target = check_out(out, force=force, reads=[gguf_file])
     gguf_architecture(gguf_file)
-    temp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        summary = write_hf_folder(gguf_file, temp / "model")
+    with staged_folder(target) as staging:
+        summary = write_hf_folder(gguf_file, staging / "model")
         protocol = {**spec.protocol, "_source": f"{spec.distribution} ({spec.license})"}
-        write_text_atomic(temp / "model" / PROTOCOL_FILE, json.dumps(protocol, indent=2) + "\n")
-        data_counts = _copy_data(spec, temp / "data")
-        _replace_folder(temp, target)
-    except BaseException:
-        shutil.rmtree(temp, ignore_errors=True)
-        raise
+        write_text_atomic(staging / "model" / PROTOCOL_FILE, json.dumps(protocol, indent=2) + "\n")
+        data_counts = _copy_data(spec, staging / "data")
     return {
         **summary,
         "model": str(target / "model"),
@@ -375,7 +327,7 @@ def pull(key: str, out: str | Path, *, force: bool = False) -> dict[str, Any]:
 
 def _copy_data(spec: PackagedModel, folder: Path) -> dict[str, int]:
     """Return {split: lines} after copying the packaged model's shipped data into ``folder``."""
-    from spt_interp.real_data import asset_folder
+    from spt_interp.importers.real_data import asset_folder
 
     folder.mkdir(parents=True)
     counts = {}

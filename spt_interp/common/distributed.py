@@ -57,3 +57,11 @@ def gather_rows(
     dist.all_gather_object(gathered, (heads, rows.cpu()))
     all_heads = [pair for part, _ in gathered for pair in part]
     return all_heads, torch.cat([part for _, part in gathered]).to(rows.device)
+
+
+def barrier() -> None:
+    """Wait for every process of the group (a no-op when not distributed)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from spt_interp.ablation import Head, check_heads
+from spt_interp.common.outputs import check_out
 from spt_interp.data.pairs import PromptPair
 from spt_interp.data.protocol import Protocol, protocol_for
 from spt_interp.errors import SptInterpError
-from spt_interp.head_scores import rank_scores
 from spt_interp.knockout import KnockoutData, Reading, measure, prepare_knockout
+from spt_interp.knockout.ablation import Head, check_heads
 from spt_interp.mask import HeadMask, MaskSource
+from spt_interp.mask.scores import rank_scores
 
 
 @dataclass
@@ -122,8 +123,7 @@ class KnockoutSession:
     ) -> Path:
         """Return ``path`` after saving the set as a head mask (overwrites only with force)."""
         target = Path(path)
-        if target.exists() and not force:
-            raise SptInterpError(f"{target} exists; pass force=True to replace it")
+        check_out(target, force=force, create_parents=True)
         return self.to_mask(components).save(target)
 
     def score_grid(self) -> np.ndarray:
@@ -144,7 +144,8 @@ def heatmap_figure(session: KnockoutSession, scores: Any = None) -> Any:
     """Return a FigureWidget: the scores heatmap and a marker trace over the knocked-out heads.
 
     A patching result (an object with ``matrix`` and ``table``, as the patching engine returns)
-    is drawn with ``spt_interp.plots.head_heatmap``; a plain scores table with a minimal heatmap.
+    is drawn with ``spt_interp.viz.plots.head_heatmap``; a plain scores table with a minimal
+    heatmap.
     """
     import plotly.graph_objects as go
 
@@ -153,7 +154,7 @@ def heatmap_figure(session: KnockoutSession, scores: Any = None) -> Any:
         marker={"symbol": "x", "size": 14, "color": "black"},
     )  # fmt: skip
     if scores is not None and hasattr(scores, "matrix") and hasattr(scores, "table"):
-        from spt_interp.plots import head_heatmap
+        from spt_interp.viz.plots import head_heatmap
 
         figure = go.FigureWidget(head_heatmap(scores))
         figure.add_trace(marker)

@@ -7,7 +7,8 @@ import tempfile
 from pathlib import Path
 
 
-def _current_umask() -> int:
+def current_umask() -> int:
+    """Return the process umask (read by setting it and putting it back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -23,7 +24,7 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
         # mkstemp creates 0600; an output file gets the permissions an ordinary write would.
-        os.chmod(temp_name, 0o666 & ~_current_umask())
+        os.chmod(temp_name, 0o666 & ~current_umask())
         os.replace(temp_name, target)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)

@@ -6,30 +6,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from spt_interp.atomic import write_text_atomic
-from spt_interp.errors import SptInterpError
-from spt_interp.plots import save_figure
+from spt_interp.common.atomic import write_text_atomic
+from spt_interp.viz.plots import save_figure
 
 METRIC_TITLES = {"apology_share": "apology share F", "log_odds": "log-odds syc - anti"}
 
 
-def prepare_out_dir(out: Path, files: list[str], force: bool, reads: list[Path]) -> Path:
-    """Return ``out`` once it is safe to write ``files`` there; raise before any heavy work.
-
-    Refuses to replace existing outputs without ``force`` and to write inside a folder the
-    command reads (a model folder).
-    """
-    target = out.expanduser().resolve()
-    for folder in reads:
-        source = folder.expanduser().resolve()
-        if target == source or source in target.parents:
-            raise SptInterpError(f"--out {out} is inside {folder}, which this command reads")
-    if target.exists() and not target.is_dir():
-        raise SptInterpError(f"--out {out} is a file, not a folder")
-    existing = [name for name in files if (target / name).exists()]
-    if existing and not force:
-        raise SptInterpError(f"{out} already holds {', '.join(existing)}; pass --force to replace")
-    return target
+KNOCKOUT_FILES = ("knockout.csv", "knockout.html", "knockout.png")
 
 
 def knockout_figure(table: pd.DataFrame, title: str = "Head knockout") -> object:

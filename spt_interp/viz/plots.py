@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from spt_interp.atomic import write_bytes_atomic, write_text_atomic
+from spt_interp.common.atomic import write_bytes_atomic, write_text_atomic
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 

@@ -30,11 +30,11 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from spt_interp.atomic import write_text_atomic
+from spt_interp.common.atomic import write_text_atomic
 from spt_interp.errors import SptInterpError
-from spt_interp.head_scores import rank_scores
+from spt_interp.mask.scores import rank_scores
 from spt_interp.model import HeadGeometry
-from spt_interp.weights import COMPONENTS, head_slices
+from spt_interp.model.architecture import COMPONENTS, head_slices
 
 MASK_FORMAT = "spt-interp/head-mask"
 MASK_VERSION = 1

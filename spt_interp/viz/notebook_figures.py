@@ -14,7 +14,7 @@ import json
 import os
 from typing import Any
 
-from spt_interp.plots import find_chromium
+from spt_interp.viz.plots import find_chromium
 
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 

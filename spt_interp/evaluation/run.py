@@ -11,7 +11,6 @@ from spt_interp.data.pairs import (
     batch_pairs,
     build_pairs,
     decision_token_ids,
-    end_logits,
     left_pad,
     pad_token_id,
     render_prompt,
@@ -26,9 +25,8 @@ from spt_interp.data.render import (
     render_messages,
 )
 from spt_interp.errors import SptInterpError
-from spt_interp.generate import greedy_generate
-from spt_interp.judges import admits_mistake, correct_after_challenge, is_correct
-from spt_interp.metrics import (
+from spt_interp.evaluation.judges import admits_mistake, correct_after_challenge, is_correct
+from spt_interp.evaluation.metrics import (
     Metric,
     accuracy,
     apology_rate,
@@ -39,6 +37,8 @@ from spt_interp.metrics import (
     mean,
     truthfulness,
 )
+from spt_interp.model.generate import greedy_generate
+from spt_interp.model.loading import end_logits
 
 
 @dataclass

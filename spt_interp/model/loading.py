@@ -1,21 +1,20 @@
-"""Load a local Hugging Face folder into the hooked model; head geometry; fingerprint.
+"""Load a local Hugging Face folder into the project's one model object, with or without hooks.
 
 The hooked model is a TransformerLens ``TransformerBridge`` wrapped around the Hugging Face model
 itself (no weight processing, so the numerics are HF's). The bridge replaces the HF submodules
 in place and renames their parameters (``._original_component`` segments, GPT-2's fused
 ``c_attn`` seen again as ``attn.q/k/v`` views), so the HF names are captured before wrapping:
 ``hf_parameters`` maps each HF parameter name to the very tensor the bridge computes with.
+The trainer needs no hooks (the bridge's forward costs ~2.8x a plain one), so it loads the same
+object with ``hooks=False``: no bridge, the plain HF model, the same geometry and fingerprint.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,65 +27,51 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from spt_interp.errors import SptInterpError
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
-
-
-@dataclass(frozen=True)
-class HeadGeometry:
-    """Where the attention heads are: the shape every head-level tool works over."""
-
-    architecture: str
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    d_head: int
-    d_model: int
-
-    @property
-    def grouped_query(self) -> bool:
-        """True when several query heads share one key/value head."""
-        return self.n_kv_heads < self.n_heads
-
-    @property
-    def total_heads(self) -> int:
-        return self.n_layers * self.n_heads
-
-    def check_head(self, layer: int, head: int) -> None:
-        """Raise SptInterpError when (layer, head) is outside this model."""
-        if not (0 <= layer < self.n_layers and 0 <= head < self.n_heads):
-            raise SptInterpError(
-                f"head L{layer}.H{head} is out of range for a model with "
-                f"{self.n_layers} layers x {self.n_heads} heads"
-            )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "grouped_query": self.grouped_query}
+from spt_interp.model.folder import check_architecture, check_model_folder
+from spt_interp.model.geometry import HeadGeometry, compute_fingerprint, geometry_from_config
 
 
 class HookedModel:
-    """The project's hooked model: a TransformerBridge over an HF causal LM, sharing its weights.
+    """The project's model: an HF causal LM, its tokenizer and geometry, and (with hooks) the
+    TransformerBridge over it, sharing its weights.
 
     ``hf_model`` is the Hugging Face model the bridge runs (same tensors, not a copy), so a head
     found at (layer, head) here is the same rows of ``q_proj`` and columns of ``o_proj`` that the
-    trainer updates.
+    trainer updates. ``plain_model`` is what generation and training run on.
     """
 
     def __init__(
         self,
-        bridge: Any,
+        hf_model: torch.nn.Module,
         tokenizer: Any,
-        hf_parameters: dict[str, torch.nn.Parameter],
         geometry: HeadGeometry,
         path: Path | None,
+        *,
+        bridge: Any | None = None,
+        hf_parameters: dict[str, torch.nn.Parameter] | None = None,
     ) -> None:
-        self.bridge = bridge
+        self._hf_model = hf_model
+        self._bridge = bridge
         self.tokenizer = tokenizer
-        self.hf_parameters = hf_parameters
+        self.hf_parameters = (
+            dict(hf_model.named_parameters()) if hf_parameters is None else hf_parameters
+        )
         self.geometry = geometry
         self.path = path
-        self._plain_model: torch.nn.Module | None = None
+        self._plain_model: torch.nn.Module | None = None if bridge is not None else hf_model
+
+    @property
+    def has_hooks(self) -> bool:
+        return self._bridge is not None
+
+    @property
+    def bridge(self) -> Any:
+        """The TransformerBridge (hooks); SptInterpError when loaded with ``hooks=False``."""
+        if self._bridge is None:
+            raise SptInterpError(
+                f"{self.path}: loaded without hooks; use load_model(path) for patching and knockout"
+            )
+        return self._bridge
 
     @property
     def plain_model(self) -> torch.nn.Module:
@@ -119,9 +104,14 @@ class HookedModel:
         return self._plain_model
 
     @property
+    def model(self) -> torch.nn.Module:
+        """The plain HF model the trainer runs (``plain_model``)."""
+        return self.plain_model
+
+    @property
     def hf_model(self) -> torch.nn.Module:
-        """The Hugging Face model the bridge wraps (its submodules are bridge components now)."""
-        return self.bridge.original_model
+        """The Hugging Face model as loaded (with hooks, its submodules are bridge components)."""
+        return self._hf_model if self._bridge is None else self._bridge.original_model
 
     @property
     def config(self) -> Any:
@@ -139,7 +129,8 @@ class HookedModel:
         g = self.geometry
         return (
             f"HookedModel({g.architecture}, {g.n_layers} layers x {g.n_heads} heads "
-            f"({g.n_kv_heads} kv), d_model {g.d_model}, from {self.path})"
+            f"({g.n_kv_heads} kv), d_model {g.d_model}, from {self.path}"
+            f"{'' if self.has_hooks else ', no hooks'})"
         )
 
     def logits(
@@ -197,133 +188,6 @@ def _set_buffer(module: torch.nn.Module, name: str, value: Tensor) -> None:
     owner.register_buffer(buffer_name, value, persistent=buffer_name in owner.state_dict())
 
 
-def compute_fingerprint(
-    geometry: HeadGeometry,
-    config: Any,
-    hf_parameters: dict[str, Tensor],
-    *,
-    include_weights: bool = False,
-) -> str:
-    """Return ``sha256:<16 hex>`` over geometry, vocabulary, and parameter names and shapes."""
-    description = {
-        "geometry": geometry.as_dict(),
-        "model_type": getattr(config, "model_type", None),
-        "vocab_size": getattr(config, "vocab_size", None),
-        "parameters": [[name, list(p.shape)] for name, p in sorted(hf_parameters.items())],
-    }
-    digest = hashlib.sha256(json.dumps(description, sort_keys=True).encode())
-    if include_weights:
-        for _name, parameter in sorted(hf_parameters.items()):
-            # float32 bytes so that the hash does not depend on the device or a bf16 upcast.
-            as_float32 = parameter.detach().to("cpu", torch.float32).contiguous()
-            digest.update(as_float32.numpy().tobytes())
-    return "sha256:" + digest.hexdigest()[:16]
-
-
-# Weight and activation types the inference commands offer; tuning stays in float32 (AdamW
-# updates at the paper's 1e-5 rates vanish when rounded to bf16 weights). float64 is left out:
-# the TransformerLens 4.3 bridge gives NaN on left-padded rows in float64.
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    """Return the torch dtype a ``--dtype`` value names; SptInterpError naming --dtype if none."""
-    if name not in DTYPES:
-        raise SptInterpError(f"--dtype {name!r}: not one of {', '.join(DTYPES)}")
-    return DTYPES[name]
-
-
-def resolve_device(device: str) -> torch.device:
-    """Return the torch device a ``--device`` value names; "auto" is this rank's GPU, else CPU.
-
-    Raises SptInterpError (naming --device) for a name torch does not parse, or for a CUDA
-    device this machine does not have, so a command fails before it loads anything.
-    """
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise SptInterpError(
-            f"--device {device!r}: not a device name (auto, cpu, cuda, cuda:1, ...)"
-        ) from None
-    if resolved.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise SptInterpError(f"--device {device}: no CUDA device is available here")
-        if resolved.index is not None and resolved.index >= count:
-            raise SptInterpError(f"--device {device}: this machine has {count} CUDA device(s)")
-    return resolved
-
-
-def check_model_folder(path: str | Path) -> Path:
-    """Return the folder as a Path, or raise SptInterpError naming what it lacks."""
-    folder = Path(path).expanduser()
-    if not folder.exists():
-        raise SptInterpError(f"model folder {folder} does not exist")
-    if not folder.is_dir():
-        raise SptInterpError(f"model path {folder} is a file, not a Hugging Face model folder")
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise SptInterpError(f"{folder} has no config.json: not a Hugging Face model folder")
-    try:
-        config = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SptInterpError(f"{config_file} is not valid JSON: {err}") from None
-    if not isinstance(config, dict) or "model_type" not in config:
-        raise SptInterpError(f"{config_file} has no model_type: not a Hugging Face model config")
-    if not any(
-        p.name.endswith(WEIGHT_SUFFIXES) and not p.name.startswith("training_args")
-        for p in folder.iterdir()
-    ):
-        raise SptInterpError(f"{folder} has no weights (model.safetensors or model-*.safetensors)")
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise SptInterpError(
-            f"{folder} has no tokenizer (tokenizer.json, tokenizer.model or vocab.json)"
-        )
-    return folder
-
-
-def _supported_architectures() -> set[str]:
-    from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
-
-    return set(SUPPORTED_ARCHITECTURES)
-
-
-def check_architecture(folder: Path) -> str:
-    """Return the folder's architecture name, or raise if TransformerLens cannot wrap it."""
-    config = json.loads((folder / "config.json").read_text())
-    architectures = config.get("architectures") or []
-    if not architectures:
-        raise SptInterpError(
-            f"{folder / 'config.json'} names no architectures (e.g. LlamaForCausalLM)"
-        )
-    architecture = architectures[0]
-    if architecture not in _supported_architectures():
-        raise SptInterpError(
-            f"{folder}: architecture {architecture} is not one TransformerLens can wrap "
-            "(supported causal LMs include GPT2LMHeadModel, LlamaForCausalLM, "
-            "MistralForCausalLM, Qwen2ForCausalLM)"
-        )
-    return architecture
-
-
-def _geometry_from_bridge(bridge: Any, architecture: str) -> HeadGeometry:
-    cfg = bridge.cfg
-    n_heads = int(cfg.n_heads)
-    n_kv_heads = getattr(cfg, "n_key_value_heads", None) or n_heads
-    return HeadGeometry(
-        architecture=architecture,
-        n_layers=int(cfg.n_layers),
-        n_heads=n_heads,
-        n_kv_heads=int(n_kv_heads),
-        d_head=int(cfg.d_head),
-        d_model=int(cfg.d_model),
-    )
-
-
 def read_signature(path: str | Path) -> tuple[HeadGeometry, str]:
     """Return a local folder's head geometry and fingerprint without reading its weights.
 
@@ -341,15 +205,7 @@ def read_signature(path: str | Path) -> tuple[HeadGeometry, str]:
             skeleton = AutoModelForCausalLM.from_config(config)
     except (OSError, ValueError) as err:
         raise SptInterpError(f"{folder}: the config does not build a model: {err}") from None
-    n_heads = int(config.num_attention_heads)
-    geometry = HeadGeometry(
-        architecture=architecture,
-        n_layers=int(config.num_hidden_layers),
-        n_heads=n_heads,
-        n_kv_heads=int(getattr(config, "num_key_value_heads", None) or n_heads),
-        d_head=int(getattr(config, "head_dim", None) or config.hidden_size // n_heads),
-        d_model=int(config.hidden_size),
-    )
+    geometry = geometry_from_config(config, architecture)
     parameters = dict(skeleton.named_parameters())
     return geometry, compute_fingerprint(geometry, config, parameters)
 
@@ -359,16 +215,18 @@ def load_model(
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    hooks: bool = True,
 ) -> HookedModel:
-    """Return the hooked model over the local Hugging Face folder ``path`` (offline, HF numerics).
+    """Return the model over the local Hugging Face folder ``path`` (offline, HF numerics).
 
-    Raises SptInterpError with a one-line reason when the folder is missing, is not a model
-    folder, lacks weights or a tokenizer, or holds an architecture TransformerLens cannot wrap.
+    With ``hooks`` (the default) the TransformerBridge wraps it for patching and knockout;
+    without, it is the plain HF model the trainer runs. Raises SptInterpError with a one-line
+    reason when the folder is missing, is not a model folder, lacks weights or a tokenizer, or
+    holds an architecture TransformerLens cannot wrap.
     """
     folder = check_model_folder(path)
     architecture = check_architecture(folder)
 
-    from transformer_lens.model_bridge import TransformerBridge
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -384,14 +242,55 @@ def load_model(
         hf_model = AutoModelForCausalLM.from_pretrained(
             folder, local_files_only=True, attn_implementation="eager", dtype=dtype
         ).to(device)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, TypeError) as err:
         raise SptInterpError(f"{folder}: the model does not load: {err}") from None
     hf_model.eval()
+    geometry = geometry_from_config(hf_model.config, architecture)
+    if not hooks:
+        return HookedModel(hf_model, tokenizer, geometry, folder)
+    from transformer_lens.model_bridge import TransformerBridge
+
     # Captured before wrapping: the bridge renames parameters but keeps the same tensors.
     hf_parameters = dict(hf_model.named_parameters())
     bridge = TransformerBridge.boot_transformers(
         str(folder), hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
     )
     bridge.eval()
-    geometry = _geometry_from_bridge(bridge, architecture)
-    return HookedModel(bridge, bridge.tokenizer, hf_parameters, geometry, folder)
+    return HookedModel(
+        hf_model, bridge.tokenizer, geometry, folder, bridge=bridge, hf_parameters=hf_parameters
+    )
+
+
+def load_base(
+    path: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> HookedModel:
+    """Return the model without hooks: what the trainer runs (``load_model(..., hooks=False)``)."""
+    return load_model(path, device=device, dtype=dtype, hooks=False)
+
+
+def end_logits(
+    hooked: HookedModel,
+    tokens: Int[Tensor, "batch pos"],
+    attention_mask: Int[Tensor, "batch pos"],
+    hooks: list[tuple[str, Callable]] | None = None,
+) -> Float[Tensor, "batch vocab"]:
+    """Return the next-token logits at END (the last column) of a left-padded batch, through
+    the bridge with ``hooks`` (forward hooks, removed afterwards) when given.
+
+    The bridge derives ``position_ids`` from the attention mask itself (cumsum - 1), so a
+    left-padded row gives the same END logits as the prompt run alone (tested for GPT-2, Llama,
+    Qwen2, Mistral); the mask must be passed.
+    """
+    device = hooked.device
+    with torch.no_grad():
+        if hooks is None:
+            logits = hooked.logits(tokens.to(device), attention_mask.to(device))
+        else:
+            logits = hooked.run_with_hooks(
+                tokens.to(device), fwd_hooks=hooks, attention_mask=attention_mask.to(device)
+            )
+    # A copy, not a view: a view would keep the whole [batch, pos, vocab] tensor alive.
+    return logits[:, -1, :].clone()

@@ -3,7 +3,7 @@
 The paper checks located heads by cumulative mean ablation: knocking out the top heads should
 collapse the apology share F at the reply's first token, while the same number of random heads
 does far less. ``knockout_curve`` gives every point of both curves as one table; the figure and
-CSV writers are in ``spt_interp.knockout_report``.
+CSV writers are in ``spt_interp.viz.knockout_report``.
 """
 
 from __future__ import annotations
@@ -19,24 +19,24 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from spt_interp.ablation import (
-    Head,
-    ReferenceActivations,
-    ablated,
-    counterfactual_reference,
-)
 from spt_interp.data.pairs import (
     PairBatch,
     PromptPair,
     batch_pairs,
     decision_token_ids,
-    end_logits,
     pad_token_id,
 )
 from spt_interp.data.protocol import Protocol
 from spt_interp.data.records import DialogueRecord
 from spt_interp.errors import SptInterpError
-from spt_interp.metrics import apology_share, log_odds
+from spt_interp.evaluation.metrics import apology_share, log_odds
+from spt_interp.knockout.ablation import (
+    Head,
+    ReferenceActivations,
+    ablated,
+    counterfactual_reference,
+)
+from spt_interp.model.loading import end_logits
 
 CURVE_COLUMNS = [
     "selection", "k", "seed", "apology_share", "log_odds", "apology_rate", "accuracy_after",
@@ -229,7 +229,7 @@ def _behaviour(
     seed: int,
     behaviour: tuple[list[DialogueRecord], Protocol, Any],
 ) -> dict[str, float]:
-    from spt_interp.evaluate import run_protocol
+    from spt_interp.evaluation.run import run_protocol
 
     records, protocol, settings = behaviour
     with ablated_as_prepared(hooked, data, heads, seed):

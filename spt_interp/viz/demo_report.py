@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from spt_interp.atomic import write_text_atomic
+from spt_interp.common.atomic import write_text_atomic
 
 MODE_NAMES = {"base": "base", "sft": "SFT", "spt": "SPT", "random": "random-K SPT"}
 MODE_NAMES["lora-heads"] = "LoRA on heads"
@@ -70,7 +70,7 @@ def before_after_figure(rows: list[dict[str, Any]]):
 
 def write_report(root: Path, summary: dict[str, Any]) -> Path:
     """Write root/report.md (and root/before_after.html/.png); return the report's path."""
-    from spt_interp.plots import save_figure
+    from spt_interp.viz.plots import save_figure
 
     figure_files = save_figure(before_after_figure(summary["table"]), root, "before_after")
     summary["files"]["before_after"] = figure_files

@@ -1,8 +1,8 @@
 """The real-model question set: short factual questions with aliases, split by question.
 
-Run ``python -m spt_interp.real_data --out spt_interp/assets/real`` to regenerate the shipped
-files (deterministic for a seed and a Python version). Records use the SycophancyEval free-form
-schema (``base.question``, ``base.correct_answer``, ``base.answers`` aliases,
+Run ``python -m spt_interp.importers.real_data --out spt_interp/assets/real`` to regenerate the
+shipped files (deterministic for a seed and a Python version). Records use the SycophancyEval
+free-form schema (``base.question``, ``base.correct_answer``, ``base.answers`` aliases,
 ``base.incorrect_answer``); the splits train / validation / test / general hold distinct
 questions. ``general_text.jsonl`` holds neutral English passages (docstrings of Python's
 standard library) for a KL shift measured on text that is not a dialogue.
@@ -19,10 +19,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from spt_interp.atomic import write_text_atomic
+from spt_interp.common.atomic import write_text_atomic
 from spt_interp.errors import SptInterpError
-from spt_interp.judges import normalize_answer
-from spt_interp.real_facts import (
+from spt_interp.evaluation.judges import normalize_answer
+from spt_interp.importers.real_facts import (
     CAPITALS,
     DATES,
     ELEMENT_ALIASES,

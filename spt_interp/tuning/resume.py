@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from spt_interp.common.distributed import barrier
 from spt_interp.errors import SptInterpError
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -44,7 +45,7 @@ class Checkpointer:
             temp = self.folder / f".{CHECKPOINT_FILE}.tmp"
             torch.save({"identity": self.identity, **state}, temp)
             os.replace(temp, self.path)
-        _barrier()
+        barrier()
 
     def load(self) -> dict[str, Any]:
         """Return the saved state; raise when there is none or it belongs to another run."""
@@ -73,10 +74,3 @@ class Checkpointer:
                 self.folder.rmdir()
             except OSError:
                 pass
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()

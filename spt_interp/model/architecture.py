@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from spt_interp.errors import SptInterpError
-from spt_interp.model import HeadGeometry
+from spt_interp.model.geometry import HeadGeometry
 
 COMPONENTS = ("q", "k", "v", "o")
 
@@ -78,3 +78,15 @@ def head_slices(
         HeadSlice(f"{prefix}.c_attn.weight", 1, *columns),
         HeadSlice(f"{prefix}.c_attn.bias", 0, *columns),
     ]
+
+
+def out_projection_name(hf_parameters: dict[str, Tensor], layer: int) -> str:
+    """Return the HF module whose input is layer ``layer``'s concatenated head outputs."""
+    if weight_layout(hf_parameters) == "gpt2":
+        return f"transformer.h.{layer}.attn.c_proj"
+    return f"model.layers.{layer}.self_attn.o_proj"
+
+
+def z_hook_name(layer: int) -> str:
+    """Return the bridge's hook point of layer ``layer``'s per-head outputs (o_proj's input)."""
+    return f"blocks.{layer}.attn.hook_z"

@@ -1,0 +1,103 @@
+"""The typer app every command registers on, its one-line error rule, and the shared options."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from spt_interp.errors import SptInterpError
+from spt_interp.model.devices import DTYPES
+
+
+class OneLineErrorGroup(TyperGroup):
+    """A command group whose usage errors (a bad choice, a missing option) are one line,
+    ``error: ...`` and exit code 2, like the library's own refusals."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as err:
+            err.show()  # the help text, as click prints it
+            sys.exit(err.exit_code)
+        except click.ClickException as err:
+            print(f"error: {err.format_message()}", file=sys.stderr)
+            sys.exit(err.exit_code)
+        except click.exceptions.Abort:
+            print("error: interrupted; nothing was written", file=sys.stderr)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(
+    cls=OneLineErrorGroup,
+    help="Find the attention heads behind a chat model's sycophancy and fix them by tuning "
+    "only those heads.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    # Plain click output: usage errors stay short lines that scripts and logs can read.
+    rich_markup_mode=None,
+)
+
+
+@app.callback()
+def _group() -> None:
+    """Find the attention heads behind a chat model's sycophancy and fix them by tuning only
+    those heads."""
+
+
+F = TypeVar("F", bound=Callable)
+
+
+def one_line_errors(command: F) -> F:
+    """Turn SptInterpError into `error: <reason>` on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except SptInterpError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise typer.Exit(code=2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def choice_list(values: Sequence[str]) -> str:
+    """Return the ``[a|b|c]`` metavar that shows an option's choices in --help (the library's
+    tuple stays the one list; the library checks the value and names the choices if wrong)."""
+    return "[" + "|".join(values) + "]"
+
+
+def check_choices(*checks: tuple[str, Sequence[str], str]) -> None:
+    """Raise SptInterpError naming the flag and its choices for the first value not allowed.
+
+    Each check is (value, allowed, flag); commands call this before anything loads.
+    """
+    for value, allowed, flag in checks:
+        if value not in allowed:
+            raise SptInterpError(f"{flag} {value!r} is not one of {', '.join(allowed)}")
+
+
+ModelOption = Annotated[
+    Path, typer.Option("--model", "-m", help="Local Hugging Face model folder.", show_default=False)
+]
+# One wording for every command that loads a model.
+DeviceOption = Annotated[
+    str, typer.Option(help="auto (a GPU when there is one), cpu, cuda, cuda:1 ...")
+]
+DtypeOption = Annotated[
+    str,
+    typer.Option(
+        metavar=choice_list(tuple(DTYPES)), help="bfloat16 / float16 halve the memory on a GPU."
+    ),
+]

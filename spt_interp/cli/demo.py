@@ -1,0 +1,58 @@
+"""`spt-interp demo`: the whole loop into one folder with its report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from spt_interp.cli.app import DeviceOption, app, one_line_errors
+from spt_interp.errors import SptInterpError
+from spt_interp.tuning.config import COMPARED_MODES, DEMO_MODES, LR_GRID
+
+
+@app.command()
+@one_line_errors
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder to create for the whole run.")],
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", "-m", help="Local HF model folder (default: the organism)."),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Folder with train.jsonl, test.jsonl (and general.jsonl)."),
+    ] = None,
+    top_k: Annotated[int, typer.Option(help="Heads in the mask that SPT tunes.")] = 4,
+    modes: Annotated[
+        str, typer.Option(help=f"Tuning modes compared, from {', '.join(COMPARED_MODES)}.")
+    ] = ",".join(DEMO_MODES),
+    lrs: Annotated[
+        str, typer.Option(help="Learning-rate grid every mode is swept over.")
+    ] = ",".join(f"{rate:g}" for rate in LR_GRID),
+    steps: Annotated[int, typer.Option(help="Training steps of every mode.")] = 100,
+    locate_pairs: Annotated[int, typer.Option(help="Test pairs for path patching.")] = 64,
+    test_limit: Annotated[
+        int | None, typer.Option(help="Evaluate on the first N test records only.")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    device: DeviceOption = "auto",
+) -> None:
+    """Run the whole loop: locate -> knockout -> mask -> tune (SPT, SFT, random-K) -> report."""
+    from spt_interp.demo import DemoSettings, parse_modes, parse_rates, run_demo
+    from spt_interp.model import resolve_device
+
+    for name, value in (("--top-k", top_k), ("--steps", steps), ("--locate-pairs", locate_pairs)):
+        if value < 1:
+            raise SptInterpError(f"{name} must be at least 1, got {value}")
+    settings = DemoSettings(
+        top_k=top_k,
+        modes=parse_modes(modes),
+        lrs=parse_rates(lrs),
+        steps=steps,
+        locate_pairs=locate_pairs,
+        test_limit=test_limit,
+    )
+    target = resolve_device(device)
+    run_demo(out, model=model, data=data, settings=settings, force=force, device=target)

@@ -1,0 +1,83 @@
+"""`spt-interp evaluate`: the "are you sure" protocol as JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from spt_interp.cli.app import DeviceOption, DtypeOption, ModelOption, app, one_line_errors
+from spt_interp.errors import SptInterpError
+
+
+@app.command()
+@one_line_errors
+def evaluate(
+    model: ModelOption,
+    data: Annotated[Path, typer.Option("--data", help="SycophancyEval-style JSONL of questions.")],
+    general: Annotated[
+        Path | None, typer.Option(help="JSONL of plain questions for general-ability accuracy.")
+    ] = None,
+    reference: Annotated[
+        Path | None, typer.Option(help="Reference model folder for the KL shift.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N records.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest reply, in tokens.")] = 64,
+    controls: Annotated[
+        bool,
+        typer.Option(help="Also measure apologies after the counterfactual and neutral turns."),
+    ] = True,
+    out: Annotated[
+        Path | None, typer.Option(help="Write the JSON report here (atomically), not stdout.")
+    ] = None,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "float32",
+) -> None:
+    """Run the "are you sure" protocol and print each metric with its count and 95% interval."""
+    from spt_interp.common.atomic import write_text_atomic
+    from spt_interp.data import load_dialogues, protocol_for
+    from spt_interp.evaluation.run import GenerationSettings
+    from spt_interp.evaluation.run import evaluate as run_evaluation
+    from spt_interp.model import check_model_folder, load_model, resolve_device, resolve_dtype
+
+    if limit is not None and limit < 1:
+        raise SptInterpError(f"--limit must be at least 1, got {limit}")
+    if batch_size < 1 or max_new_tokens < 1:
+        raise SptInterpError("--batch-size and --max-new-tokens must be at least 1")
+    # Every input is checked before the model loads: a typo costs no loading time.
+    records = load_dialogues(data)[:limit]
+    general_records = load_dialogues(general)[:limit] if general is not None else None
+    check_model_folder(model)
+    if reference is not None:
+        check_model_folder(reference)
+    protocol = protocol_for(model)
+    target, weights = resolve_device(device), resolve_dtype(dtype)
+    hooked = load_model(model, device=target, dtype=weights)
+    reference_model = (
+        load_model(reference, device=target, dtype=weights) if reference is not None else None
+    )
+    report = {
+        "model": str(hooked.path),
+        "data": str(data),
+        "device": str(hooked.device),
+        "dtype": str(hooked.dtype).removeprefix("torch."),
+        **run_evaluation(
+            hooked,
+            records,
+            protocol,
+            general=general_records,
+            reference=reference_model,
+            settings=GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size),
+            controls=controls,
+        ),
+    }
+    text = json.dumps(report, indent=2)
+    if out is None:
+        print(text)
+    else:
+        write_text_atomic(out, text + "\n")
+        print(f"wrote {out}", file=sys.stderr)

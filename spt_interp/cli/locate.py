@@ -1,0 +1,145 @@
+"""`spt-interp locate`: per-head scores by patching, the ranking and the heatmap."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from spt_interp.cli.app import (
+    DeviceOption,
+    DtypeOption,
+    ModelOption,
+    app,
+    check_choices,
+    choice_list,
+    one_line_errors,
+)
+from spt_interp.errors import SptInterpError
+from spt_interp.patching.engine import DIRECTIONS, ENGINES
+from spt_interp.patching.scoring import METRICS
+from spt_interp.patching.sweep import METHODS, POSITIONS
+
+
+@app.command()
+@one_line_errors
+def locate(
+    model: ModelOption,
+    data: Annotated[Path, typer.Option("--data", help="SycophancyEval-style JSONL of questions.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for scores.csv, ranking.json, heatmap.")
+    ],
+    method: Annotated[
+        str,
+        typer.Option(
+            metavar=choice_list(METHODS),
+            help="path (the paper's), activation, or attribution (gradient).",
+        ),
+    ] = "path",
+    position: Annotated[
+        str,
+        typer.Option(
+            metavar=choice_list(POSITIONS),
+            help="end (last prompt token) or all (token-aligned pairs only).",
+        ),
+    ] = "end",
+    metric: Annotated[
+        str, typer.Option(metavar=choice_list(METRICS), help="What a patch changes.")
+    ] = "log-odds",
+    direction: Annotated[
+        str,
+        typer.Option(
+            metavar=choice_list(DIRECTIONS),
+            help="c_into_r (X_c's head output into X_r) or r_into_c.",
+        ),
+    ] = "c_into_r",
+    limit: Annotated[int | None, typer.Option(help="Use only the first N records.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Prompt pairs per batch.")] = 8,
+    engine: Annotated[
+        str,
+        typer.Option(
+            metavar=choice_list(ENGINES),
+            help="fast: exact, only what a patch changes; loop: per head.",
+        ),
+    ] = "auto",
+    own_answers: Annotated[
+        bool, typer.Option(help="Use the model's own first answers (generated; slower).")
+    ] = False,
+    top_k: Annotated[int, typer.Option(help="Heads outlined in the heatmap.")] = 10,
+    per_prompt: Annotated[bool, typer.Option(help="Also write scores_per_prompt.csv.")] = False,
+    force: Annotated[bool, typer.Option(help="Overwrite outputs already in --out.")] = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "float32",
+) -> None:
+    """Score every attention head by patching X_c into X_r; write scores, ranking, heatmap."""
+    import time
+
+    from spt_interp.common.distributed import rank_and_world
+    from spt_interp.common.outputs import check_out
+    from spt_interp.data import load_dialogues, protocol_for
+
+    check_choices(
+        (method, METHODS, "--method"),
+        (position, POSITIONS, "--position"),
+        (metric, METRICS, "--metric"),
+        (direction, DIRECTIONS, "--direction"),
+        (engine, ENGINES, "--engine"),
+    )
+    from spt_interp.model import check_model_folder, load_model, resolve_device, resolve_dtype
+    from spt_interp.patching import decision_metric, init_from_environment, locate_heads
+    from spt_interp.patching.inputs import locate_pairs
+    from spt_interp.viz.locate_report import LOCATE_FILES, write_outputs
+
+    if limit is not None and limit < 1:
+        raise SptInterpError(f"--limit must be at least 1, got {limit}")
+    if batch_size < 1 or top_k < 0:
+        raise SptInterpError("--batch-size must be at least 1 and --top-k at least 0")
+    # Every input is checked before the model loads: a typo costs no loading time.
+    records = load_dialogues(data)[:limit]
+    folder = check_model_folder(model)
+    target, weights = resolve_device(device), resolve_dtype(dtype)
+    check_out(out, force=force, reads=[folder], files=LOCATE_FILES, create_parents=True)
+    protocol = protocol_for(folder)
+    init_from_environment()
+    rank, world = rank_and_world()
+    started = time.perf_counter()
+    hooked = load_model(folder, device=target, dtype=weights)
+    pairs = locate_pairs(
+        hooked,
+        records,
+        protocol,
+        own_answers=own_answers,
+        batch_size=batch_size,
+        progress=rank == 0,
+    )
+    patch_metric = decision_metric(metric, hooked.tokenizer, pairs, protocol)
+    scores = locate_heads(
+        hooked,
+        pairs,
+        patch_metric,
+        method=method,
+        position=position,
+        direction=direction,
+        batch_size=batch_size,
+        engine=engine,
+        per_prompt=per_prompt,
+    )
+    if rank != 0:
+        return
+    extra = {
+        "model": str(folder),
+        "data": str(data),
+        "fingerprint": hooked.fingerprint(),
+        "first_answers": "model's own (generated)" if own_answers else "records' correct answers",
+        "processes": world,
+        "device": str(hooked.device),
+        "dtype": str(hooked.dtype).removeprefix("torch."),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    written = write_outputs(scores, out, top_k=top_k, extra=extra)
+    best = ", ".join(f"L{layer}.H{head}" for layer, head in scores.top(min(5, top_k or 5)))
+    print(f"top heads: {best}", file=sys.stderr)
+    for kind, path in written.items():
+        print(f"{kind}: {path}", file=sys.stderr)

@@ -1,0 +1,1 @@
+"""Utilities every stage shares, one copy each: atomic writes, output folders, processes."""

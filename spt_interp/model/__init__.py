@@ -1,0 +1,46 @@
+"""The model: load a local HF folder (with or without hooks), its head geometry, fingerprint,
+and where each head lives in the HF weights."""
+
+from spt_interp.model.architecture import (
+    COMPONENTS,
+    HeadSlice,
+    head_slices,
+    out_projection_name,
+    weight_layout,
+    z_hook_name,
+)
+from spt_interp.model.devices import DTYPES, resolve_device, resolve_dtype
+from spt_interp.model.folder import (
+    check_architecture,
+    check_model_folder,
+    supported_architectures,
+    weight_files,
+    weights_hash,
+)
+from spt_interp.model.geometry import HeadGeometry, compute_fingerprint, geometry_from_config
+from spt_interp.model.loading import HookedModel, end_logits, load_base, load_model, read_signature
+
+__all__ = [
+    "COMPONENTS",
+    "DTYPES",
+    "HeadGeometry",
+    "HeadSlice",
+    "HookedModel",
+    "check_architecture",
+    "check_model_folder",
+    "compute_fingerprint",
+    "end_logits",
+    "geometry_from_config",
+    "head_slices",
+    "load_base",
+    "load_model",
+    "out_projection_name",
+    "read_signature",
+    "resolve_device",
+    "resolve_dtype",
+    "supported_architectures",
+    "weight_layout",
+    "weight_files",
+    "weights_hash",
+    "z_hook_name",
+]

@@ -1,0 +1,86 @@
+"""A local Hugging Face model folder: what it must hold, its architecture, its weight files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from spt_interp.errors import SptInterpError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def check_model_folder(path: str | Path) -> Path:
+    """Return the folder as a Path, or raise SptInterpError naming what it lacks."""
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise SptInterpError(f"model folder {folder} does not exist")
+    if not folder.is_dir():
+        raise SptInterpError(f"model path {folder} is a file, not a Hugging Face model folder")
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise SptInterpError(f"{folder} has no config.json: not a Hugging Face model folder")
+    try:
+        config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SptInterpError(f"{config_file} is not valid JSON: {err}") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise SptInterpError(f"{config_file} has no model_type: not a Hugging Face model config")
+    if not any(
+        p.name.endswith(WEIGHT_SUFFIXES) and not p.name.startswith("training_args")
+        for p in folder.iterdir()
+    ):
+        raise SptInterpError(f"{folder} has no weights (model.safetensors or model-*.safetensors)")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise SptInterpError(
+            f"{folder} has no tokenizer (tokenizer.json, tokenizer.model or vocab.json)"
+        )
+    return folder
+
+
+def supported_architectures() -> set[str]:
+    """Return the HF architecture names TransformerLens 4 can wrap."""
+    from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+
+    return set(SUPPORTED_ARCHITECTURES)
+
+
+def check_architecture(folder: Path) -> str:
+    """Return the folder's architecture name, or raise if TransformerLens cannot wrap it."""
+    config = json.loads((folder / "config.json").read_text())
+    architectures = config.get("architectures") or []
+    if not architectures:
+        raise SptInterpError(
+            f"{folder / 'config.json'} names no architectures (e.g. LlamaForCausalLM)"
+        )
+    architecture = architectures[0]
+    if architecture not in supported_architectures():
+        raise SptInterpError(
+            f"{folder}: architecture {architecture} is not one TransformerLens can wrap "
+            "(supported causal LMs include GPT2LMHeadModel, LlamaForCausalLM, "
+            "MistralForCausalLM, Qwen2ForCausalLM)"
+        )
+    return architecture
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """Return the folder's safetensors weight files (the shards, or model.safetensors)."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise SptInterpError(
+            f"{folder} has no .safetensors weights; the trainer reads and writes safetensors only"
+        )
+    return files
+
+
+def weights_hash(folder: Path) -> str:
+    """Return ``sha256:<hex>`` over the folder's safetensors files (names and bytes)."""
+    digest = hashlib.sha256()
+    for file in weight_files(folder):
+        digest.update(file.name.encode())
+        with file.open("rb") as stream:
+            for block in iter(lambda: stream.read(1 << 24), b""):
+                digest.update(block)
+    return "sha256:" + digest.hexdigest()

@@ -1,0 +1,1 @@
+"""Pictures and reports: plotly heatmaps and curves, Jupyter widgets, the written outputs."""

@@ -60,6 +60,7 @@ def main() -> None:
     from tqdm.auto import tqdm
 
     from spt_interp.common.atomic import write_text_atomic
+    from spt_interp.mask import random_mask
     from spt_interp.tuning.compare import (
         ComparisonPlan,
         applied,
@@ -69,7 +70,6 @@ def main() -> None:
         train_run,
         validation_score,
     )
-    from spt_interp.tuning.deltas import random_mask
 
     started = time.perf_counter()
     inputs = load_comparison_inputs(args.model_dir)

@@ -1,1 +1,92 @@
-"""spt-interp."""
+"""spt-interp: find the attention heads behind a chat model's sycophancy, fix them by tuning
+only those heads (supervised pinpoint tuning, Chen et al., ICML 2024).
+
+The public API, one name per step of the loop::
+
+    import spt_interp as spt
+
+    hooked = spt.load_model("runs/demo/organism/model")
+    protocol = spt.protocol_for(hooked)
+    records = spt.load_dialogues("runs/demo/organism/data/test.jsonl")[:64]
+    pairs = spt.locate_pairs(hooked, records, protocol)
+    scores = spt.locate_heads(hooked, pairs, spt.decision_metric("log-odds", hooked.tokenizer,
+                                                                 pairs, protocol))
+    spt.head_heatmap(scores)
+
+Names are imported on first use, so ``import spt_interp`` stays fast (no torch until needed).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> the module that defines it (the one place it lives).
+_PUBLIC = {
+    # model
+    "load_model": "spt_interp.model",
+    "load_base": "spt_interp.model",
+    "read_signature": "spt_interp.model",
+    "HookedModel": "spt_interp.model",
+    "HeadGeometry": "spt_interp.model",
+    # data
+    "load_dialogues": "spt_interp.data",
+    "save_dialogues": "spt_interp.data",
+    "protocol_for": "spt_interp.data",
+    "Protocol": "spt_interp.data",
+    "DialogueRecord": "spt_interp.data",
+    "build_pairs": "spt_interp.data",
+    "PromptPair": "spt_interp.data",
+    # patching
+    "locate_pairs": "spt_interp.patching.inputs",
+    "locate_heads": "spt_interp.patching",
+    "decision_metric": "spt_interp.patching",
+    "HeadScores": "spt_interp.patching",
+    # mask
+    "HeadMask": "spt_interp.mask",
+    "read_scores": "spt_interp.mask",
+    "ranked_heads": "spt_interp.mask",
+    # knockout
+    "prepare_knockout": "spt_interp.knockout",
+    "knockout_curve": "spt_interp.knockout",
+    "knockout_summary": "spt_interp.knockout",
+    "measure": "spt_interp.knockout",
+    "ablated": "spt_interp.knockout",
+    # tuning
+    "TuneConfig": "spt_interp.tuning",
+    "tune": "spt_interp.tuning",
+    "merge": "spt_interp.tuning",
+    # evaluation
+    "evaluate": "spt_interp.evaluation",
+    "run_protocol": "spt_interp.evaluation",
+    "GenerationSettings": "spt_interp.evaluation",
+    # organism, pictures, the whole loop
+    "write_organism": "spt_interp.organism",
+    "head_heatmap": "spt_interp.viz.plots",
+    "knockout_explorer": "spt_interp.viz.widgets",
+    "KnockoutSession": "spt_interp.viz.widgets",
+    "run_demo": "spt_interp.demo",
+    "SptInterpError": "spt_interp.errors",
+}
+
+# The stages, one package each, in the order a lower one never imports a higher one
+# (tests/test_layout.py checks it): ``spt.knockout.knockout_curve`` and so on.
+STAGES = ("common", "data", "model", "evaluation", "patching", "mask", "knockout", "tuning",
+          "importers", "organism", "viz")  # fmt: skip
+
+__all__ = sorted(_PUBLIC) + list(STAGES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in STAGES:
+        return importlib.import_module(f"spt_interp.{name}")
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'spt_interp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -76,7 +76,7 @@ def locate(
     """Score every attention head by patching X_c into X_r; write scores, ranking, heatmap."""
     import time
 
-    from spt_interp.common.distributed import rank_and_world
+    from spt_interp.common.distributed import init_from_environment, rank_and_world
     from spt_interp.common.outputs import check_out
     from spt_interp.data import load_dialogues, protocol_for
 
@@ -88,7 +88,7 @@ def locate(
         (engine, ENGINES, "--engine"),
     )
     from spt_interp.model import check_model_folder, load_model, resolve_device, resolve_dtype
-    from spt_interp.patching import decision_metric, init_from_environment, locate_heads
+    from spt_interp.patching import decision_metric, locate_heads
     from spt_interp.patching.inputs import locate_pairs
     from spt_interp.viz.locate_report import LOCATE_FILES, write_outputs
 

@@ -173,8 +173,3 @@ def kl_divergence(
     if mask is None:
         return per_position.flatten()
     return per_position[mask.bool()]
-
-
-def metrics_dict(metrics: dict[str, Metric]) -> dict[str, dict[str, Any]]:
-    """Return {name: {value, count, low, high}} ready for JSON."""
-    return {name: metric.as_dict() for name, metric in metrics.items()}

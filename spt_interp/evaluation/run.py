@@ -30,15 +30,13 @@ from spt_interp.evaluation.metrics import (
     Metric,
     accuracy,
     apology_rate,
-    apology_share,
     confidence,
     kl_divergence,
-    log_odds,
     mean,
     truthfulness,
 )
+from spt_interp.evaluation.readout import end_decisions
 from spt_interp.model.generate import greedy_generate
-from spt_interp.model.loading import end_logits
 
 
 @dataclass
@@ -121,17 +119,13 @@ def decision_scores(
     pairs = build_pairs(records, hooked.tokenizer, protocol, first_answers)
     syc, anti = decision_token_ids(hooked.tokenizer, pairs[0].challenged_text, protocol)
     pad = pad_token_id(hooked.tokenizer)
-    scores: dict[str, list[torch.Tensor]] = {k: [] for k in ("sr", "sc", "lr", "lc")}
-    for start in range(0, len(pairs), batch_size):
-        batch = batch_pairs(pairs[start : start + batch_size], pad)
-        logits_r = end_logits(hooked, batch.challenged_tokens, batch.challenged_mask)
-        logits_c = end_logits(hooked, batch.counterfactual_tokens, batch.counterfactual_mask)
-        scores["sr"].append(apology_share(logits_r, syc, anti))
-        scores["sc"].append(apology_share(logits_c, syc, anti))
-        scores["lr"].append(log_odds(logits_r, syc, anti))
-        scores["lc"].append(log_odds(logits_c, syc, anti))
-    joined = {k: torch.cat(v).cpu() for k, v in scores.items()}
-    return DecisionScores(joined["sr"], joined["sc"], joined["lr"], joined["lc"])
+    batches = [
+        batch_pairs(pairs[start : start + batch_size], pad)
+        for start in range(0, len(pairs), batch_size)
+    ]
+    share_r, odds_r = end_decisions(hooked, batches, syc, anti)
+    share_c, odds_c = end_decisions(hooked, batches, syc, anti, counterfactual=True)
+    return DecisionScores(share_r, share_c, odds_r, odds_c)
 
 
 def run_protocol(

@@ -29,14 +29,13 @@ from spt_interp.data.pairs import (
 from spt_interp.data.protocol import Protocol
 from spt_interp.data.records import DialogueRecord
 from spt_interp.errors import SptInterpError
-from spt_interp.evaluation.metrics import apology_share, log_odds
+from spt_interp.evaluation.readout import end_decisions
 from spt_interp.knockout.ablation import (
     Head,
     ReferenceActivations,
     ablated,
     counterfactual_reference,
 )
-from spt_interp.model.loading import end_logits
 
 CURVE_COLUMNS = [
     "selection", "k", "seed", "apology_share", "log_odds", "apology_rate", "accuracy_after",
@@ -103,15 +102,9 @@ def decision_values(
     hooked: Any, data: KnockoutData, *, counterfactual: bool = False
 ) -> tuple[Float[Tensor, " n"], Float[Tensor, " n"]]:
     """Return per-pair (F, log-odds) at END of X_r (or X_c) with whatever hooks are active."""
-    shares, odds = [], []
-    for batch in data.batches:
-        if counterfactual:
-            logits = end_logits(hooked, batch.counterfactual_tokens, batch.counterfactual_mask)
-        else:
-            logits = end_logits(hooked, batch.challenged_tokens, batch.challenged_mask)
-        shares.append(apology_share(logits, data.syc_ids, data.anti_ids).cpu())
-        odds.append(log_odds(logits, data.syc_ids, data.anti_ids).cpu())
-    return torch.cat(shares), torch.cat(odds)
+    return end_decisions(
+        hooked, data.batches, data.syc_ids, data.anti_ids, counterfactual=counterfactual
+    )
 
 
 def ablated_as_prepared(hooked: Any, data: KnockoutData, heads: Sequence[Head], seed: int):

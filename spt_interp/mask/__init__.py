@@ -10,6 +10,7 @@ from spt_interp.mask.head_mask import (
     ModelSignature,
     default_components,
 )
+from spt_interp.mask.random_heads import random_mask
 from spt_interp.mask.scores import file_hash, parse_heads, rank_scores, ranked_heads, read_scores
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "default_components",
     "file_hash",
     "parse_heads",
+    "random_mask",
     "rank_scores",
     "ranked_heads",
     "read_scores",

@@ -34,7 +34,7 @@ from spt_interp.common.atomic import write_text_atomic
 from spt_interp.errors import SptInterpError
 from spt_interp.mask.scores import rank_scores
 from spt_interp.model import HeadGeometry
-from spt_interp.model.architecture import COMPONENTS, head_slices
+from spt_interp.model.architecture import COMPONENTS, HeadSlice, head_slices
 
 MASK_FORMAT = "spt-interp/head-mask"
 MASK_VERSION = 1
@@ -104,24 +104,16 @@ class MaskSource:
 
 
 @dataclass(frozen=True)
-class MaskSlice:
-    """``parameter.narrow(dim, start, stop - start)``: weights of ``heads`` in ``layer``.
+class MaskSlice(HeadSlice):
+    """A head slice with what the mask knows of it: the weights of ``heads`` in ``layer``.
 
     ``heads`` has several entries only for a key/value slice of a grouped-query model, where
     one slice serves every query head of the group that is in the mask.
     """
 
-    parameter: str
-    dim: int
-    start: int
-    stop: int
     layer: int
     component: str
     heads: tuple[int, ...]
-
-    def index(self, tensor: Tensor) -> Tensor:
-        """Return the view of ``tensor`` this slice names."""
-        return tensor.narrow(self.dim, self.start, self.stop - self.start)
 
 
 def default_components(signature: ModelSignature | HeadGeometry) -> tuple[str, ...]:

@@ -1,6 +1,5 @@
 """The patching engine: per-head path / activation / attribution patching scores."""
 
-from spt_interp.common.distributed import init_from_environment, rank_and_world
 from spt_interp.patching.attribution import attribution_effects
 from spt_interp.patching.engine import (
     DIRECTIONS,
@@ -46,10 +45,8 @@ __all__ = [
     "decision_metric",
     "hooked_attribution_effects",
     "hooked_loop_logits",
-    "init_from_environment",
     "locate_heads",
     "model_params",
-    "rank_and_world",
     "run_and_cache",
     "supports_fast_engine",
     "sweep_logits",

@@ -7,6 +7,8 @@ whatever the number of heads. It estimates activation patching, not path patchin
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -34,11 +36,27 @@ def attribution_effects(
         values = metric.values(base.end_logits, "the base prompts")
         # Prompts are independent rows: the gradient of the sum is each prompt's own gradient.
         grads = torch.autograd.grad(values.sum(), base.z)
+    effects = first_order_effects(donor.z, base.z, grads, values, heads, position, metric.relative)
+    return effects, base.end_logits.detach()
+
+
+def first_order_effects(
+    donor_z: Sequence[Float[Tensor, "batch pos heads d_head"]],
+    base_z: Sequence[Float[Tensor, "batch pos heads d_head"]],
+    grads: Sequence[Float[Tensor, "batch pos heads d_head"]],
+    values: Float[Tensor, " batch"],
+    heads: list[tuple[int, int]],
+    position: str,
+    relative: bool,
+) -> Float[Tensor, "variant batch"]:
+    """Return sum over patched positions of (z_donor - z_base) . d metric / d z_base per head
+    and prompt (over |metric(base)| when ``relative``): the attribution formula, one copy for
+    the fast engine and the hooked reference, which differ only in how z and grads are got."""
     kept = slice(-1, None) if position == "end" else slice(None)
-    scale = values.detach().abs().clamp_min(1e-12) if metric.relative else None
+    scale = values.detach().abs().clamp_min(1e-12) if relative else None
     effects = []
     for layer, head in heads:
-        change = donor.z[layer][:, kept, head] - base.z[layer][:, kept, head].detach()
+        change = donor_z[layer][:, kept, head] - base_z[layer][:, kept, head].detach()
         effect = (change * grads[layer][:, kept, head]).sum(dim=(1, 2))
         effects.append(effect / scale if scale is not None else effect)
-    return torch.stack(effects).detach(), base.end_logits.detach()
+    return torch.stack(effects).detach()

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from spt_interp.model.architecture import z_hook_name
 from spt_interp.model.loading import end_logits
+from spt_interp.patching.attribution import first_order_effects
 
 
 def cache_z(
@@ -118,12 +119,6 @@ def hooked_attribution_effects(
             attention_mask=base_mask.to(hooked.device),
         )
         values = metric.values(logits[:, -1, :], "the base prompts")
-        grads = torch.autograd.grad(values.sum(), [captured[layer] for layer in range(n_layers)])
-    kept = slice(-1, None) if position == "end" else slice(None)
-    scale = values.detach().abs().clamp_min(1e-12) if metric.relative else None
-    effects = []
-    for layer, head in heads:
-        change = donor_z[layer][:, kept, head] - captured[layer][:, kept, head].detach()
-        effect = (change * grads[layer][:, kept, head]).sum(dim=(1, 2))
-        effects.append(effect / scale if scale is not None else effect)
-    return torch.stack(effects).detach()
+        base_z = [captured[layer] for layer in range(n_layers)]
+        grads = torch.autograd.grad(values.sum(), base_z)
+    return first_order_effects(donor_z, base_z, grads, values, heads, position, metric.relative)

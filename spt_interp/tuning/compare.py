@@ -31,12 +31,11 @@ from spt_interp.evaluation.run import (
     kl_shift,
     run_protocol,
 )
-from spt_interp.mask import HeadMask
+from spt_interp.mask import HeadMask, random_mask
 from spt_interp.tuning.config import COMPARED_MODES, LR_GRID, TuneConfig
 from spt_interp.tuning.deltas import (
     HeadDeltas,
     apply_deltas,
-    random_mask,
     restore_parameters,
 )
 from spt_interp.tuning.loop import train

@@ -8,7 +8,6 @@ for the slices alone and its memory scales with the number of selected heads.
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
 
 import torch
@@ -16,9 +15,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from spt_interp.errors import SptInterpError
-from spt_interp.mask import HeadMask, MaskedHead, MaskSlice, MaskSource
-
-SLICE_MODES = ("spt", "random", "lora-heads")
+from spt_interp.mask import HeadMask, MaskSlice
 
 
 @dataclass
@@ -134,7 +131,7 @@ def apply_deltas(
 ) -> dict[str, Tensor]:
     """Add each change into its slice of the parameters, in place; return the originals' copies.
 
-    The returned slices restore the weights bit for bit (``restore_slices``).
+    ``restore_parameters`` with them puts the weights back bit for bit.
     """
     originals: dict[str, Tensor] = {}
     with torch.no_grad():
@@ -159,17 +156,6 @@ def merge_slice(base: Tensor, change: Tensor) -> Tensor:
     all of them give the same bits.
     """
     return (base.float() + change.to(base.device, torch.float32)).to(base.dtype)
-
-
-def random_mask(mask: HeadMask, seed: int) -> HeadMask:
-    """Return a mask of as many heads as ``mask``, drawn with ``seed``, with its components."""
-    geometry = mask.model
-    every_head = [(layer, head) for layer in range(geometry.n_layers)
-                  for head in range(geometry.n_heads)]  # fmt: skip
-    chosen = random.Random(seed).sample(every_head, len(mask.heads))
-    source = MaskSource(method=f"random (seed {seed})", metric="none")
-    heads = tuple(MaskedHead(layer, head) for layer, head in chosen)
-    return HeadMask(mask.model, heads, mask.components, source)
 
 
 def paper_trainable_count(mask: HeadMask) -> int:

@@ -11,11 +11,11 @@ from spt_interp.common.distributed import barrier, init_from_environment, rank_a
 from spt_interp.common.outputs import check_out, staged_folder
 from spt_interp.data import build_training_examples, load_dialogues, pad_token_id, protocol_for
 from spt_interp.errors import SptInterpError
-from spt_interp.mask import HeadMask
+from spt_interp.mask import HeadMask, random_mask
 from spt_interp.mask.scores import file_hash
 from spt_interp.model import check_model_folder, load_base, resolve_device, weight_files
 from spt_interp.tuning.config import SAVE_KINDS, TuneConfig
-from spt_interp.tuning.deltas import HeadDeltas, paper_trainable_count, random_mask, weight_count
+from spt_interp.tuning.deltas import HeadDeltas, paper_trainable_count, weight_count
 from spt_interp.tuning.loop import train
 from spt_interp.tuning.resume import Checkpointer
 from spt_interp.tuning.save import (

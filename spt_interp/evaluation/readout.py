@@ -1,0 +1,35 @@
+"""The decision read-out at END: apology share F and log-odds of each prompt of a batch list."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from spt_interp.data.pairs import PairBatch
+from spt_interp.evaluation.metrics import apology_share, log_odds
+from spt_interp.model.loading import end_logits
+
+
+def end_decisions(
+    hooked: Any,
+    batches: Iterable[PairBatch],
+    syc_ids: Sequence[int],
+    anti_ids: Sequence[int],
+    *,
+    counterfactual: bool = False,
+) -> tuple[Float[Tensor, " n"], Float[Tensor, " n"]]:
+    """Return per-prompt (F, log-odds) at END of X_r (or X_c), on the CPU, with whatever hooks
+    are active: the one read-out the protocol, knockout and the explorer share."""
+    shares, odds = [], []
+    for batch in batches:
+        if counterfactual:
+            logits = end_logits(hooked, batch.counterfactual_tokens, batch.counterfactual_mask)
+        else:
+            logits = end_logits(hooked, batch.challenged_tokens, batch.challenged_mask)
+        shares.append(apology_share(logits, syc_ids, anti_ids).cpu())
+        odds.append(log_odds(logits, syc_ids, anti_ids).cpu())
+    return torch.cat(shares), torch.cat(odds)

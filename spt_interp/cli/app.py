@@ -33,8 +33,16 @@ def _group() -> None:
 F = TypeVar("F", bound=Callable)
 
 
+# What a shell reports for a process stopped by SIGINT (128 + 2).
+INTERRUPTED_EXIT_CODE = 130
+# Whole or nothing: the staged writers have removed their partial output, and a Ctrl-C that came
+# while a finished result was being renamed into place was held until it was in.
+INTERRUPTED_MESSAGE = "error: interrupted (Ctrl-C); no partial output left behind"
+
+
 def one_line_errors(command: F) -> F:
-    """Turn SptInterpError into `error: <reason>` on stderr and exit code 2."""
+    """Turn SptInterpError into `error: <reason>` on stderr and exit code 2, and Ctrl-C into
+    one line and exit code 130 (the staged writers have removed their partial output by then)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -43,6 +51,9 @@ def one_line_errors(command: F) -> F:
         except SptInterpError as err:
             print(f"error: {err}", file=sys.stderr)
             raise typer.Exit(code=2) from None
+        except KeyboardInterrupt:
+            print(INTERRUPTED_MESSAGE, file=sys.stderr)
+            raise typer.Exit(code=INTERRUPTED_EXIT_CODE) from None
 
     return wrapper  # type: ignore[return-value]
 

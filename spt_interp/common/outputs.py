@@ -9,12 +9,14 @@ half-written.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from spt_interp.common.atomic import current_umask
+from spt_interp.common.atomic import current_umask, deferred_interrupts
 from spt_interp.errors import SptInterpError
 
 
@@ -87,16 +89,16 @@ def staged_folder(out: str | Path) -> Iterator[Path]:
         staging.mkdir()
         yield staging
         _ordinary_permissions(staging)
-        if target.exists():
-            # A rename cannot replace a non-empty folder (--force was checked before): move the
-            # old one aside first, so that a kill at any point leaves the old or the new whole.
-            old = target.parent / f".{target.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            target.rename(old)
+        # A rename cannot replace a non-empty folder (--force was checked before): the old one
+        # moves aside first. A SIGKILL between the two renames leaves ``out`` absent and the
+        # old output whole under .NAME.old, until a later run has put its own in place.
+        old = target.parent / f".{target.name}.old"
+        with deferred_interrupts():
+            if target.exists():
+                shutil.rmtree(old, ignore_errors=True)
+                target.rename(old)
             staging.rename(target)
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(target)
     except PermissionError as err:
         raise SptInterpError(f"cannot write {target}: {err.strerror}") from None
     finally:
@@ -109,3 +111,43 @@ def _ordinary_permissions(folder: Path) -> None:
     umask = current_umask()
     for path in [folder, *folder.rglob("*")]:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+STAGED_FILES = ".spt-interp.partial"
+
+
+@contextmanager
+def staged_files(out: str | Path) -> Iterator[Path]:
+    """Yield a hidden folder inside the folder ``out`` to write a command's files into; when the
+    block ends normally each file is renamed into ``out``, and whatever way it ends the hidden
+    folder is gone.
+
+    For commands that write named files into a folder that may hold others (locate, knockout):
+    an interrupted run leaves none of its files in ``out``. The renames at the end are held
+    against Ctrl-C as one step; a SIGKILL during them (one rename per file, no copying) can
+    leave some files new and the rest as they were.
+    """
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = folder / STAGED_FILES
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir()
+        yield staging
+        _ordinary_permissions(staging)
+        with deferred_interrupts():
+            for path in sorted(staging.iterdir()):
+                os.replace(path, folder / path.name)
+    except PermissionError as err:
+        raise SptInterpError(f"cannot write {folder}: {err.strerror}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def final_paths(written: dict[str, Any], staging: Path, out: str | Path) -> dict[str, str]:
+    """Return ``written`` with each path inside ``staging`` given as its place in ``out`` once
+    staged_files has moved it (other values, such as a note why there is no PNG, unchanged)."""
+    return {
+        key: str(Path(out) / Path(value).name) if Path(str(value)).parent == staging else str(value)
+        for key, value in written.items()
+    }

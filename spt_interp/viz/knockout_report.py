@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from spt_interp.common.atomic import write_text_atomic
+from spt_interp.common.outputs import final_paths, staged_files
 from spt_interp.viz.plots import save_figure
 
 METRIC_TITLES = {"apology_share": "apology share F", "log_odds": "log-odds syc - anti"}
@@ -69,9 +70,11 @@ def knockout_figure(table: pd.DataFrame, title: str = "Head knockout") -> object
 def write_knockout(
     table: pd.DataFrame, out_dir: Path, title: str = "Head knockout", png: bool = True
 ) -> dict[str, str]:
-    """Return the written paths after saving DIR/knockout.csv and DIR/knockout.html (+ .png)."""
-    csv_path = write_text_atomic(out_dir / "knockout.csv", table.to_csv(index=False))
-    return {
-        "csv": str(csv_path),
-        **save_figure(knockout_figure(table, title), out_dir, "knockout", png=png),
-    }
+    """Return the written paths after saving DIR/knockout.csv and DIR/knockout.html (+ .png),
+    renamed into DIR together from a hidden folder (an interrupted run leaves none of them)."""
+    with staged_files(out_dir) as staging:
+        written = {
+            "csv": write_text_atomic(staging / "knockout.csv", table.to_csv(index=False)),
+            **save_figure(knockout_figure(table, title), staging, "knockout", png=png),
+        }
+    return final_paths(written, staging, out_dir)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from spt_interp.common.atomic import write_text_atomic
+from spt_interp.common.outputs import final_paths, staged_files
 from spt_interp.patching.engine import HeadScores
 from spt_interp.viz.plots import head_heatmap, save_figure
 
@@ -16,22 +17,22 @@ LOCATE_FILES = ("scores.csv", "ranking.json", "heatmap.html", "heatmap.png")
 def write_outputs(
     scores: HeadScores, out: Path, *, top_k: int = 10, extra: dict[str, Any] | None = None
 ) -> dict[str, str]:
-    """Return the paths written: scores table, ranking JSON, heatmap HTML (and PNG if possible)."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Return the paths written: scores table, ranking JSON, heatmap HTML (and PNG if possible).
+
+    The files are written into a hidden folder inside ``out`` and renamed into it together, so
+    an interrupted run leaves none of them there.
+    """
     columns = ["layer", "head", "score", "apology_effect", "rank"]
-    written = {
-        "scores": str(
-            write_text_atomic(out / "scores.csv", scores.table[columns].to_csv(index=False))
-        )
-    }
-    if scores.per_prompt is not None:
-        written["per_prompt"] = str(
-            write_text_atomic(out / "scores_per_prompt.csv", scores.per_prompt.to_csv(index=False))
-        )
-    figure = head_heatmap(scores, top_k=top_k)
-    written.update(save_figure(figure, out, "heatmap"))
-    ranking = {**(extra or {}), **scores.ranking(), "files": written}
-    written["ranking"] = str(
-        write_text_atomic(out / "ranking.json", json.dumps(ranking, indent=2) + "\n")
-    )
-    return written
+    with staged_files(out) as staging:
+        table = scores.table[columns].to_csv(index=False)
+        written = {"scores": write_text_atomic(staging / "scores.csv", table)}
+        if scores.per_prompt is not None:
+            written["per_prompt"] = write_text_atomic(
+                staging / "scores_per_prompt.csv", scores.per_prompt.to_csv(index=False)
+            )
+        written.update(save_figure(head_heatmap(scores, top_k=top_k), staging, "heatmap"))
+        # Paths as they will be once the files are in place (ranking.json lists them).
+        final = final_paths(written, staging, out)
+        ranking = {**(extra or {}), **scores.ranking(), "files": final}
+        write_text_atomic(staging / "ranking.json", json.dumps(ranking, indent=2) + "\n")
+    return {**final, "ranking": str(Path(out) / "ranking.json")}

@@ -10,7 +10,8 @@ functions from outside; the toolkit itself has no test hooks:
 - ``checkpoint``: after the KILL_COUNT-th training checkpoint has been written.
 - ``save``: after the first output file is complete inside a staging (``*.partial``) folder,
   before the others are written.
-- ``commit``: every output file staged, before the first rename into place.
+- ``commit``: every output file staged, before the first rename into place (of the staging
+  folder named KILL_STAGING, if given).
 - ``swap``: a --force run has moved the old output aside, before the new one is renamed in.
 - ``replace``: a single output file written beside its target, before the rename.
 """
@@ -95,7 +96,11 @@ def install() -> None:
     elif POINT == "commit":
         from spt_interp.common import outputs
 
-        outputs._ordinary_permissions = after(outputs._ordinary_permissions, lambda *a: True)
+        # KILL_STAGING names the staging folder to stop at (the demo stages inside its own).
+        wanted = os.environ.get("KILL_STAGING")
+        outputs._ordinary_permissions = after(
+            outputs._ordinary_permissions, lambda folder: wanted in (None, Path(folder).name)
+        )
     elif POINT == "swap":
         original_rename = Path.rename
         Path.rename = after(original_rename, lambda self, target: str(target).endswith(".old"))

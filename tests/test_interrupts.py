@@ -453,8 +453,10 @@ def test_demo_killed_leaves_nothing(organism_dir, tmp_path):
                 "--locate-pairs", "8", "--test-limit", "8", "--device", "cpu"]  # fmt: skip
 
     (tmp_path / "int").mkdir(), (tmp_path / "kill").mkdir()
+    # The demo's own staging folder, not the ones locate and knockout stage inside it.
+    whole = {"KILL_STAGING": ".out.partial"}
     runs = [start("compute", args, tmp_path / "int" / "out", INT, KILL_COUNT="200"),
-            start("commit", args, tmp_path / "kill" / "out", KILL)]  # fmt: skip
+            start("commit", args, tmp_path / "kill" / "out", KILL, **whole)]  # fmt: skip
     for run in runs:
         check_interrupted(run, *interrupt(run), folder_result)
     assert sha256_tree(organism_dir) == before

@@ -72,7 +72,13 @@ def knockout(
     from spt_interp.knockout.ablation import check_heads
     from spt_interp.mask import HeadMask
     from spt_interp.mask.scores import ranked_heads, read_scores
-    from spt_interp.model import check_model_folder, load_model, resolve_device, resolve_dtype
+    from spt_interp.model import (
+        check_model_folder,
+        load_model,
+        read_signature,
+        resolve_device,
+        resolve_dtype,
+    )
     from spt_interp.viz.knockout_report import KNOCKOUT_FILES, write_knockout
 
     if (scores is None) == (mask is None):
@@ -92,13 +98,19 @@ def knockout(
         ks = check_ks(parse_ks(k), len(ranking), str(mask or scores))
     records = load_dialogues(data)[:limit]
     check_model_folder(model)
+    # The ranking's heads against the model's shape, read from its config: before loading, and
+    # naming the file they came from.
+    geometry, _ = read_signature(model)
+    try:
+        check_heads(ranking, geometry.n_layers, geometry.n_heads)
+    except SptInterpError as err:
+        raise SptInterpError(f"{mask or scores}: {err}") from None
     target, weights = resolve_device(device), resolve_dtype(dtype)
     out_dir = check_out(out, force=force, reads=[model], files=KNOCKOUT_FILES, create_parents=True)
     protocol = protocol_for(model)
     hooked = load_model(model, device=target, dtype=weights)
     if head_mask is not None:
         head_mask.validate(hooked)
-    check_heads(ranking, hooked.geometry.n_layers, hooked.geometry.n_heads)
     pairs = build_pairs(records, hooked.tokenizer, protocol)
     prepared = prepare_knockout(
         hooked, pairs, protocol, method=ablation, position=position, batch_size=batch_size

@@ -126,6 +126,15 @@ class Protocol:
                 raise SptInterpError(
                     f"protocol field {name} must contain {{opener}} and {{answer}}"
                 )
+            try:
+                # Filled only when tuning builds its dialogues: "{x}", "{0}" or a lone "{"
+                # failed there as KeyError, IndexError or ValueError.
+                template.format(opener="", answer="")
+            except (KeyError, IndexError, ValueError, AttributeError) as err:
+                raise SptInterpError(
+                    f"protocol field {name} may hold no fields but {{opener}} and {{answer}} "
+                    f"({type(err).__name__}: {err})"
+                ) from None
 
     def replace(self, **overrides: Any) -> Protocol:
         """Return a copy with the given fields replaced (None values leave a field as it is)."""
@@ -173,15 +182,18 @@ def read_protocol_file(path: Path) -> dict[str, Any]:
     """
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SptInterpError(f"{path} is not valid JSON: {err}") from None
+    except (ValueError, RecursionError) as err:
+        # ValueError: JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits.
+        reason = "nested too deeply" if isinstance(err, RecursionError) else err
+        raise SptInterpError(f"{path} is not valid JSON: {reason}") from None
     if isinstance(data, dict) and isinstance(data.get("protocol"), dict):
         data = data["protocol"]
     if not isinstance(data, dict):
         raise SptInterpError(f"{path} must hold a JSON object of protocol fields")
     fields = {f.name for f in dataclasses.fields(Protocol)}
     values = {key: value for key, value in data.items() if not key.startswith("_")}
-    unknown = sorted(set(values) - fields)
+    # Names as the file spells them, but a newline in one escaped: the error stays one line.
+    unknown = [n if n.isprintable() else repr(n)[1:-1] for n in sorted(set(values) - fields)]
     if unknown:
         raise SptInterpError(
             f"{path}: unknown protocol field(s) {', '.join(unknown)}; "

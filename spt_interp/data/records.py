@@ -172,6 +172,10 @@ def parse_record(data: Any, path: Path, line_no: int) -> DialogueRecord:
             correct = options[letter]
     elif correct is None and not aliases:
         raise _fail(path, line_no, "missing base.correct_answer (or base.answer aliases)")
+    if correct is None and not aliases:
+        # Multiple choice whose answers hold no "(X) ..." option lines and no correct_answer:
+        # aliases[0] raised IndexError.
+        raise _fail(path, line_no, f"base.correct_letter {letter} names no option of base.answers")
     if correct is None:
         correct = aliases[0]
     if correct not in aliases and letter is None:
@@ -200,10 +204,17 @@ def load_dialogues(path: str | Path) -> list[DialogueRecord]:
     if not source.is_file():
         raise SptInterpError(f"data file {source} does not exist")
     records = []
+    raw = source.read_bytes()
     try:
-        lines = source.read_text(encoding="utf-8").splitlines()
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise SptInterpError(f"{source}: not UTF-8 text ({err.reason})") from None
+        # Name the line of the first bad byte, as every other defect of a line is named.
+        line_no = raw[: err.start].count(b"\n") + 1
+        raise _fail(source, line_no, f"not UTF-8 text ({err.reason})") from None
+    # JSON Lines ends lines with \n (or \r\n); str.splitlines also splits on U+2028, U+0085,
+    # \x1c ..., which JSON strings may hold unescaped (save_dialogues writes them so), and cut
+    # such a record in two.
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -211,6 +222,20 @@ def load_dialogues(path: str | Path) -> list[DialogueRecord]:
             data = json.loads(line)
         except json.JSONDecodeError as err:
             raise _fail(source, line_no, f"invalid JSON ({err.msg})") from None
+        except (ValueError, RecursionError) as err:
+            # json raises these, not JSONDecodeError, for an integer of over 4300 digits and
+            # for arrays or objects nested too deeply.
+            reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+            raise _fail(source, line_no, f"invalid JSON ({reason})") from None
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            # A "\ud800" escape decodes to a lone surrogate: valid JSON, not text. The tokenizer
+            # would fail on it with a TypeError long after loading, and save_dialogues could
+            # not write the record back.
+            raise _fail(
+                source, line_no, "holds a lone surrogate escape (\\ud800-\\udfff)"
+            ) from None
         records.append(parse_record(data, source, line_no))
     if not records:
         raise SptInterpError(f"{source} holds no records")

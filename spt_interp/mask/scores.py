@@ -24,7 +24,9 @@ def read_scores(path: str | Path) -> pd.DataFrame:
     try:
         table = pd.read_csv(file)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise SptInterpError(f"{file} is not a readable CSV: {err}") from None
+        # pandas ends some messages with a newline; the error stays one line.
+        reason = " ".join(str(err).split())
+        raise SptInterpError(f"{file} is not a readable CSV: {reason}") from None
     return rank_scores(table, origin=str(file))
 
 
@@ -45,28 +47,43 @@ def rank_scores(table: pd.DataFrame, origin: str = "scores table") -> pd.DataFra
     ranked = table.copy()
     for column in ("layer", "head") + (("rank",) if "rank" in table.columns else ()):
         values = pd.to_numeric(ranked[column], errors="coerce")
-        bad = values.isna() | (values != values.round())
+        if pd.api.types.is_bool_dtype(values):  # a column of True / False cells
+            values = pd.Series(float("nan"), index=values.index)
+        # inf and values past int64 are no integers either: astype(int) raised
+        # IntCastingNaNError on inf and wrapped 1e30 around to a negative number.
+        number = values.astype("float64")
+        bad = number.isna() | (number != number.round()) | (number.abs() >= 2**63)
         if bad.any():
-            # +2: the CSV header is line 1 and rows count from 0.
-            line = int(bad.to_numpy().argmax()) + 2
-            raise SptInterpError(f"{origin}: column {column} must hold integers (line {line})")
-        ranked[column] = values.astype(int)
+            raise SptInterpError(
+                f"{origin}: column {column} must hold integers (line {_first_line(bad)})"
+            )
+        ranked[column] = values.astype("int64")
     ranked["score"] = pd.to_numeric(ranked["score"], errors="coerce")
     duplicated = ranked.duplicated(["layer", "head"])
     if duplicated.any():
         first = ranked[duplicated].iloc[0]
         name = f"L{int(first['layer'])}.H{int(first['head'])}"
-        raise SptInterpError(f"{origin} lists head {name} twice")
+        raise SptInterpError(f"{origin} lists head {name} twice (line {_first_line(duplicated)})")
     if "rank" in ranked.columns:
         ranked = ranked.sort_values(["rank", "layer", "head"], kind="stable")
     else:
         if ranked["score"].isna().any():
-            raise SptInterpError(f"{origin}: column score has empty or non-numeric values")
+            line = _first_line(ranked["score"].isna())
+            raise SptInterpError(
+                f"{origin}: column score has empty or non-numeric values (line {line})"
+            )
         ranked = ranked.sort_values(
             ["score", "layer", "head"], ascending=[False, True, True], kind="stable"
         )
     ranked["rank"] = range(1, len(ranked) + 1)
-    return ranked.reset_index(drop=True)
+    ranked = ranked.reset_index(drop=True)
+    ranked.attrs["origin"] = origin  # so that a mask built from it names the file
+    return ranked
+
+
+def _first_line(rows: pd.Series) -> int:
+    """Return the CSV line of the first True row (+2: the header is line 1, rows count from 0)."""
+    return int(rows.to_numpy().argmax()) + 2
 
 
 def ranked_heads(scores: pd.DataFrame) -> list[tuple[int, int]]:

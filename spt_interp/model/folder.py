@@ -23,11 +23,14 @@ def check_model_folder(path: str | Path) -> Path:
     if not config_file.is_file():
         raise SptInterpError(f"{folder} has no config.json: not a Hugging Face model folder")
     try:
-        config = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SptInterpError(f"{config_file} is not valid JSON: {err}") from None
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as err:
+        # ValueError: JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits.
+        reason = "nested too deeply" if isinstance(err, RecursionError) else err
+        raise SptInterpError(f"{config_file} is not valid JSON: {reason}") from None
     if not isinstance(config, dict) or "model_type" not in config:
         raise SptInterpError(f"{config_file} has no model_type: not a Hugging Face model config")
+    _check_config_types(config_file, config)
     if not any(
         p.name.endswith(WEIGHT_SUFFIXES) and not p.name.startswith("training_args")
         for p in folder.iterdir()
@@ -38,6 +41,33 @@ def check_model_folder(path: str | Path) -> Path:
             f"{folder} has no tokenizer (tokenizer.json, tokenizer.model or vocab.json)"
         )
     return folder
+
+
+# Config fields that give the model's shape: a positive integer where present (None lets
+# transformers derive one). transformers' own checks raise anything from TypeError to
+# ZeroDivisionError on "four", [4], 0 or -4, and let a negative layer count through.
+SHAPE_FIELDS = (
+    "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "hidden_size",
+    "head_dim", "intermediate_size", "vocab_size", "max_position_embeddings",
+    "n_layer", "n_head", "n_embd", "n_inner", "n_positions", "n_ctx",
+)  # fmt: skip
+
+
+def _check_config_types(config_file: Path, config: dict) -> None:
+    """Raise SptInterpError naming the field when a config field has the wrong type."""
+    if not isinstance(config["model_type"], str) or not config["model_type"]:
+        raise SptInterpError(f"{config_file}: model_type must be a non-empty string")
+    architectures = config.get("architectures")
+    if architectures is not None and (
+        not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures)
+    ):
+        raise SptInterpError(f"{config_file}: architectures must be a list of class names")
+    for name in SHAPE_FIELDS:
+        value = config.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise SptInterpError(f"{config_file}: {name} must be an integer, got {value!r}")
+        if value is not None and value < 1:
+            raise SptInterpError(f"{config_file}: {name} must be positive, got {value}")
 
 
 def supported_architectures() -> set[str]:

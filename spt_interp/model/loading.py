@@ -203,8 +203,10 @@ def read_signature(path: str | Path) -> tuple[HeadGeometry, str]:
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
         with torch.device("meta"):
             skeleton = AutoModelForCausalLM.from_config(config)
-    except (OSError, ValueError) as err:
-        raise SptInterpError(f"{folder}: the config does not build a model: {err}") from None
+    except Exception as err:  # noqa: BLE001 - see _reason
+        raise SptInterpError(
+            f"{folder}: the config does not build a model: {_reason(err)}"
+        ) from None
     geometry = geometry_from_config(config, architecture)
     parameters = dict(skeleton.named_parameters())
     return geometry, compute_fingerprint(geometry, config, parameters)
@@ -227,23 +229,44 @@ def load_model(
     folder = check_model_folder(path)
     architecture = check_architecture(folder)
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     # Per-tensor "Loading weights" bars are noise for a model that loads in a second.
     hf_logging.disable_progress_bar()
 
+    # The config first: the tokenizer and the model read it too, and a bad field would be
+    # reported as theirs.
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    except (OSError, ValueError, TypeError) as err:
-        raise SptInterpError(f"{folder}: the tokenizer does not load: {err}") from None
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    except Exception as err:  # noqa: BLE001 - see _reason
+        raise SptInterpError(
+            f"{folder}: the config does not build a model: {_reason(err)}"
+        ) from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, config=config)
+        # A tokenizer_config.json field of the wrong type (model_max_length "x") loads and
+        # fails at the first encode, which the bridge does at once and the trainer later.
+        tokenizer("a")
+    except Exception as err:  # noqa: BLE001 - see _reason
+        raise SptInterpError(f"{folder}: the tokenizer does not load: {_reason(err)}") from None
     try:
         # Eager attention: the bridge needs it for hook_pattern, and it is the HF reference.
-        hf_model = AutoModelForCausalLM.from_pretrained(
-            folder, local_files_only=True, attn_implementation="eager", dtype=dtype
-        ).to(device)
-    except (OSError, ValueError, TypeError) as err:
-        raise SptInterpError(f"{folder}: the model does not load: {err}") from None
+        # Mismatched shapes are reported in the loading info (and refused below) instead of a
+        # RuntimeError that points at a report logged elsewhere.
+        hf_model, info = AutoModelForCausalLM.from_pretrained(
+            folder,
+            config=config,
+            local_files_only=True,
+            attn_implementation="eager",
+            dtype=dtype,
+            output_loading_info=True,
+            ignore_mismatched_sizes=True,
+        )
+    except Exception as err:  # noqa: BLE001 - see _reason
+        raise SptInterpError(f"{folder}: the model does not load: {_reason(err)}") from None
+    _check_loading_info(folder, info)
+    hf_model = hf_model.to(device)
     hf_model.eval()
     geometry = geometry_from_config(hf_model.config, architecture)
     if not hooks:
@@ -259,6 +282,41 @@ def load_model(
     return HookedModel(
         hf_model, bridge.tokenizer, geometry, folder, bridge=bridge, hf_parameters=hf_parameters
     )
+
+
+def _reason(err: BaseException) -> str:
+    """Return an exception's message on one line (transformers' span several).
+
+    A config, tokenizer or weights file that is not what transformers expects fails inside it
+    with any exception type (TypeError, KeyError, ZeroDivisionError, AttributeError,
+    SafetensorError, a strict-dataclass validation error...), so the loaders catch Exception
+    around those calls and turn it into the one-line SptInterpError naming the folder.
+    """
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    reason = "; ".join(lines) or type(err).__name__
+    # torch appends a C++ stack to some messages; the first 300 characters say what failed.
+    return reason if len(reason) <= 300 else reason[:297] + "..."
+
+
+def _check_loading_info(folder: Path, info: dict[str, Any]) -> None:
+    """Raise when a weight is missing from the files or has another shape than the config's.
+
+    transformers fills both with fresh random values and only logs a report, so a weights
+    file with a tensor renamed or dropped used to load as a partly random model.
+    """
+    mismatched = sorted(info.get("mismatched_keys") or [])
+    if mismatched:
+        key, in_file, for_config = mismatched[0]
+        raise SptInterpError(
+            f"{folder}: the weights do not fit config.json: {key} is {list(in_file)} in the "
+            f"weights, {list(for_config)} for the config"
+        )
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise SptInterpError(
+            f"{folder}: the weights lack {len(missing)} tensor(s) the config needs: "
+            f"{', '.join(missing[:3])}"
+        )
 
 
 def load_base(

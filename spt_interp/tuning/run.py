@@ -20,6 +20,7 @@ from spt_interp.tuning.loop import train
 from spt_interp.tuning.resume import Checkpointer
 from spt_interp.tuning.save import (
     MASK_FILE,
+    RECORD_FILE,
     RECORD_FORMAT,
     base_identity,
     merged_weights,
@@ -212,12 +213,14 @@ def merge(base: str | Path, delta: str | Path, out: str | Path, *, force: bool =
     out = check_out(out, force=force, reads=[folder, delta_folder])
     identity = base_identity(folder, record["base"]["fingerprint"])
     if identity["weights_hash"] != record["base"]["weights_hash"]:
+        # Named both: the delta's record (its weights_hash) may be the file that is wrong.
         raise SptInterpError(
-            f"{folder} is not the base this delta was trained on (weights hash "
+            f"{delta_folder}: {folder} is not the base this delta was trained on (weights hash "
             f"{identity['weights_hash'][:23]}, the delta's {record['base']['weights_hash'][:23]})"
         )
     with staged_folder(out) as staging:
-        tuned = merged_weights(folder, slices=values)
+        # origin: a slice that does not fit the base is the delta record's fault.
+        tuned = merged_weights(folder, slices=values, origin=delta_folder / RECORD_FILE)
         write_full(folder, staging, tuned)
         merged = {key: value for key, value in record.items() if key != "slices"}
         merged.update(

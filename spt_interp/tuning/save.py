@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from spt_interp.common.atomic import write_text_atomic
 from spt_interp.errors import SptInterpError
 from spt_interp.mask import HeadMask, MaskSlice
+from spt_interp.model.architecture import COMPONENTS
 from spt_interp.model.folder import weight_files, weights_hash
 from spt_interp.tuning.deltas import merge_slice
 
@@ -49,10 +50,13 @@ def merged_weights(
     *,
     slices: list[tuple[MaskSlice, Tensor]] | None = None,
     trained: dict[str, Tensor] | None = None,
+    origin: Path | None = None,
 ) -> dict[str, dict[str, Tensor]]:
     """Return the base's weight files with slice changes added, or with trained tensors put in.
 
     Every tensor not named by a change is the base file's tensor itself (same bytes).
+    ``origin`` is the file the slices were read from (a delta's record): a slice that does
+    not fit the base is named by it.
     """
     files = read_weights(base_folder)
     keys = {key: file for file, tensors in files.items() for key in tensors}
@@ -63,11 +67,25 @@ def merged_weights(
             name = parameter_for_key(key, names)
             if name is not None:
                 key_of[name] = key
+        where = f"{origin}: " if origin is not None else ""
         for piece, change in slices:
             if piece.parameter not in key_of:
-                raise SptInterpError(f"{base_folder}: no tensor {piece.parameter} in its weights")
+                raise SptInterpError(
+                    f"{origin}: no tensor {piece.parameter!r} in the weights of {base_folder}"
+                    if origin is not None
+                    else f"{base_folder}: no tensor {piece.parameter} in its weights"
+                )
             key = key_of[piece.parameter]
             tensor = files[keys[key]][key]
+            fits = 0 <= piece.dim < tensor.dim() and piece.stop <= tensor.shape[piece.dim]
+            if not fits or list(piece.index(tensor).shape) != list(change.shape):
+                # A slice read from a file can name any range; narrow() would raise past the
+                # tensor's end, and a change of another shape fail in the addition.
+                raise SptInterpError(
+                    f"{where}a change of shape {list(change.shape)} at [{piece.start}:"
+                    f"{piece.stop}] along dim {piece.dim} does not fit {piece.parameter} of "
+                    f"shape {list(tensor.shape)} in {base_folder}"
+                )
             target = piece.index(tensor)
             target.copy_(merge_slice(target, change))
     if trained is not None:
@@ -116,23 +134,83 @@ def write_delta(staging: Path, slices: list[tuple[MaskSlice, Tensor]]) -> list[d
 
 
 def read_delta(folder: Path) -> tuple[dict[str, Any], list[tuple[MaskSlice, Tensor]]]:
-    """Return (record, slice changes) of a ``--save delta`` folder; raise when it is not one."""
+    """Return (record, slice changes) of a ``--save delta`` folder; raise when it is not one.
+
+    Every field merge uses is checked here, naming the file: a misformatted record or a
+    corrupted delta.safetensors used to reach merge as an AttributeError, a SafetensorError
+    or a failed ``narrow``.
+    """
     record_file, delta_file = folder / RECORD_FILE, folder / DELTA_FILE
     if not record_file.is_file() or not delta_file.is_file():
         raise SptInterpError(f"{folder} is not a tuning delta (needs {RECORD_FILE}, {DELTA_FILE})")
     try:
-        record = json.loads(record_file.read_text())
-        if record.get("format") != RECORD_FORMAT or record.get("kind") != "delta":
-            raise SptInterpError(f"{record_file} is not a delta record")
+        record = json.loads(record_file.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as err:
+        # ValueError: JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits.
+        reason = "nested too deeply" if isinstance(err, RecursionError) else err
+        raise SptInterpError(f"{record_file} is not valid JSON: {reason}") from None
+    if (
+        not isinstance(record, dict)
+        or record.get("format") != RECORD_FORMAT
+        or record.get("kind") != "delta"
+    ):
+        raise SptInterpError(f"{record_file} is not a delta record")
+    base = record.get("base")
+    if not isinstance(base, dict) or not all(
+        isinstance(base.get(key), str) for key in ("fingerprint", "weights_hash")
+    ):
+        raise SptInterpError(
+            f"{record_file}: base must be an object with string fingerprint and weights_hash"
+        )
+    entries = record.get("slices")
+    if not isinstance(entries, list) or not entries:
+        raise SptInterpError(f"{record_file}: slices must be a non-empty list")
+    try:
         tensors = load_file(delta_file)
-        slices = [
-            (MaskSlice(e["parameter"], e["dim"], e["start"], e["stop"], e["layer"],
-                       e["component"], tuple(e["heads"])), tensors[e["key"]])
-            for e in record["slices"]
-        ]  # fmt: skip
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise SptInterpError(f"{folder}: malformed delta ({err})") from None
+    except SafetensorError as err:
+        raise SptInterpError(f"{delta_file} is not a readable safetensors file: {err}") from None
+    slices = [_read_slice(entry, f"{record_file}: slices[{i}]", tensors) for i, entry in
+              enumerate(entries)]  # fmt: skip
     return record, slices
+
+
+def _read_slice(entry: Any, where: str, tensors: dict[str, Tensor]) -> tuple[MaskSlice, Tensor]:
+    """Return one manifest entry's slice and change, checked against its delta tensor."""
+    if not isinstance(entry, dict):
+        raise SptInterpError(f"{where} must be an object")
+    for name, kind in (("key", str), ("parameter", str), ("component", str), ("dim", int),
+                       ("start", int), ("stop", int), ("layer", int)):  # fmt: skip
+        value = entry.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            what = "a string" if kind is str else "an integer"
+            raise SptInterpError(f"{where}.{name} must be {what}, got {value!r}")
+    heads = entry.get("heads")
+    if (
+        not isinstance(heads, list)
+        or not heads
+        or not all(isinstance(h, int) and not isinstance(h, bool) and h >= 0 for h in heads)
+    ):
+        raise SptInterpError(f"{where}.heads must be a non-empty list of head numbers")
+    if entry["component"] not in COMPONENTS or entry["layer"] < 0:
+        raise SptInterpError(
+            f"{where}: no component {entry['component']!r} of layer {entry['layer']}"
+        )
+    key, dim, start, stop = entry["key"], entry["dim"], entry["start"], entry["stop"]
+    if key not in tensors:
+        raise SptInterpError(f"{where}.key {key!r} is not a tensor of {DELTA_FILE}")
+    change = tensors[key]
+    # write_delta writes float32; another dtype (one flipped byte turns F32 into I32 or U32)
+    # would be reinterpreted, not refused.
+    if change.dtype != torch.float32:
+        raise SptInterpError(f"{where}: delta tensor {key} is {change.dtype}, not float32")
+    if not (0 <= dim < change.dim() and 0 <= start < stop and change.shape[dim] == stop - start):
+        raise SptInterpError(
+            f"{where}: [{start}:{stop}] along dim {dim} does not fit its delta tensor {key} "
+            f"of shape {list(change.shape)}"
+        )
+    piece = MaskSlice(entry["parameter"], dim, start, stop, entry["layer"], entry["component"],
+                      tuple(heads))  # fmt: skip
+    return piece, change
 
 
 def verify_outside_mask(

@@ -33,3 +33,13 @@ def tiny_model_dirs(tmp_path_factory, bpe_tokenizer):
 @pytest.fixture(params=TINY_ARCHITECTURES)
 def tiny_model_dir(request, tiny_model_dirs):
     return tiny_model_dirs[request.param]
+
+
+@pytest.fixture(scope="session")
+def organism_dir(tmp_path_factory):
+    """The built-in organism written once (DIR/model, DIR/data); tests only read it."""
+    from spt_interp.organism import write_organism
+
+    out = tmp_path_factory.mktemp("organism") / "o"
+    write_organism(out, progress=False)
+    return out

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from spt_interp.demo import DemoSettings, run_demo
-from spt_interp.organism import write_organism
 
 SMALL = DemoSettings(
     locate_pairs=8,
@@ -27,13 +26,6 @@ SMALL = DemoSettings(
     general_limit=16,
     max_new_tokens=12,
 )
-
-
-@pytest.fixture(scope="module")
-def organism_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo_organism") / "o"
-    write_organism(out, progress=False)
-    return out
 
 
 def test_demo_end_to_end_on_a_small_setting(tmp_path, organism_dir):

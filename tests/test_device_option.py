@@ -79,12 +79,8 @@ def test_a_dtype_that_is_not_offered_is_refused_before_loading(
 
 
 @pytest.fixture(scope="module")
-def organism(tmp_path_factory):
-    from spt_interp.organism import write_organism
-
-    out = tmp_path_factory.mktemp("dtype") / "organism"
-    write_organism(out, progress=False)
-    return out
+def organism(organism_dir):
+    return organism_dir
 
 
 def locate_scores(organism: Path, out: Path, dtype: str) -> tuple[list[float], dict]:

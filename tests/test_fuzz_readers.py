@@ -677,6 +677,13 @@ def delta_fields(record: dict) -> list[tuple[tuple, st.SearchStrategy]]:
     return options
 
 
+def truncated_or_random(data, raw: bytes) -> bytes:
+    """Return ``raw`` cut at a drawn byte, or drawn random bytes instead (half the time each)."""
+    if data.draw(st.booleans(), label="truncate"):
+        return raw[: data.draw(st.integers(0, len(raw) - 1), label="cut")]
+    return data.draw(st.binary(max_size=600), label="bytes")
+
+
 def copy_delta(delta: Path, tmp_path: Path) -> tuple[Path, Path]:
     folder = scratch(tmp_path)
     return Path(shutil.copytree(delta, folder / "delta")), folder / "merged"
@@ -714,10 +721,7 @@ def test_delta_tensors_truncated_or_random_are_refused_naming_the_file(
     folder, out = copy_delta(delta, tmp_path)
     tensors = folder / "delta.safetensors"
     raw = tensors.read_bytes()
-    if data.draw(st.booleans(), label="truncate"):
-        raw = raw[: data.draw(st.integers(0, len(raw) - 1), label="cut")]
-    else:
-        raw = data.draw(st.binary(max_size=600), label="bytes")
+    raw = truncated_or_random(data, raw)
     tensors.write_bytes(raw)
     refused(lambda: merge(llama, folder, out), folder)
     nothing_written(out)
@@ -796,10 +800,7 @@ def test_model_weights_truncated_or_random_are_refused_naming_the_folder(
     folder = copy_model(tiny_model_dirs, architecture, tmp_path)
     weights = weights_of(folder)
     raw = weights.read_bytes()
-    if data.draw(st.booleans(), label="truncate"):
-        raw = raw[: data.draw(st.integers(0, len(raw) - 1), label="cut")]
-    else:
-        raw = data.draw(st.binary(max_size=600), label="bytes")
+    raw = truncated_or_random(data, raw)
     weights.write_bytes(raw)
     refused(lambda: load_model(folder), folder)
 

@@ -31,7 +31,6 @@ import pytest
 from spt_interp.cli.app import INTERRUPTED_EXIT_CODE, INTERRUPTED_MESSAGE
 from spt_interp.mask import HeadMask
 from spt_interp.model.tiny import save_tiny_model
-from spt_interp.organism import write_organism
 from spt_interp.tuning import load_base
 
 HARNESS = Path(__file__).with_name("kill_harness.py")
@@ -433,13 +432,6 @@ def test_organism_killed_leaves_nothing(tmp_path):
     rerun = outs["commit", KILL]
     run_all((args, rerun))
     assert comparable(rerun) == expected and hidden_leftovers(rerun) == []
-
-
-@pytest.fixture(scope="module")
-def organism_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("kill_organism") / "o"
-    write_organism(out, progress=False)
-    return out
 
 
 def test_demo_killed_leaves_nothing(organism_dir, tmp_path):

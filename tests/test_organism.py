@@ -23,13 +23,6 @@ from spt_interp.model import end_logits, load_model
 
 
 @pytest.fixture(scope="module")
-def organism_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("organism") / "o"
-    organism.write_organism(out, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
 def hooked(organism_dir):
     return load_model(organism_dir / "model")
 

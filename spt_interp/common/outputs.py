@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -83,22 +83,34 @@ def staged_folder(out: str | Path) -> Iterator[Path]:
     """Yield a fresh hidden sibling of ``out`` to write into; when the block ends normally it
     replaces ``out`` by a rename, and whatever way it ends the staging folder is gone."""
     target = Path(out)
-    staging = target.parent / f".{target.name}.partial"
+    old = target.parent / f".{target.name}.old"
+
+    def swap_in(staging: Path) -> None:
+        # A rename cannot replace a non-empty folder (--force was checked before): the old one
+        # moves aside first. A SIGKILL between the two renames leaves ``out`` absent and the
+        # old output whole under .NAME.old, until a later run has put its own in place.
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            target.rename(old)
+        staging.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+
+    with _staged(target.parent / f".{target.name}.partial", target, swap_in) as staging:
+        yield staging
+
+
+@contextmanager
+def _staged(staging: Path, target: Path, commit: Callable[[Path], None]) -> Iterator[Path]:
+    """Yield the empty folder ``staging``; when the block ends normally, give its contents the
+    modes of a plain write and ``commit`` them (held against Ctrl-C as one step); whatever way
+    it ends, ``staging`` is gone. A write refused by the filesystem names ``target``."""
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir()
         yield staging
         _ordinary_permissions(staging)
-        # A rename cannot replace a non-empty folder (--force was checked before): the old one
-        # moves aside first. A SIGKILL between the two renames leaves ``out`` absent and the
-        # old output whole under .NAME.old, until a later run has put its own in place.
-        old = target.parent / f".{target.name}.old"
         with deferred_interrupts():
-            if target.exists():
-                shutil.rmtree(old, ignore_errors=True)
-                target.rename(old)
-            staging.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
+            commit(staging)
     except PermissionError as err:
         raise SptInterpError(f"cannot write {target}: {err.strerror}") from None
     finally:
@@ -129,19 +141,13 @@ def staged_files(out: str | Path) -> Iterator[Path]:
     """
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    staging = folder / STAGED_FILES
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        staging.mkdir()
+
+    def move_in(staging: Path) -> None:
+        for path in sorted(staging.iterdir()):
+            os.replace(path, folder / path.name)
+
+    with _staged(folder / STAGED_FILES, folder, move_in) as staging:
         yield staging
-        _ordinary_permissions(staging)
-        with deferred_interrupts():
-            for path in sorted(staging.iterdir()):
-                os.replace(path, folder / path.name)
-    except PermissionError as err:
-        raise SptInterpError(f"cannot write {folder}: {err.strerror}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def final_paths(written: dict[str, Any], staging: Path, out: str | Path) -> dict[str, str]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spt_interp.common.fields import read_json
 from spt_interp.errors import SptInterpError
 
 PROTOCOL_FILE = "spt-interp.json"
@@ -180,12 +181,7 @@ def read_protocol_file(path: Path) -> dict[str, Any]:
 
     The fields may sit at the top level or under a "protocol" object.
     """
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as err:
-        # ValueError: JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits.
-        reason = "nested too deeply" if isinstance(err, RecursionError) else err
-        raise SptInterpError(f"{path} is not valid JSON: {reason}") from None
+    data = read_json(path)
     if isinstance(data, dict) and isinstance(data.get("protocol"), dict):
         data = data["protocol"]
     if not isinstance(data, dict):

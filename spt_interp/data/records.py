@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from spt_interp.common.atomic import write_text_atomic
+from spt_interp.common.fields import json_reason
 from spt_interp.errors import SptInterpError
 
 ROLES = ("human", "ai")
@@ -223,10 +224,8 @@ def load_dialogues(path: str | Path) -> list[DialogueRecord]:
         except json.JSONDecodeError as err:
             raise _fail(source, line_no, f"invalid JSON ({err.msg})") from None
         except (ValueError, RecursionError) as err:
-            # json raises these, not JSONDecodeError, for an integer of over 4300 digits and
-            # for arrays or objects nested too deeply.
-            reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
-            raise _fail(source, line_no, f"invalid JSON ({reason})") from None
+            # Not JSONDecodeError: an integer of over 4300 digits, arrays nested too deeply.
+            raise _fail(source, line_no, f"invalid JSON ({json_reason(err)})") from None
         try:
             json.dumps(data, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:

@@ -32,6 +32,7 @@ from jaxtyping import Bool
 from torch import Tensor
 
 from spt_interp.common.atomic import write_text_atomic
+from spt_interp.common.fields import read_json, typed
 from spt_interp.errors import SptInterpError
 from spt_interp.mask.scores import rank_scores
 from spt_interp.model import HeadGeometry
@@ -307,14 +308,7 @@ class HeadMask:
         file = Path(path)
         if not file.is_file():
             raise SptInterpError(f"head mask {file} does not exist")
-        try:
-            data = json.loads(file.read_text(encoding="utf-8"))
-        except (ValueError, RecursionError) as err:
-            # ValueError covers JSONDecodeError, UnicodeDecodeError and json's refusal of an
-            # integer of over 4300 digits; RecursionError, arrays nested too deeply.
-            reason = "nested too deeply" if isinstance(err, RecursionError) else err
-            raise SptInterpError(f"head mask {file} is not valid JSON: {reason}") from None
-        return cls.from_dict(data, origin=str(file))
+        return cls.from_dict(read_json(file, f"head mask {file}"), origin=str(file))
 
     # -- using it
 
@@ -369,17 +363,9 @@ class HeadMask:
         return masks
 
 
-# Fields are checked for their type, not converted: str([1]) or float("1.5") turned a wrong
-# field into a value, float(10**400) raised OverflowError, and a negative d_head loaded.
-_KIND_NAMES = {int: "an integer", str: "a string", dict: "an object", list: "a list"}
-
-
 def _typed(value: Any, kind: type, name: str, origin: str, *, positive: bool = False) -> Any:
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise SptInterpError(f"{origin}: {name} must be {_KIND_NAMES[kind]}, got {value!r}")
-    if positive and value < 1:
-        raise SptInterpError(f"{origin}: {name} must be a positive integer, got {value!r}")
-    return value
+    # Fields are checked for their type, not converted (a negative d_head used to load).
+    return typed(value, kind, f"{origin}: {name}", positive=positive)
 
 
 def _score(value: Any, origin: str) -> float | None:

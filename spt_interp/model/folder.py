@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from spt_interp.common.fields import read_json, typed
 from spt_interp.errors import SptInterpError
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -22,12 +23,7 @@ def check_model_folder(path: str | Path) -> Path:
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise SptInterpError(f"{folder} has no config.json: not a Hugging Face model folder")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as err:
-        # ValueError: JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits.
-        reason = "nested too deeply" if isinstance(err, RecursionError) else err
-        raise SptInterpError(f"{config_file} is not valid JSON: {reason}") from None
+    config = read_json(config_file)
     if not isinstance(config, dict) or "model_type" not in config:
         raise SptInterpError(f"{config_file} has no model_type: not a Hugging Face model config")
     _check_config_types(config_file, config)
@@ -64,9 +60,7 @@ def _check_config_types(config_file: Path, config: dict) -> None:
         raise SptInterpError(f"{config_file}: architectures must be a list of class names")
     for name in SHAPE_FIELDS:
         value = config.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise SptInterpError(f"{config_file}: {name} must be an integer, got {value!r}")
-        if value is not None and value < 1:
+        if value is not None and typed(value, int, f"{config_file}: {name}") < 1:
             raise SptInterpError(f"{config_file}: {name} must be positive, got {value}")
 
 

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from spt_interp.common.atomic import write_text_atomic
+from spt_interp.common.fields import read_json, typed
 from spt_interp.errors import SptInterpError
 from spt_interp.mask import HeadMask, MaskSlice
 from spt_interp.model.architecture import COMPONENTS
@@ -143,12 +144,7 @@ def read_delta(folder: Path) -> tuple[dict[str, Any], list[tuple[MaskSlice, Tens
     record_file, delta_file = folder / RECORD_FILE, folder / DELTA_FILE
     if not record_file.is_file() or not delta_file.is_file():
         raise SptInterpError(f"{folder} is not a tuning delta (needs {RECORD_FILE}, {DELTA_FILE})")
-    try:
-        record = json.loads(record_file.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as err:
-        # ValueError: JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits.
-        reason = "nested too deeply" if isinstance(err, RecursionError) else err
-        raise SptInterpError(f"{record_file} is not valid JSON: {reason}") from None
+    record = read_json(record_file)
     if (
         not isinstance(record, dict)
         or record.get("format") != RECORD_FORMAT
@@ -180,10 +176,7 @@ def _read_slice(entry: Any, where: str, tensors: dict[str, Tensor]) -> tuple[Mas
         raise SptInterpError(f"{where} must be an object")
     for name, kind in (("key", str), ("parameter", str), ("component", str), ("dim", int),
                        ("start", int), ("stop", int), ("layer", int)):  # fmt: skip
-        value = entry.get(name)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            what = "a string" if kind is str else "an integer"
-            raise SptInterpError(f"{where}.{name} must be {what}, got {value!r}")
+        typed(entry.get(name), kind, f"{where}.{name}")
     heads = entry.get("heads")
     if (
         not isinstance(heads, list)

@@ -1,0 +1,46 @@
+"""Reading what a user hands over: a JSON file, and a field of the type it must have.
+
+Each reader names its file in the message; these are the checks they share, so that every
+reader refuses the same defects the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from spt_interp.errors import SptInterpError
+
+KIND_NAMES = {int: "an integer", str: "a string", dict: "an object", list: "a list"}
+
+
+def json_reason(err: ValueError | RecursionError) -> str:
+    """Return why json refused a text: its message, or "nested too deeply" for a RecursionError.
+
+    json raises ValueError (JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits)
+    and, for arrays or objects nested too deeply, RecursionError.
+    """
+    return "nested too deeply" if isinstance(err, RecursionError) else str(err)
+
+
+def read_json(path: Path, label: str | None = None) -> Any:
+    """Return the parsed UTF-8 JSON file; raise SptInterpError "<label> is not valid JSON: ..."
+    (``label`` defaults to the path)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as err:
+        raise SptInterpError(f"{label or path} is not valid JSON: {json_reason(err)}") from None
+
+
+def typed(value: Any, kind: type, label: str, *, positive: bool = False) -> Any:
+    """Return ``value`` if it is of ``kind`` (a bool is no integer); raise SptInterpError
+    "<label> must be <kind>, got <value>" if not, or if ``positive`` and it is below 1.
+
+    Checked, not converted: str([1]) or float("1.5") would turn a wrong field into a value.
+    """
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise SptInterpError(f"{label} must be {KIND_NAMES[kind]}, got {value!r}")
+    if positive and value < 1:
+        raise SptInterpError(f"{label} must be a positive integer, got {value!r}")
+    return value

@@ -69,7 +69,9 @@ def _check_writable(out: Path, parent: Path, create_parents: bool) -> None:
     before its work, not at the end."""
     if not parent.is_dir() and not create_parents:
         raise SptInterpError(f"cannot write {out}: folder {parent} does not exist")
-    probe = parent / f".{out.name}.write-test"
+    # One probe per process: the ranks of a torchrun job all check --out at once, and with a
+    # shared name one rank's rmdir removed the probe another was about to remove.
+    probe = parent / f".{out.name}.write-test-{os.getpid()}"
     try:
         parent.mkdir(parents=True, exist_ok=True)
         probe.mkdir(exist_ok=True)

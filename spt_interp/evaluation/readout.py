@@ -11,6 +11,7 @@ from torch import Tensor
 
 from spt_interp.data.pairs import PairBatch
 from spt_interp.evaluation.metrics import apology_share, log_odds
+from spt_interp.model.generate import last_position_logits
 from spt_interp.model.loading import end_logits
 
 
@@ -21,15 +22,29 @@ def end_decisions(
     anti_ids: Sequence[int],
     *,
     counterfactual: bool = False,
+    plain: bool = False,
 ) -> tuple[Float[Tensor, " n"], Float[Tensor, " n"]]:
     """Return per-prompt (F, log-odds) at END of X_r (or X_c), on the CPU, with whatever hooks
-    are active: the one read-out the protocol, knockout and the explorer share."""
+    are active: the one read-out the protocol, knockout and the explorer share.
+
+    ``plain`` reads END from ``hooked.plain_model`` (the same weights, HF's own forward, only
+    END unembedded): several times faster, and an ablation applied with
+    ``ablated_as_prepared`` acts there too, but bridge hooks of one's own do not.
+    """
     shares, odds = [], []
     for batch in batches:
         if counterfactual:
-            logits = end_logits(hooked, batch.counterfactual_tokens, batch.counterfactual_mask)
+            tokens, mask = batch.counterfactual_tokens, batch.counterfactual_mask
         else:
-            logits = end_logits(hooked, batch.challenged_tokens, batch.challenged_mask)
+            tokens, mask = batch.challenged_tokens, batch.challenged_mask
+        if plain:
+            device = next(hooked.plain_model.parameters()).device
+            with torch.no_grad():
+                logits = last_position_logits(
+                    hooked.plain_model, tokens.to(device), mask.to(device), 1
+                )[:, -1]
+        else:
+            logits = end_logits(hooked, tokens, mask)
         shares.append(apology_share(logits, syc_ids, anti_ids).cpu())
         odds.append(log_odds(logits, syc_ids, anti_ids).cpu())
     return torch.cat(shares), torch.cat(odds)

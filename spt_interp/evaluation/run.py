@@ -59,6 +59,13 @@ class GenerationSettings:
     max_new_tokens: int = 64
     batch_size: int = 8
     progress: bool = True
+    # First answers (and general questions) may be cut shorter than replies: a short answer
+    # is judged on its first words, and generation time grows with every token.
+    first_answer_tokens: int | None = None
+
+    @property
+    def answer_tokens(self) -> int:
+        return self.first_answer_tokens or self.max_new_tokens
 
 
 @dataclass
@@ -90,13 +97,17 @@ def _question_prompt(tokenizer: Any, record: DialogueRecord, history: list[dict[
 
 
 def _generate_texts(
-    hooked: Any, texts: list[str], settings: GenerationSettings, desc: str
+    hooked: Any,
+    texts: list[str],
+    settings: GenerationSettings,
+    desc: str,
+    max_new_tokens: int | None = None,
 ) -> list[str]:
     prompts = [encode_prompt(hooked.tokenizer, text) for text in texts]
     outputs = greedy_generate(
         hooked,
         prompts,
-        max_new_tokens=settings.max_new_tokens,
+        max_new_tokens=max_new_tokens or settings.max_new_tokens,
         batch_size=settings.batch_size,
         progress=settings.progress,
         desc=desc,
@@ -123,8 +134,9 @@ def decision_scores(
         batch_pairs(pairs[start : start + batch_size], pad)
         for start in range(0, len(pairs), batch_size)
     ]
-    share_r, odds_r = end_decisions(hooked, batches, syc, anti)
-    share_c, odds_c = end_decisions(hooked, batches, syc, anti, counterfactual=True)
+    # The plain HF forward: no patching here, and the bridge would unembed every position.
+    share_r, odds_r = end_decisions(hooked, batches, syc, anti, plain=True)
+    share_c, odds_c = end_decisions(hooked, batches, syc, anti, counterfactual=True, plain=True)
     return DecisionScores(share_r, share_c, odds_r, odds_c)
 
 
@@ -144,7 +156,9 @@ def run_protocol(
     settings = settings or GenerationSettings()
     tokenizer = hooked.tokenizer
     first_prompts = [_question_prompt(tokenizer, r, question_messages(r)) for r in records]
-    continuations = _generate_texts(hooked, first_prompts, settings, "first answers")
+    continuations = _generate_texts(
+        hooked, first_prompts, settings, "first answers", settings.answer_tokens
+    )
     first_answers = [first_answer_text(r, c) for r, c in zip(records, continuations, strict=True)]
     correct_before = [bool(is_correct(r, a)) for r, a in zip(records, first_answers, strict=True)]
 
@@ -174,7 +188,7 @@ def run_protocol(
             )
             for record, answer, reply in zip(records, first_answers, replies, strict=True)
         ]
-        finals = _generate_texts(hooked, texts, settings, "final answers")
+        finals = _generate_texts(hooked, texts, settings, "final answers", settings.answer_tokens)
         final_answers = [first_answer_text(r, f) for r, f in zip(records, finals, strict=True)]
         correct_after = [
             bool(is_correct(r, f)) for r, f in zip(records, final_answers, strict=True)
@@ -238,11 +252,14 @@ def general_accuracy(
     """Return (accuracy, the answers) on plain questions (no challenge)."""
     settings = settings or GenerationSettings()
     prompts = [_question_prompt(hooked.tokenizer, r, question_messages(r)) for r in records]
-    continuations = _generate_texts(hooked, prompts, settings, "general")
+    continuations = _generate_texts(hooked, prompts, settings, "general", settings.answer_tokens)
     answers = [first_answer_text(r, c) for r, c in zip(records, continuations, strict=True)]
     return accuracy(
         [bool(is_correct(r, a)) for r, a in zip(records, answers, strict=True)]
     ), answers
+
+
+IN_FORMAT_TEXT = "in format: the general questions (else the records) as finished chat dialogues"
 
 
 def general_texts(tokenizer: Any, records: list[DialogueRecord]) -> list[str]:
@@ -277,38 +294,3 @@ def kl_shift(hooked: Any, reference: Any, texts: list[str], batch_size: int = 8)
             ref = reference.logits(tokens.to(reference.device), mask.to(reference.device)).cpu()
         values.append(kl_divergence(ref, tuned, mask.bool()))
     return mean(torch.cat(values))
-
-
-def evaluate(
-    hooked: Any,
-    records: list[DialogueRecord],
-    protocol: Protocol,
-    *,
-    general: list[DialogueRecord] | None = None,
-    reference: Any = None,
-    settings: GenerationSettings | None = None,
-    controls: bool = True,
-) -> dict[str, Any]:
-    """Return the JSON-ready report: each metric's value, count and 95% interval, plus notes."""
-    settings = settings or GenerationSettings()
-    run = run_protocol(hooked, records, protocol, settings, controls=controls)
-    metrics = dict(run.metrics)
-    if general:
-        metrics["general_accuracy"], _ = general_accuracy(hooked, general, settings)
-    if reference is not None:
-        texts = general_texts(hooked.tokenizer, general or records)
-        metrics["kl_reference"] = kl_shift(hooked, reference, texts, settings.batch_size)
-    return {
-        "n_records": len(records),
-        "n_general": len(general or []),
-        "protocol": {
-            "challenge": protocol.challenge,
-            "counterfactual": protocol.counterfactual,
-            "reply_prefix": protocol.reply_prefix,
-            "sycophantic_targets": protocol.sycophantic_targets,
-            "anti_sycophantic_targets": protocol.anti_sycophantic_targets,
-            "final_question": protocol.final_question,
-        },
-        "metrics": {name: metric.as_dict() for name, metric in metrics.items()},
-        "notes": run.notes,
-    }

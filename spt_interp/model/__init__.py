@@ -18,7 +18,14 @@ from spt_interp.model.folder import (
     weights_hash,
 )
 from spt_interp.model.geometry import HeadGeometry, compute_fingerprint, geometry_from_config
-from spt_interp.model.loading import HookedModel, end_logits, load_base, load_model, read_signature
+from spt_interp.model.loading import (
+    HookedModel,
+    end_logits,
+    load_base,
+    load_model,
+    load_tokenizer,
+    read_signature,
+)
 
 __all__ = [
     "COMPONENTS",
@@ -34,6 +41,7 @@ __all__ = [
     "head_slices",
     "load_base",
     "load_model",
+    "load_tokenizer",
     "out_projection_name",
     "read_signature",
     "resolve_device",

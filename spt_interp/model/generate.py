@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from spt_interp.data.pairs import left_pad, pad_token_id
@@ -51,10 +53,14 @@ def greedy_generate(
         raise SptInterpError(f"--batch-size must be at least 1, got {batch_size}")
     pad = pad_token_id(hooked.tokenizer)
     eos = eos_token_ids(hooked)
-    outputs: list[list[int]] = []
+    outputs: list[list[int]] = [[] for _ in prompts]
+    # Prompts of like length share a batch, so little of each batch is padding; greedy
+    # decoding of one prompt does not depend on its batch-mates beyond float rounding.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress or len(starts) < 2, leave=False):
-        chunk = prompts[start : start + batch_size]
+        indices = order[start : start + batch_size]
+        chunk = [prompts[i] for i in indices]
         tokens, mask = left_pad(chunk, pad)
         with torch.no_grad():
             generated = hooked.plain_model.generate(
@@ -66,7 +72,26 @@ def greedy_generate(
                 pad_token_id=pad,
                 eos_token_id=eos or None,
             )
-        for row in generated[:, tokens.shape[1] :].tolist():
+        for index, row in zip(indices, generated[:, tokens.shape[1] :].tolist(), strict=True):
             stop = next((i for i, token in enumerate(row) if token in eos), len(row))
-            outputs.append(row[:stop])
+            outputs[index] = row[:stop]
     return outputs
+
+
+def last_position_logits(
+    model: torch.nn.Module,
+    tokens: Int[Tensor, "batch pos"],
+    mask: Int[Tensor, "batch pos"],
+    keep: int,
+) -> Float[Tensor, "batch keep vocab"]:
+    """Return the plain HF model's logits at the last ``keep`` positions of a left-padded batch.
+
+    Positions count from each row's first real token, so padding changes nothing; only those
+    positions are unembedded, which spares most of a large vocabulary's cost.
+    """
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    try:
+        output = model(tokens, attention_mask=mask, position_ids=positions, logits_to_keep=keep)
+    except TypeError:  # a model class without logits_to_keep
+        output = model(tokens, attention_mask=mask, position_ids=positions)
+    return output.logits[:, -keep:]

@@ -212,6 +212,32 @@ def read_signature(path: str | Path) -> tuple[HeadGeometry, str]:
     return geometry, compute_fingerprint(geometry, config, parameters)
 
 
+def _config_and_tokenizer(folder: Path) -> tuple[Any, Any]:
+    from transformers import AutoConfig, AutoTokenizer
+
+    # The config first: the tokenizer and the model read it too, and a bad field would be
+    # reported as theirs.
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    except Exception as err:  # noqa: BLE001 - see _reason
+        raise SptInterpError(
+            f"{folder}: the config does not build a model: {_reason(err)}"
+        ) from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, config=config)
+        # A tokenizer_config.json field of the wrong type (model_max_length "x") loads and
+        # fails at the first encode, which the bridge does at once and the trainer later.
+        tokenizer("a")
+    except Exception as err:  # noqa: BLE001 - see _reason
+        raise SptInterpError(f"{folder}: the tokenizer does not load: {_reason(err)}") from None
+    return config, tokenizer
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """Return the tokenizer of a local model folder without loading its weights."""
+    return _config_and_tokenizer(check_model_folder(path))[1]
+
+
 def load_model(
     path: str | Path,
     *,
@@ -229,27 +255,12 @@ def load_model(
     folder = check_model_folder(path)
     architecture = check_architecture(folder)
 
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     # Per-tensor "Loading weights" bars are noise for a model that loads in a second.
     hf_logging.disable_progress_bar()
-
-    # The config first: the tokenizer and the model read it too, and a bad field would be
-    # reported as theirs.
-    try:
-        config = AutoConfig.from_pretrained(folder, local_files_only=True)
-    except Exception as err:  # noqa: BLE001 - see _reason
-        raise SptInterpError(
-            f"{folder}: the config does not build a model: {_reason(err)}"
-        ) from None
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True, config=config)
-        # A tokenizer_config.json field of the wrong type (model_max_length "x") loads and
-        # fails at the first encode, which the bridge does at once and the trainer later.
-        tokenizer("a")
-    except Exception as err:  # noqa: BLE001 - see _reason
-        raise SptInterpError(f"{folder}: the tokenizer does not load: {_reason(err)}") from None
+    config, tokenizer = _config_and_tokenizer(folder)
     try:
         # Eager attention: the bridge needs it for hook_pattern, and it is the HF reference.
         # Mismatched shapes are reported in the loading info (and refused below) instead of a

@@ -1,0 +1,226 @@
+"""The general-ability suite: multiple choice scored by log-likelihood, as lm-evaluation-harness.
+
+For each choice, the summed log-probability of its continuation tokens given its context.
+acc: the choice with the highest sum is the label; acc_norm: the highest sum per character of
+the continuation. Tokenization follows the harness: the continuation's tokens are those of
+context + continuation past the context's own tokens, so a word split across the seam is
+scored as the model would read it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from spt_interp.common.fields import json_reason
+from spt_interp.data.pairs import left_pad, pad_token_id
+from spt_interp.errors import SptInterpError
+from spt_interp.evaluation.metrics import Z_95, Metric, proportion
+from spt_interp.model.generate import last_position_logits
+
+
+@dataclass(frozen=True)
+class SuiteItem:
+    """One multiple-choice item: (context, continuation) per choice and the correct index."""
+
+    task: str
+    item_id: str
+    requests: tuple[tuple[str, str], ...]
+    label: int
+    line_no: int
+
+
+@dataclass(frozen=True)
+class TaskScore:
+    """One task's acc and acc_norm over its items."""
+
+    task: str
+    acc: Metric
+    acc_norm: Metric
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"n": self.acc.count, "acc": self.acc.as_dict(), "acc_norm": self.acc_norm.as_dict()}
+
+
+def _item(data: Any, path: Path, line_no: int) -> SuiteItem:
+    where = f"{path}:{line_no}"
+    if not isinstance(data, dict):
+        raise SptInterpError(f"{where}: an item must be a JSON object")
+    task, requests, label = data.get("task"), data.get("requests"), data.get("label")
+    if not isinstance(task, str) or not task:
+        raise SptInterpError(f"{where}: missing task name")
+    if not isinstance(requests, list) or len(requests) < 2:
+        raise SptInterpError(f"{where}: requests must be a list of at least 2 choices")
+    pairs = []
+    for i, request in enumerate(requests):
+        if not isinstance(request, dict) or not all(
+            isinstance(request.get(k), str) for k in ("context", "continuation")
+        ):
+            raise SptInterpError(f"{where}: requests[{i}] needs string context and continuation")
+        pairs.append((request["context"], request["continuation"]))
+    if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(pairs):
+        raise SptInterpError(f"{where}: label must be a choice index 0..{len(pairs) - 1}")
+    return SuiteItem(task, str(data.get("id", line_no)), tuple(pairs), label, line_no)
+
+
+def load_suite(path: str | Path, limit_per_task: int | None = None) -> list[SuiteItem]:
+    """Return the items of a general_suite.jsonl (the first ``limit_per_task`` of each task)."""
+    source = Path(path)
+    if not source.is_file():
+        raise SptInterpError(f"suite file {source} does not exist")
+    items, per_task = [], defaultdict(int)
+    for line_no, line in enumerate(source.read_text(encoding="utf-8").split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except (ValueError, RecursionError) as err:
+            raise SptInterpError(f"{source}:{line_no}: invalid JSON ({json_reason(err)})") from None
+        item = _item(data, source, line_no)
+        if limit_per_task is None or per_task[item.task] < limit_per_task:
+            per_task[item.task] += 1
+            items.append(item)
+    if not items:
+        raise SptInterpError(f"{source} holds no suite items")
+    return items
+
+
+def encode_request(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Return (context ids, continuation ids) as lm-evaluation-harness splits them."""
+    # Trailing context spaces belong to the continuation, as in the harness.
+    spaces = len(context) - len(context.rstrip(" "))
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = list(tokenizer(context + continuation)["input_ids"])
+    context_ids = list(tokenizer(context)["input_ids"])
+    return whole[: len(context_ids)], whole[len(context_ids) :]
+
+
+def encode_suite(
+    tokenizer: Any, items: list[SuiteItem], path: str | Path = "suite"
+) -> list[list[tuple[list[int], list[int]]]]:
+    """Return every item's encoded requests; raise naming the line of a choice with no tokens."""
+    encoded = []
+    for item in items:
+        rows = []
+        for index, (context, continuation) in enumerate(item.requests):
+            context_ids, continuation_ids = encode_request(tokenizer, context, continuation)
+            if not continuation_ids:
+                raise SptInterpError(
+                    f"{path}:{item.line_no}: {item.task} item {item.item_id} choice {index} "
+                    f"({continuation!r}) tokenizes to no tokens after its context"
+                )
+            if not context_ids:
+                # Nothing to condition the first continuation token on.
+                raise SptInterpError(
+                    f"{path}:{item.line_no}: {item.task} item {item.item_id} choice {index} "
+                    "has an empty context"
+                )
+            rows.append((context_ids, continuation_ids))
+        encoded.append(rows)
+    return encoded
+
+
+def continuation_log_likelihoods(
+    model: torch.nn.Module,
+    requests: list[tuple[list[int], list[int]]],
+    pad_id: int,
+    *,
+    batch_size: int = 16,
+    progress: bool = True,
+    desc: str = "general suite",
+) -> list[float]:
+    """Return each request's summed log-probability of its continuation given its context."""
+    device = next(model.parameters()).device
+    # Longest first, so a batch's rows are alike in length and padding stays small.
+    order = sorted(range(len(requests)), key=lambda i: -sum(map(len, requests[i])))
+    totals = [0.0] * len(requests)
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc=desc, disable=not progress or len(starts) < 2, leave=False):
+        chunk = order[start : start + batch_size]
+        # The model reads context + continuation without its last token; the last
+        # len(continuation) positions predict the continuation.
+        inputs = [(requests[i][0] + requests[i][1])[:-1] for i in chunk]
+        keep = max(len(requests[i][1]) for i in chunk)
+        tokens, mask = left_pad(inputs, pad_id)
+        with torch.no_grad():
+            logits = last_position_logits(model, tokens.to(device), mask.to(device), keep)
+        log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()
+        for row, index in enumerate(chunk):
+            totals[index] = _summed(log_probs[row], requests[index][1])
+    return totals
+
+
+def _summed(log_probs: Float[Tensor, "keep vocab"], continuation: list[int]) -> float:
+    rows = log_probs[-len(continuation) :]
+    return float(rows[torch.arange(len(continuation)), torch.tensor(continuation)].sum())
+
+
+def macro_average(scores: list[Metric]) -> Metric:
+    """Return the mean of task proportions with a normal 95% interval from their variances."""
+    if not scores:
+        return Metric(math.nan, 0, math.nan, math.nan)
+    value = sum(s.value for s in scores) / len(scores)
+    variance = sum(s.value * (1 - s.value) / s.count for s in scores) / len(scores) ** 2
+    half = Z_95 * math.sqrt(variance)
+    return Metric(value, sum(s.count for s in scores), value - half, value + half)
+
+
+def score_items(
+    items: list[SuiteItem], log_likelihoods: list[list[float]]
+) -> tuple[dict[str, TaskScore], dict[str, list[bool]]]:
+    """Return per-task (acc, acc_norm) scores and the per-item acc flags of each task."""
+    correct: dict[str, list[bool]] = defaultdict(list)
+    correct_norm: dict[str, list[bool]] = defaultdict(list)
+    for item, lls in zip(items, log_likelihoods, strict=True):
+        normed = [ll / max(1, len(c)) for ll, (_, c) in zip(lls, item.requests, strict=True)]
+        correct[item.task].append(max(range(len(lls)), key=lls.__getitem__) == item.label)
+        correct_norm[item.task].append(
+            max(range(len(normed)), key=normed.__getitem__) == item.label
+        )
+    tasks = {
+        task: TaskScore(task, proportion(correct[task]), proportion(correct_norm[task]))
+        for task in correct
+    }
+    return tasks, dict(correct)
+
+
+def run_suite(
+    hooked: Any,
+    items: list[SuiteItem],
+    *,
+    batch_size: int = 16,
+    progress: bool = True,
+    path: str | Path = "suite",
+) -> dict[str, Any]:
+    """Return the suite's report: per task n, acc, acc_norm (95% intervals), macro averages."""
+    encoded = encode_suite(hooked.tokenizer, items, path)
+    flat = [request for rows in encoded for request in rows]
+    totals = continuation_log_likelihoods(
+        hooked.plain_model,
+        flat,
+        pad_token_id(hooked.tokenizer),
+        batch_size=batch_size,
+        progress=progress,
+    )
+    per_item, start = [], 0
+    for rows in encoded:
+        per_item.append(totals[start : start + len(rows)])
+        start += len(rows)
+    tasks, _ = score_items(items, per_item)
+    return {
+        "tasks": {task: score.as_dict() for task, score in tasks.items()},
+        "macro_acc": macro_average([s.acc for s in tasks.values()]).as_dict(),
+        "macro_acc_norm": macro_average([s.acc_norm for s in tasks.values()]).as_dict(),
+        "scoring": "log-likelihood of each choice's continuation (lm-evaluation-harness style); "
+        "acc_norm divides by the continuation's length in characters; 0-shot",
+    }

@@ -60,29 +60,44 @@ def stage_pull(out: Path, args: argparse.Namespace) -> None:
 
 def _inputs(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     from spt_interp.data import load_dialogues, protocol_for
+    from spt_interp.evaluation.shift import load_neutral_text
+    from spt_interp.evaluation.suite import load_suite
+    from spt_interp.tuning.compare import Instruments
 
     model, data = out / "smollm2" / "model", out / "smollm2" / "data"
-    test = load_dialogues(data / "test.jsonl")
+    instruments = Instruments()
+    if args.benchmarks is not None:
+        splits = args.benchmarks / "sycophancy"
+        instruments = Instruments(
+            load_neutral_text(args.benchmarks / "neutral_text.jsonl", args.neutral_limit),
+            load_suite(args.benchmarks / "general_suite.jsonl", args.suite_limit),
+        )
+    else:
+        splits = data
+    test = load_dialogues(splits / "test.jsonl")
     return {
         "model": model,
         "protocol": protocol_for(model),
-        "train": load_dialogues(data / "train.jsonl"),
+        "train": load_dialogues(splits / "train.jsonl"),
         "test": test[: args.test_limit],
+        # The generated-answer general questions are the project's own (the suite is beside).
         "general": load_dialogues(data / "general.jsonl")[: args.test_limit],
         "locate": test[: args.locate_pairs],
+        "instruments": instruments,
     }
 
 
 def stage_evaluate(out: Path, args: argparse.Namespace, hooked: Any, inputs: dict) -> None:
-    from spt_interp.evaluation.run import GenerationSettings, evaluate
+    from spt_interp.evaluation.report import evaluate
+    from spt_interp.evaluation.run import GenerationSettings
 
     if _done(out / "evaluate.json", "evaluate", args.redo):
         return
     started = time.perf_counter()
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=8)
     report = evaluate(hooked, inputs["test"], inputs["protocol"], general=inputs["general"],
-                      settings=settings)  # fmt: skip
-    report["seconds"] = round(time.perf_counter() - started, 1)
+                      suite=inputs["instruments"].suite, settings=settings)  # fmt: skip
+    report["seconds"]["total"] = round(time.perf_counter() - started, 1)
     _write_json(out / "evaluate.json", report)
 
 
@@ -160,7 +175,8 @@ def stage_compare(
                           batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                           eval_batch_size=8)  # fmt: skip
     comparison = compare_modes(hooked, reference, mask, inputs["train"], inputs["test"],
-                               inputs["general"], inputs["protocol"], plan)  # fmt: skip
+                               inputs["general"], inputs["protocol"], plan,
+                               instruments=inputs["instruments"])  # fmt: skip
     staging = out / ".compare.partial"
     staging.mkdir(exist_ok=True)
     mask.save(staging / "mask.json")
@@ -256,6 +272,12 @@ def main() -> None:
     # Five rates: on SmolLM2, SPT's useful band (about 1e-3) falls between 4.6e-4 and 2.2e-3.
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 4.6e-4, 1e-3, 2.2e-3, 1e-2])
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--benchmarks", type=Path, default=None,
+                        help="a `data pull benchmarks` folder: its TriviaQA+MMLU splits replace "
+                             "the project's questions, its neutral text gives the KL shift and "
+                             "its suite the general ability")  # fmt: skip
+    parser.add_argument("--neutral-limit", type=int, default=None, help="first N passages")
+    parser.add_argument("--suite-limit", type=int, default=None, help="first N items per task")
     args = parser.parse_args()
     args.redo = set(args.redo)
     torch.set_num_threads(args.threads)

@@ -24,7 +24,7 @@ import torch
 def parse_run(text: str) -> tuple[str, float]:
     """Return (mode, lr) from "mode:lr", e.g. "spt:1e-3"."""
     mode, _, lr = text.partition(":")
-    if mode not in ("spt", "sft", "random", "lora-heads") or not lr:
+    if mode not in ("base", "spt", "sft", "random", "lora-heads") or not lr:
         raise argparse.ArgumentTypeError(f"--runs {text!r}: expected MODE:LR, e.g. spt:1e-3")
     return mode, float(lr)
 
@@ -42,13 +42,21 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, required=True, help="JSON lines, appended")
+    parser.add_argument("--neutral-text", type=Path, help="neutral_text.jsonl for the test KL")
+    parser.add_argument("--neutral-limit", type=int, help="first N passages only")
+    parser.add_argument("--suite", type=Path, help="general_suite.jsonl for the test split")
+    parser.add_argument("--suite-limit", type=int, help="first N items of each task only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     from comparison_inputs import load_comparison_inputs, located_mask
 
+    from spt_interp.evaluation.shift import load_neutral_text
+    from spt_interp.evaluation.suite import load_suite
     from spt_interp.tuning.compare import (
         ComparisonPlan,
+        Instruments,
+        TrainedRun,
         applied,
         measure,
         sweep_data,
@@ -64,13 +72,23 @@ def main() -> None:
                           max_new_tokens=args.max_new_tokens, eval_batch_size=8)  # fmt: skip
     data = sweep_data(hooked, train, protocol, plan)  # what compare_modes trains on
     base_state = {name: p.detach().clone() for name, p in hooked.hf_parameters.items()}
+    # The new instruments (issue #21) on the test split only; validation keeps the old ones.
+    instruments = Instruments(
+        load_neutral_text(args.neutral_text, args.neutral_limit) if args.neutral_text else None,
+        load_suite(args.suite, args.suite_limit) if args.suite else None,
+    )
     for mode, lr in args.runs:
         started = time.perf_counter()
-        run = train_run(hooked, mask, data.examples, plan.config(mode, lr), base_state)
+        if mode == "base":  # the untouched model, measured the same way
+            run = TrainedRun("base", 0.0, [], None, 0, 0.0)
+        else:
+            run = train_run(hooked, mask, data.examples, plan.config(mode, lr), base_state)
         with applied(hooked, run, base_state):
             on_validation = measure(hooked, reference, data.validation, protocol, data.settings)
-            on_test = measure(hooked, reference, test, protocol, data.settings, general)
+            on_test = measure(hooked, reference, test, protocol, data.settings, general,
+                              instruments)  # fmt: skip
         row = {"mode": mode, "lr": lr, "steps": plan.steps, "device": str(hooked.device),
+               "kl_text": instruments.kl_text(),
                "validation": on_validation, "test": on_test, "trainable": run.trainable,
                "train_seconds": run.seconds, "seconds": time.perf_counter() - started}  # fmt: skip
         print(json.dumps(row), flush=True)

@@ -81,6 +81,8 @@ class DemoInputs:
     train: Path
     test: Path
     general: Path | None
+    neutral_text: Path | None = None
+    suite: Path | None = None
 
 
 def resolve_data(data: Path) -> tuple[Path, Path, Path | None]:
@@ -99,22 +101,38 @@ def resolve_data(data: Path) -> tuple[Path, Path, Path | None]:
     return train, test, general if general.is_file() else None
 
 
-def check_inputs(model: Path | None, data: Path | None) -> DemoInputs | None:
+def check_inputs(
+    model: Path | None,
+    data: Path | None,
+    neutral_text: Path | None = None,
+    suite: Path | None = None,
+) -> DemoInputs | None:
     """Return the checked inputs (None = the built-in organism); cheap: no model is loaded."""
     from spt_interp.data import load_dialogues
+    from spt_interp.evaluation.shift import load_neutral_text
+    from spt_interp.evaluation.suite import load_suite
     from spt_interp.model import check_architecture, check_model_folder
 
     if (model is None) != (data is None):
         raise SptInterpError("give both --model and --data, or neither (the built-in organism)")
     if model is None or data is None:
+        if neutral_text is not None or suite is not None:
+            raise SptInterpError(
+                "--neutral-text and --suite go with --model and --data (the organism's "
+                "word-level tokenizer reads only its own data)"
+            )
         return None
+    if neutral_text is not None:
+        load_neutral_text(neutral_text)
+    if suite is not None:
+        load_suite(suite)
     folder = check_model_folder(model)
     check_architecture(folder)
     train, test, general = resolve_data(data)
     for split in (train, test, general):
         if split is not None:
             load_dialogues(split)  # raises file:line on the first malformed record
-    return DemoInputs(folder, train, test, general)
+    return DemoInputs(folder, train, test, general, neutral_text, suite)
 
 
 def stage_banner(say: Callable[[str], None], number: int, name: str, detail: str) -> float:
@@ -127,6 +145,8 @@ def run_demo(
     *,
     model: str | Path | None = None,
     data: str | Path | None = None,
+    neutral_text: str | Path | None = None,
+    suite: str | Path | None = None,
     settings: DemoSettings | None = None,
     force: bool = False,
     say: Callable[[str], None] = print,
@@ -138,10 +158,12 @@ def run_demo(
     run (a torch device or its name; the CLI resolves "auto" before calling)."""
     settings = settings or DemoSettings()
     out = Path(out)
-    inputs = check_inputs(
-        Path(model) if model is not None else None, Path(data) if data is not None else None
-    )
-    reads = [Path(p) for p in (model, data) if p is not None]
+
+    def optional(path: str | Path | None) -> Path | None:
+        return Path(path) if path is not None else None
+
+    inputs = check_inputs(optional(model), optional(data), optional(neutral_text), optional(suite))
+    reads = [Path(p) for p in (model, data, neutral_text, suite) if p is not None]
     check_out(out, force=force, reads=reads, create_parents=True)
     with staged_folder(out) as staging:
         summary = _run_stages(staging, inputs, settings, say, progress, device)
@@ -179,11 +201,13 @@ def _run_stages(
     device: str | Any,
 ) -> dict[str, Any]:
     from spt_interp.data import load_dialogues, protocol_for
+    from spt_interp.evaluation.shift import load_neutral_text
+    from spt_interp.evaluation.suite import load_suite
     from spt_interp.knockout import knockout_curve, knockout_summary, prepare_knockout
     from spt_interp.mask import HeadMask, MaskSource
     from spt_interp.mask.scores import ranked_heads
     from spt_interp.model import load_model
-    from spt_interp.tuning.compare import ComparisonPlan, compare_modes
+    from spt_interp.tuning.compare import ComparisonPlan, Instruments, compare_modes
     from spt_interp.viz.knockout_report import write_knockout
     from spt_interp.viz.locate_report import write_outputs
 
@@ -244,9 +268,13 @@ def _run_stages(
     started = stage_banner(
         say, 5, "tune", f"{', '.join(settings.modes)} x lr {list(settings.lrs)} (fair sweep)"
     )
-    comparison = compare_modes(
-        hooked, reference, mask, train, test, general, protocol, plan, progress=progress
+    instruments = Instruments(
+        load_neutral_text(inputs.neutral_text) if inputs.neutral_text else None,
+        load_suite(inputs.suite) if inputs.suite else None,
     )
+    comparison = compare_modes(hooked, reference, mask, train, test, general, protocol, plan,
+                               progress=progress, instruments=instruments)  # fmt: skip
+    counts = {k: v for k, v in comparison.extra.items() if k != "kl_text"}
     root.joinpath("tune").mkdir()
     comparison.table.to_csv(root / "tune" / "comparison.csv", index=False)
     comparison.sweep.to_csv(root / "tune" / "sweep.csv", index=False)
@@ -261,13 +289,16 @@ def _run_stages(
             "train": str(inputs.train),
             "test": str(inputs.test),
             "general": str(inputs.general),
+            "neutral_text": str(inputs.neutral_text) if inputs.neutral_text else None,
+            "suite": str(inputs.suite) if inputs.suite else None,
         },
         "counts": {
             "train": len(train),
             "test": len(test),
             "general": len(general),
-            **comparison.extra,
+            **counts,
         },
+        "kl_text": comparison.extra["kl_text"],
         "settings": asdict(settings),
         "protocol": comparison.protocol,
         "top_heads": scores.table.sort_values("rank")

@@ -139,3 +139,30 @@ def test_a_malformed_runs_file_is_refused_with_its_line(tmp_path):
     runs.write_text('{"mode": "spt", "lr": 0.001}\n{"mode": spt}\n')
     with pytest.raises(SptInterpError, match=r"runs.jsonl:2: not JSON"):
         _extend_module().read_runs([runs])
+
+
+def test_measure_takes_the_kl_on_neutral_text_and_names_it(tmp_path, bpe_tokenizer):
+    from spt_interp.evaluation.run import GenerationSettings, general_texts, kl_shift
+    from spt_interp.evaluation.shift import NeutralText, neutral_kl
+    from spt_interp.tuning.compare import Instruments, measure
+
+    folder = save_tiny_model("llama", tmp_path / "m", tokenizer=bpe_tokenizer, n_ctx=256)
+    hooked, reference = load_model(folder), load_model(folder)
+    with torch.no_grad():
+        hooked.hf_parameters["lm_head.weight"].mul_(1.5)  # any shift will do
+    records = load_dialogues(DATA)[:3]
+    neutral = NeutralText("n.jsonl", ["The capital of France is Paris, I am sure of it."])
+    settings = GenerationSettings(max_new_tokens=2, progress=False)
+    values = measure(hooked, reference, records, protocol_for(folder), settings,
+                     instruments=Instruments(neutral))  # fmt: skip
+    assert values["kl"] == neutral_kl(hooked, reference, neutral.passages).value > 0
+    in_format = kl_shift(hooked, reference, general_texts(hooked.tokenizer, records)).value
+    assert values["kl_in_format"] == in_format != values["kl"]
+    assert (
+        Instruments(neutral).kl_text()
+        == "neutral text: 1 passages of n.jsonl, first 128 tokens each"
+    )
+    assert Instruments().kl_text().startswith("in format: ")
+    # Without neutral text the one KL there is is the in-format shift.
+    plain = measure(hooked, reference, records, protocol_for(folder), settings)
+    assert plain["kl"] == plain["kl_in_format"] == in_format

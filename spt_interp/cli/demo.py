@@ -24,6 +24,14 @@ def demo(
         Path | None,
         typer.Option(help="Folder with train.jsonl, test.jsonl (and general.jsonl)."),
     ] = None,
+    neutral_text: Annotated[
+        Path | None,
+        typer.Option(help="JSONL of neutral passages for the KL shift (with --model/--data)."),
+    ] = None,
+    suite: Annotated[
+        Path | None,
+        typer.Option(help="general_suite.jsonl scored by log-likelihood (with --model/--data)."),
+    ] = None,
     top_k: Annotated[int, typer.Option(help="Heads in the mask that SPT tunes.")] = 4,
     modes: Annotated[
         str, typer.Option(help=f"Tuning modes compared, from {', '.join(COMPARED_MODES)}.")
@@ -55,4 +63,5 @@ def demo(
         test_limit=test_limit,
     )
     target = resolve_device(device)
-    run_demo(out, model=model, data=data, settings=settings, force=force, device=target)
+    run_demo(out, model=model, data=data, neutral_text=neutral_text, suite=suite,
+             settings=settings, force=force, device=target)  # fmt: skip

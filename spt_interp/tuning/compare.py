@@ -25,12 +25,15 @@ from spt_interp.data import build_training_examples, pad_token_id
 from spt_interp.data.protocol import Protocol
 from spt_interp.data.records import DialogueRecord
 from spt_interp.evaluation.run import (
+    IN_FORMAT_TEXT,
     GenerationSettings,
     general_accuracy,
     general_texts,
     kl_shift,
     run_protocol,
 )
+from spt_interp.evaluation.shift import NeutralText, neutral_kl
+from spt_interp.evaluation.suite import SuiteItem, run_suite
 from spt_interp.mask import HeadMask, random_mask
 from spt_interp.tuning.config import COMPARED_MODES, LR_GRID, TuneConfig
 from spt_interp.tuning.deltas import (
@@ -128,6 +131,22 @@ def select_rates(
     return picks
 
 
+@dataclass(frozen=True)
+class Instruments:
+    """What every measurement of a comparison reads besides the dialogues.
+
+    ``neutral``: passages for the KL shift ("kl"); without them "kl" is the in-format shift
+    on chat dialogues, and ``kl_text()`` says so. ``suite``: the general-ability suite, whose
+    macro acc is reported as "suite_acc" beside the generated-answer "general_accuracy".
+    """
+
+    neutral: NeutralText | None = None
+    suite: list[SuiteItem] | None = None
+
+    def kl_text(self) -> str:
+        return self.neutral.describe() if self.neutral is not None else IN_FORMAT_TEXT
+
+
 def measure(
     hooked: Any,
     reference: Any,
@@ -135,15 +154,31 @@ def measure(
     protocol: Protocol,
     settings: GenerationSettings,
     general: list[DialogueRecord] | None = None,
+    instruments: Instruments | None = None,
 ) -> dict[str, float]:
-    """Return confidence, truthfulness, accuracy before/after, KL (and general accuracy)."""
+    """Return confidence, truthfulness, accuracy before/after, KL (and general accuracy).
+
+    "kl" is on neutral text when the instruments hold some, else in format; "kl_in_format"
+    is always the shift on chat dialogues.
+    """
+    instruments = instruments or Instruments()
     run = run_protocol(hooked, records, protocol, settings, controls=False)
     values = {name: run.metrics[name].value for name in
               ("confidence", "truthfulness", "accuracy_before", "accuracy_after")}  # fmt: skip
     texts = general_texts(hooked.tokenizer, general or records)
-    values["kl"] = kl_shift(hooked, reference, texts, settings.batch_size).value
+    values["kl_in_format"] = kl_shift(hooked, reference, texts, settings.batch_size).value
+    values["kl"] = (
+        neutral_kl(hooked, reference, instruments.neutral.passages,
+                   batch_size=settings.batch_size).value
+        if instruments.neutral is not None
+        else values["kl_in_format"]
+    )  # fmt: skip
     if general is not None:
         values["general_accuracy"] = general_accuracy(hooked, general, settings)[0].value
+        if instruments.suite:
+            suite = run_suite(hooked, instruments.suite, batch_size=settings.batch_size,
+                              progress=False)  # fmt: skip
+            values["suite_acc"] = suite["macro_acc"]["value"]
     return {k: (float("nan") if v is None else float(v)) for k, v in values.items()}
 
 
@@ -234,6 +269,7 @@ def compare_modes(
     plan: ComparisonPlan,
     *,
     progress: bool = True,
+    instruments: Instruments | None = None,
 ) -> Comparison:
     """Return the comparison table (base + each mode at its chosen lr + matched confidence).
 
@@ -241,6 +277,7 @@ def compare_modes(
     second, untouched copy of the base for the KL shift.
     """
     mask.validate(hooked)
+    instruments = instruments or Instruments()
     data = sweep_data(hooked, train_records, protocol, plan)
     validation, examples, settings = data.validation, data.examples, data.settings
     base_state = {name: p.detach().clone() for name, p in hooked.hf_parameters.items()}
@@ -256,11 +293,13 @@ def compare_modes(
             continue
         runs[(mode, lr)] = run
         with applied(hooked, run, base_state):
-            scores = measure(hooked, reference, validation, protocol, settings)
+            scores = measure(hooked, reference, validation, protocol, settings,
+                             instruments=instruments)  # fmt: skip
         sweep_rows.append({"mode": mode, "lr": lr, **scores, "score": validation_score(scores),
                            "train_seconds": run.seconds})  # fmt: skip
     sweep = pd.DataFrame(sweep_rows)
-    base_metrics = measure(hooked, reference, test_records, protocol, settings, general_records)
+    base_metrics = measure(hooked, reference, test_records, protocol, settings, general_records,
+                           instruments)  # fmt: skip
     rows = [{"mode": "base", "selection": "base", "lr": None, **base_metrics,
              "trainable_parameters": 0, "train_seconds": 0.0}]  # fmt: skip
     measured: dict[tuple[str, float], dict[str, float]] = {}
@@ -274,7 +313,8 @@ def compare_modes(
             if (mode, lr) not in measured:
                 with applied(hooked, run, base_state):
                     measured[(mode, lr)] = measure(hooked, reference, test_records, protocol,
-                                                   settings, general_records)  # fmt: skip
+                                                   settings, general_records,
+                                                   instruments)  # fmt: skip
             rows.append(
                 {
                     "mode": mode,
@@ -291,8 +331,11 @@ def compare_modes(
                                       f"{plan.confidence_target}"})  # fmt: skip
     table = pd.DataFrame(rows)
     columns = ["mode", "selection", "lr", "confidence", "truthfulness", "accuracy_before",
-               "accuracy_after", "general_accuracy", "kl", "trainable_parameters",
-               "train_seconds"]  # fmt: skip
+               "accuracy_after", "general_accuracy", "suite_acc", "kl", "kl_in_format",
+               "trainable_parameters", "train_seconds"]  # fmt: skip
+    if not instruments.suite:
+        columns.remove("suite_acc")
     table = table.reindex(columns=columns)
-    counts = {"n_train_examples": len(examples), "n_validation": len(validation)}
+    counts = {"n_train_examples": len(examples), "n_validation": len(validation),
+              "kl_text": instruments.kl_text()}  # fmt: skip
     return Comparison(table, sweep, plan.describe(len(data.train_records), len(validation)), counts)

@@ -16,6 +16,7 @@ TABLE_COLUMNS = [
     ("accuracy_before", "acc. before", "{:.3f}"),
     ("accuracy_after", "acc. after", "{:.3f}"),
     ("general_accuracy", "general acc.", "{:.3f}"),
+    ("suite_acc", "suite acc.", "{:.3f}"),
     ("kl", "KL shift", "{:.4f}"),
     ("trainable_parameters", "trainable params", "{:,.0f}"),
     ("train_seconds", "train s", "{:.1f}"),
@@ -30,14 +31,16 @@ def _cell(value: Any, pattern: str) -> str:
 
 def results_table(rows: list[dict[str, Any]]) -> str:
     """Return the paper-style markdown table: one row per mode and selection."""
-    header = ["model", "selection", "lr", *[title for _, title, _ in TABLE_COLUMNS]]
+    # A column no row measured (the suite, without --suite) is left out, not shown as dashes.
+    columns = [c for c in TABLE_COLUMNS if any(c[0] in row for row in rows)]
+    header = ["model", "selection", "lr", *[title for _, title, _ in columns]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [
             MODE_NAMES.get(row["mode"], row["mode"]),
             row.get("selection") or "",
             _cell(row.get("lr"), "{:.2g}"),
-            *[_cell(row.get(key), pattern) for key, _, pattern in TABLE_COLUMNS],
+            *[_cell(row.get(key), pattern) for key, _, pattern in columns],
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -104,7 +107,8 @@ Data: {summary["counts"]["train"]} training, {summary["counts"]["test"]} test an
 Protocol: {summary["protocol"]}.
 Confidence = 1 - apology rate and truthfulness = still correct after the challenge, both over
 items answered correctly first (Chen et al. 2024); KL shift = mean next-token KL(base || tuned)
-on general text. Figures: {link(figure_files, "before/after bar chart")}.
+on {summary.get("kl_text", "general text")}.
+Figures: {link(figure_files, "before/after bar chart")}.
 
 ## Located heads
 

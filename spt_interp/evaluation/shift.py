@@ -9,7 +9,6 @@ moved and is reported under its own name.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from spt_interp.common.fields import json_reason
+from spt_interp.common.fields import jsonl_rows
 from spt_interp.data.pairs import left_pad, pad_token_id
 from spt_interp.errors import SptInterpError
 from spt_interp.evaluation.metrics import Metric, kl_divergence, mean
@@ -42,16 +41,8 @@ class NeutralText:
 def load_neutral_text(path: str | Path, limit: int | None = None) -> NeutralText:
     """Return the "text" of each JSONL line (the first ``limit``); raise naming file:line."""
     source = Path(path)
-    if not source.is_file():
-        raise SptInterpError(f"neutral text file {source} does not exist")
     passages = []
-    for line_no, line in enumerate(source.read_text(encoding="utf-8").split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except (ValueError, RecursionError) as err:
-            raise SptInterpError(f"{source}:{line_no}: invalid JSON ({json_reason(err)})") from None
+    for line_no, data in jsonl_rows(source, "neutral text file"):
         text = data.get("text") if isinstance(data, dict) else None
         if not isinstance(text, str) or not text.strip():
             raise SptInterpError(f"{source}:{line_no}: needs a non-empty string field 'text'")

@@ -9,7 +9,6 @@ scored as the model would read it.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from spt_interp.common.fields import json_reason
+from spt_interp.common.fields import jsonl_rows
 from spt_interp.data.pairs import left_pad, pad_token_id
 from spt_interp.errors import SptInterpError
 from spt_interp.evaluation.metrics import Z_95, Metric, proportion
@@ -75,16 +74,8 @@ def _item(data: Any, path: Path, line_no: int) -> SuiteItem:
 def load_suite(path: str | Path, limit_per_task: int | None = None) -> list[SuiteItem]:
     """Return the items of a general_suite.jsonl (the first ``limit_per_task`` of each task)."""
     source = Path(path)
-    if not source.is_file():
-        raise SptInterpError(f"suite file {source} does not exist")
     items, per_task = [], defaultdict(int)
-    for line_no, line in enumerate(source.read_text(encoding="utf-8").split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except (ValueError, RecursionError) as err:
-            raise SptInterpError(f"{source}:{line_no}: invalid JSON ({json_reason(err)})") from None
+    for line_no, data in jsonl_rows(source, "suite file"):
         item = _item(data, source, line_no)
         if limit_per_task is None or per_task[item.task] < limit_per_task:
             per_task[item.task] += 1

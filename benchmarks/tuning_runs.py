@@ -7,7 +7,8 @@
 The comparison (spt_interp.tuning.compare) reports test numbers only for each mode's chosen
 and matched-confidence rates. This script trains the named (mode, lr) runs on exactly the data
 the comparison trains on (same validation split by question, same examples, seed and batch) and
-prints, for each, the validation and test metrics plus general accuracy, as one JSON line
+prints, for each, the validation and test metrics plus general accuracy (the test ones also
+with n and 95% interval under "test_intervals"), as one JSON line
 (appended to --out as it finishes, so a stopped run keeps what it measured).
 """
 
@@ -59,6 +60,7 @@ def main() -> None:
         TrainedRun,
         applied,
         measure,
+        measure_metrics,
         sweep_data,
         train_run,
     )
@@ -85,11 +87,14 @@ def main() -> None:
             run = train_run(hooked, mask, data.examples, plan.config(mode, lr), base_state)
         with applied(hooked, run, base_state):
             on_validation = measure(hooked, reference, data.validation, protocol, data.settings)
-            on_test = measure(hooked, reference, test, protocol, data.settings, general,
-                              instruments)  # fmt: skip
+            test_metrics = measure_metrics(hooked, reference, test, protocol, data.settings,
+                                           general, instruments)  # fmt: skip
+        on_test = {k: float(m.value) for k, m in test_metrics.items()}
         row = {"mode": mode, "lr": lr, "steps": plan.steps, "device": str(hooked.device),
                "kl_text": instruments.kl_text(),
-               "validation": on_validation, "test": on_test, "trainable": run.trainable,
+               "validation": on_validation, "test": on_test,
+               "test_intervals": {k: m.as_dict() for k, m in test_metrics.items()},
+               "trainable": run.trainable,
                "train_seconds": run.seconds, "seconds": time.perf_counter() - started}  # fmt: skip
         print(json.dumps(row), flush=True)
         with args.out.open("a") as handle:

@@ -99,6 +99,34 @@ def test_protocol_run_on_a_tiny_model(tiny_model_dirs):
         scores.log_odds_challenged.mean().item(), abs=1e-5
     )
     assert batch_pairs(pairs, 3).end == max(p.challenged_len for p in pairs) - 1
+    # Batches hold pairs of like length; the scores still come back in record order.
+    backwards = decision_scores(
+        hooked, RECORDS[::-1], ORGANISM_LIKE, continuations[::-1], batch_size=1
+    )
+    assert pairs[0].challenged_len != pairs[1].challenged_len
+    assert torch.allclose(
+        backwards.log_odds_challenged, scores.log_odds_challenged.flip(0), atol=1e-4
+    )
+    assert torch.allclose(
+        backwards.share_counterfactual, scores.share_counterfactual.flip(0), atol=1e-5
+    )
+
+
+def test_protocol_without_the_decision_read_out_keeps_the_behaviour(tiny_model_dirs):
+    hooked = load_model(tiny_model_dirs["llama"])
+    settings = GenerationSettings(max_new_tokens=4, batch_size=2, progress=False)
+    full = run_protocol(hooked, RECORDS, ORGANISM_LIKE, settings, controls=False)
+    bare = run_protocol(hooked, RECORDS, ORGANISM_LIKE, settings, controls=False, decision=False)
+    assert bare.items == full.items
+    assert "log_odds_challenged" in full.metrics and "log_odds_challenged" not in bare.metrics
+    assert bare.metrics.keys() == {
+        "accuracy_before",
+        "accuracy_after",
+        "apology_rate",
+        "confidence",
+        "truthfulness",
+    }
+    assert bare.notes["decision"].startswith("skipped")
 
 
 def test_training_examples_take_loss_on_the_reply_only(bpe_tokenizer):

@@ -45,6 +45,12 @@ def chat_judge_dir(tmp_path_factory, bpe_tokenizer):
 def test_verdicts_equal_the_judges_own_next_token_odds(chat_judge_dir):
     judge = load_model(chat_judge_dir, hooks=False)
     verdicts = judge_admissions(judge, CONVERSATIONS, batch_size=2, progress=False)
+    # Batches are formed by length (the second conversation is the shorter, so goes first);
+    # verdicts come back in input order whatever the batch size.
+    one_by_one = judge_admissions(judge, CONVERSATIONS, batch_size=1, progress=False)
+    assert [v.log_odds for v in one_by_one] == pytest.approx(
+        [v.log_odds for v in verdicts], abs=1e-4
+    )
     yes, no = answer_ids(judge.tokenizer)
     for conversation, verdict in zip(CONVERSATIONS, verdicts, strict=True):
         text = render_messages(

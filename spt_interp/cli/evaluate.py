@@ -59,6 +59,13 @@ def evaluate(
         bool,
         typer.Option(help="Also measure apologies after the counterfactual and neutral turns."),
     ] = True,
+    decision: Annotated[
+        bool,
+        typer.Option(
+            help="Also read the apology share F and log-odds at END of X_r and X_c (two more "
+            "forward passes per record)."
+        ),
+    ] = True,
     out: Annotated[
         Path | None, typer.Option(help="Write the JSON report here (atomically), not stdout.")
     ] = None,
@@ -133,6 +140,7 @@ def evaluate(
                 first_answer_tokens=first_answer_tokens,
             ),
             controls=controls,
+            decision=decision,
             judge=judge,
         ),
     }

@@ -108,14 +108,18 @@ def judge_admissions(
     ]
     pad = pad_token_id(tokenizer)
     device = next(judge.plain_model.parameters()).device
-    verdicts = []
+    verdicts: list[JudgeVerdict | None] = [None] * len(prompts)
+    # Prompts of like length share a batch (little padding); verdicts go back in input order.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc="judge", disable=not progress or len(starts) < 2, leave=False):
-        tokens, mask = left_pad(prompts[start : start + batch_size], pad)
+        indices = order[start : start + batch_size]
+        tokens, mask = left_pad([prompts[i] for i in indices], pad)
         with torch.no_grad():
             logits = last_position_logits(judge.plain_model, tokens.to(device), mask.to(device), 1)
         odds = target_log_probability(logits[:, -1], yes) - target_log_probability(
             logits[:, -1], no
         )
-        verdicts.extend(JudgeVerdict(bool(v > 0), float(v)) for v in odds.cpu())
-    return verdicts
+        for index, value in zip(indices, odds.cpu().tolist(), strict=True):
+            verdicts[index] = JudgeVerdict(value > 0, value)
+    return [v for v in verdicts if v is not None]

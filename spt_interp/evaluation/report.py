@@ -119,6 +119,7 @@ def evaluate(
     suite_path: str = "suite",
     settings: GenerationSettings | None = None,
     controls: bool = True,
+    decision: bool = True,
     judge: Any = None,
 ) -> dict[str, Any]:
     """Return the JSON-ready report: each metric's value, count and 95% interval, plus notes.
@@ -129,7 +130,7 @@ def evaluate(
     settings = settings or GenerationSettings()
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    run = run_protocol(hooked, records, protocol, settings, controls=controls)
+    run = run_protocol(hooked, records, protocol, settings, controls=controls, decision=decision)
     seconds["protocol"] = time.perf_counter() - started
     metrics = dict(run.metrics)
     if general:

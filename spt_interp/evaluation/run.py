@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from spt_interp.data.pairs import (
     batch_pairs,
@@ -125,19 +126,34 @@ def decision_scores(
     protocol: Protocol,
     first_answers: list[str] | None = None,
     batch_size: int = 8,
+    progress: bool = False,
 ) -> DecisionScores:
     """Return F and log-odds at END of each record's X_r and X_c (model's own first answers)."""
     pairs = build_pairs(records, hooked.tokenizer, protocol, first_answers)
     syc, anti = decision_token_ids(hooked.tokenizer, pairs[0].challenged_text, protocol)
     pad = pad_token_id(hooked.tokenizer)
+    # Pairs of like length share a batch (little padding), as in generation; the scores are
+    # put back in record order below.
+    order = sorted(
+        range(len(pairs)), key=lambda i: max(pairs[i].challenged_len, pairs[i].counterfactual_len)
+    )
     batches = [
-        batch_pairs(pairs[start : start + batch_size], pad)
+        batch_pairs([pairs[i] for i in order[start : start + batch_size]], pad)
         for start in range(0, len(pairs), batch_size)
     ]
+    show = progress and len(batches) > 1
     # The plain HF forward: no patching here, and the bridge would unembed every position.
-    share_r, odds_r = end_decisions(hooked, batches, syc, anti, plain=True)
-    share_c, odds_c = end_decisions(hooked, batches, syc, anti, counterfactual=True, plain=True)
-    return DecisionScores(share_r, share_c, odds_r, odds_c)
+    share_r, odds_r = end_decisions(
+        hooked, tqdm(batches, desc="decision X_r", disable=not show, leave=False), syc, anti,
+        plain=True,
+    )  # fmt: skip
+    share_c, odds_c = end_decisions(
+        hooked, tqdm(batches, desc="decision X_c", disable=not show, leave=False), syc, anti,
+        counterfactual=True, plain=True,
+    )  # fmt: skip
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
+    return DecisionScores(share_r[inverse], share_c[inverse], odds_r[inverse], odds_c[inverse])
 
 
 def run_protocol(
@@ -147,11 +163,13 @@ def run_protocol(
     settings: GenerationSettings | None = None,
     *,
     controls: bool = True,
+    decision: bool = True,
 ) -> ProtocolRun:
     """Return per-item results and metrics of question -> answer -> challenge -> reply.
 
     ``controls`` adds the apology rate after the counterfactual and after neutral follow-ups
-    (a model that apologizes to everything is not singled out by the challenge).
+    (a model that apologizes to everything is not singled out by the challenge). ``decision``
+    reads F and the log-odds at END of X_r and X_c: two more forwards per record.
     """
     settings = settings or GenerationSettings()
     tokenizer = hooked.tokenizer
@@ -226,10 +244,14 @@ def run_protocol(
                 correct_before,
                 [admits_mistake(r, protocol.apology_phrases) for r in neutral_replies],
             )
+    if not decision:
+        run.notes["decision"] = "skipped: not asked for"
+        return run
     try:
         scores = decision_scores(
-            hooked, records, protocol, continuations, batch_size=settings.batch_size
-        )
+            hooked, records, protocol, continuations, batch_size=settings.batch_size,
+            progress=settings.progress,
+        )  # fmt: skip
     except SptInterpError as err:
         # A tokenizer whose targets share a first token cannot give F; the rest still stands.
         run.notes["decision"] = f"skipped: {err}"

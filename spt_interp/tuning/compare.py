@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from spt_interp.data import build_training_examples, pad_token_id
 from spt_interp.data.protocol import Protocol
 from spt_interp.data.records import DialogueRecord
+from spt_interp.evaluation.metrics import Metric
 from spt_interp.evaluation.run import (
     IN_FORMAT_TEXT,
     GenerationSettings,
@@ -147,6 +148,46 @@ class Instruments:
         return self.neutral.describe() if self.neutral is not None else IN_FORMAT_TEXT
 
 
+def measure_metrics(
+    hooked: Any,
+    reference: Any,
+    records: list[DialogueRecord],
+    protocol: Protocol,
+    settings: GenerationSettings,
+    general: list[DialogueRecord] | None = None,
+    instruments: Instruments | None = None,
+) -> dict[str, Metric]:
+    """Return confidence, truthfulness, accuracy before/after, KL (and general accuracy), each
+    with its n and 95% interval.
+
+    "kl" is on neutral text when the instruments hold some, else in format; "kl_in_format"
+    is always the shift on chat dialogues.
+    """
+    instruments = instruments or Instruments()
+    run = run_protocol(hooked, records, protocol, settings, controls=False)
+    metrics = {name: run.metrics[name] for name in
+               ("confidence", "truthfulness", "accuracy_before", "accuracy_after")}  # fmt: skip
+    texts = general_texts(hooked.tokenizer, general or records)
+    metrics["kl_in_format"] = kl_shift(hooked, reference, texts, settings.batch_size)
+    metrics["kl"] = (
+        neutral_kl(hooked, reference, instruments.neutral.passages,
+                   batch_size=settings.batch_size)
+        if instruments.neutral is not None
+        else metrics["kl_in_format"]
+    )  # fmt: skip
+    if general is not None:
+        metrics["general_accuracy"] = general_accuracy(hooked, general, settings)[0]
+        if instruments.suite:
+            suite = run_suite(hooked, instruments.suite, batch_size=settings.batch_size,
+                              progress=False)  # fmt: skip
+            for key, name in (("macro_acc", "suite_acc"), ("macro_acc_norm", "suite_acc_norm")):
+                metrics[name] = Metric(
+                    *(math.nan if suite[key][f] is None else suite[key][f]
+                      for f in ("value", "count", "low", "high"))
+                )  # fmt: skip
+    return metrics
+
+
 def measure(
     hooked: Any,
     reference: Any,
@@ -156,30 +197,9 @@ def measure(
     general: list[DialogueRecord] | None = None,
     instruments: Instruments | None = None,
 ) -> dict[str, float]:
-    """Return confidence, truthfulness, accuracy before/after, KL (and general accuracy).
-
-    "kl" is on neutral text when the instruments hold some, else in format; "kl_in_format"
-    is always the shift on chat dialogues.
-    """
-    instruments = instruments or Instruments()
-    run = run_protocol(hooked, records, protocol, settings, controls=False)
-    values = {name: run.metrics[name].value for name in
-              ("confidence", "truthfulness", "accuracy_before", "accuracy_after")}  # fmt: skip
-    texts = general_texts(hooked.tokenizer, general or records)
-    values["kl_in_format"] = kl_shift(hooked, reference, texts, settings.batch_size).value
-    values["kl"] = (
-        neutral_kl(hooked, reference, instruments.neutral.passages,
-                   batch_size=settings.batch_size).value
-        if instruments.neutral is not None
-        else values["kl_in_format"]
-    )  # fmt: skip
-    if general is not None:
-        values["general_accuracy"] = general_accuracy(hooked, general, settings)[0].value
-        if instruments.suite:
-            suite = run_suite(hooked, instruments.suite, batch_size=settings.batch_size,
-                              progress=False)  # fmt: skip
-            values["suite_acc"] = suite["macro_acc"]["value"]
-    return {k: (float("nan") if v is None else float(v)) for k, v in values.items()}
+    """Return the values of ``measure_metrics`` (NaN where a metric has no items)."""
+    metrics = measure_metrics(hooked, reference, records, protocol, settings, general, instruments)
+    return {k: float(m.value) for k, m in metrics.items() if k != "suite_acc_norm"}
 
 
 @dataclass

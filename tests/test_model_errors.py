@@ -65,7 +65,7 @@ def test_folder_without_tokenizer(llama_copy):
     assert_refused(llama_copy, str(llama_copy), "no tokenizer")
 
 
-def test_architecture_transformerlens_cannot_wrap(tmp_path, bpe_tokenizer):
+def test_a_family_the_architecture_table_does_not_know(tmp_path, bpe_tokenizer, monkeypatch):
     from transformers import AutoModelForCausalLM, BioGptConfig
 
     folder = tmp_path / "biogpt"
@@ -78,7 +78,16 @@ def test_architecture_transformerlens_cannot_wrap(tmp_path, bpe_tokenizer):
     )
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     bpe_tokenizer.save_pretrained(folder)
-    assert_refused(folder, str(folder), "BioGptForCausalLM", "TransformerLens")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the weights were read before the refusal")
+
+    # Refused before the model loads: from the config alone, naming the family and the table.
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", no_loading)
+    assert_refused(
+        folder, str(folder), "model family 'biogpt' (BioGptForCausalLM)",
+        "is not in spt-interp's architecture table", "spt_interp/common/families.py",
+    )  # fmt: skip
 
 
 def test_cli_exit_code_from_a_real_process(tmp_path):

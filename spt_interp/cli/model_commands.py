@@ -21,7 +21,7 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print a model's head geometry and fingerprint."""
-    from spt_interp.model import check_model_folder, load_model, read_signature
+    from spt_interp.model import check_model_folder, family_of, load_model, read_signature
 
     folder = check_model_folder(model)
     if with_weights:
@@ -29,10 +29,14 @@ def info(
         geometry, fingerprint = hooked.geometry, hooked.fingerprint(include_weights=True)
     else:  # shapes only: no weights are read
         geometry, fingerprint = read_signature(folder)
+    family = family_of(geometry.architecture)
     report = {
         "model": str(folder),
         **geometry.as_dict(),
         "total_heads": geometry.total_heads,
+        "family": family.name,
+        "qkv_storage": family.layout.storage,
+        "patching_engine": "fast" if family.fast_engine else "per-head loop",
         "fingerprint": fingerprint,
     }
     if as_json:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spt_interp.common.families import family_of_model_type
 from spt_interp.common.fields import read_json
 from spt_interp.errors import SptInterpError
 
@@ -149,15 +150,6 @@ class Protocol:
         return dataclasses.asdict(self)
 
 
-# Chat families whose defaults are the plain protocol above; an entry holds only overrides.
-FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "llama": {},
-    "mistral": {},
-    "qwen2": {},
-    "gpt2": {},
-}
-
-
 def _folder_of(model_or_folder: Any) -> Path | None:
     if isinstance(model_or_folder, (str, Path)):
         return Path(model_or_folder)
@@ -207,7 +199,9 @@ def protocol_for(model_or_folder: Any = None, **overrides: Any) -> Protocol:
     if protocol_file is not None and protocol_file.is_file():
         values = read_protocol_file(protocol_file)
     else:
-        values = dict(FAMILY_DEFAULTS.get(_model_type(model_or_folder, folder) or "", {}))
+        # The family's overrides of the plain protocol, from the architecture table.
+        family = family_of_model_type(_model_type(model_or_folder, folder))
+        values = dict(family.protocol) if family is not None else {}
     try:
         protocol = Protocol(**values)
     except SptInterpError as err:

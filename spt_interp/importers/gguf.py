@@ -157,7 +157,7 @@ def gguf_architecture(gguf_file: Path) -> str:
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    from spt_interp.model import supported_architectures
+    from spt_interp.model import family_of, supported_architectures
 
     try:
         config = AutoConfig.from_pretrained(
@@ -181,6 +181,10 @@ def gguf_architecture(gguf_file: Path) -> str:
         raise SptInterpError(
             f"{gguf_file}: GGUF architecture {model_type!r} has no attention heads to locate"
         )
+    try:
+        family_of(architecture, model_type)
+    except SptInterpError as err:
+        raise SptInterpError(f"{gguf_file}: {err}") from None
     return architecture
 
 
@@ -268,10 +272,12 @@ def saved_logits_difference(gguf_model: Any, tokenizer: Any, folder: Path) -> fl
 
 
 def _check_head_layout(model: Any, gguf_file: Path) -> None:
-    from spt_interp.model.architecture import weight_layout
+    from spt_interp.model.architecture import check_layout
+    from spt_interp.model.geometry import geometry_from_config
 
     try:
-        weight_layout(dict(model.named_parameters()))
+        geometry = geometry_from_config(model.config, type(model).__name__)
+        check_layout(geometry, dict(model.named_parameters()))
     except SptInterpError as err:
         raise SptInterpError(f"{gguf_file}: {err}") from None
 

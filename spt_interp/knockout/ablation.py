@@ -255,7 +255,7 @@ def ablated(
                 check_heads(heads, g.n_layers, g.n_heads), method, position, reference, seed
             )
             for layer, replace in replacers.items():
-                module = plain.get_submodule(out_projection_name(hooked.hf_parameters, layer))
+                module = plain.get_submodule(out_projection_name(g, layer))
                 handles.append(
                     module.register_forward_pre_hook(_on_projection_input(replace, g.n_heads))
                 )

@@ -1,12 +1,14 @@
 """The model: load a local HF folder (with or without hooks), its head geometry, fingerprint,
 and where each head lives in the HF weights."""
 
+from spt_interp.common.families import FAMILIES, Family, family_of
 from spt_interp.model.architecture import (
     COMPONENTS,
     HeadSlice,
+    check_layout,
     head_slices,
+    layout_of,
     out_projection_name,
-    weight_layout,
     z_hook_name,
 )
 from spt_interp.model.devices import DTYPES, resolve_device, resolve_dtype
@@ -39,6 +41,11 @@ __all__ = [
     "end_logits",
     "geometry_from_config",
     "head_slices",
+    "check_layout",
+    "layout_of",
+    "FAMILIES",
+    "Family",
+    "family_of",
     "load_base",
     "load_model",
     "load_tokenizer",
@@ -47,7 +54,6 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "supported_architectures",
-    "weight_layout",
     "weight_files",
     "weights_hash",
     "z_hook_name",

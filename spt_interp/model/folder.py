@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from spt_interp.common.families import family_of
 from spt_interp.common.fields import read_json, typed
 from spt_interp.errors import SptInterpError
 
@@ -80,11 +81,14 @@ def check_architecture(folder: Path) -> str:
             f"{folder / 'config.json'} names no architectures (e.g. LlamaForCausalLM)"
         )
     architecture = architectures[0]
+    try:
+        # The table first: it names what spt-interp can map to heads, and where to add more.
+        family_of(architecture, config.get("model_type"))
+    except SptInterpError as err:
+        raise SptInterpError(f"{folder}: {err}") from None
     if architecture not in supported_architectures():
         raise SptInterpError(
-            f"{folder}: architecture {architecture} is not one TransformerLens can wrap "
-            "(supported causal LMs include GPT2LMHeadModel, LlamaForCausalLM, "
-            "MistralForCausalLM, Qwen2ForCausalLM)"
+            f"{folder}: architecture {architecture} is not one this TransformerLens can wrap"
         )
     return architecture
 

@@ -1,7 +1,10 @@
 """Tiny random models built from configs, saved as local HF folders with a locally built tokenizer.
 
-Tests and benchmarks use these: nothing is downloaded, and each architecture the toolkit supports
-(GPT-2, Llama with grouped-query attention, Qwen2, Mistral) can be exercised in seconds.
+Tests and benchmarks use these: nothing is downloaded, and each family of the architecture table
+can be exercised in seconds. ``TINY_ARCHITECTURES`` are the four the fast patching engine covers
+(GPT-2, Llama with grouped-query attention, Qwen2, Mistral); ``FAMILY_ARCHITECTURES`` adds one
+tiny config per other family, each with its peculiarity switched on (QK-norm, soft-capping,
+sliding windows, head_dim != d_model / n_heads, fused or interleaved qkv).
 """
 
 from __future__ import annotations
@@ -11,6 +14,9 @@ from pathlib import Path
 import torch
 
 TINY_ARCHITECTURES = ("gpt2", "llama", "qwen2", "mistral")
+FAMILY_ARCHITECTURES = (
+    *TINY_ARCHITECTURES, "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "gpt_neox"
+)  # fmt: skip
 
 # A small corpus with the words the toolkit cares about, so the BPE merges make "don't" and
 # "do" tokenize differently, as real tokenizers do.
@@ -60,7 +66,7 @@ def tiny_config(
     n_ctx: int = 128,
 ):
     """Return an HF config for a tiny random model of the named architecture."""
-    from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+    from transformers import GPT2Config
 
     special = {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3}
     if architecture == "gpt2":
@@ -72,21 +78,49 @@ def tiny_config(
             n_head=n_heads,
             **special,
         )
-    config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config, "mistral": MistralConfig}.get(
-        architecture
-    )
-    if config_class is None:
-        raise ValueError(f"no tiny config for {architecture!r}; choose from {TINY_ARCHITECTURES}")
-    return config_class(
-        vocab_size=vocab_size,
-        hidden_size=d_model,
-        intermediate_size=2 * d_model,
-        num_hidden_layers=n_layers,
-        num_attention_heads=n_heads,
-        num_key_value_heads=n_kv_heads,
-        max_position_embeddings=n_ctx,
+    import transformers
+
+    shape = {
+        "vocab_size": vocab_size,
+        "hidden_size": d_model,
+        "intermediate_size": 2 * d_model,
+        "num_hidden_layers": n_layers,
+        "num_attention_heads": n_heads,
+        "max_position_embeddings": n_ctx,
         **special,
-    )
+    }
+    d_head = d_model // n_heads
+    # Each family's own switches on, so the tests meet what a real checkpoint has.
+    families = {
+        "llama": ("LlamaConfig", {}),
+        "qwen2": ("Qwen2Config", {}),
+        "mistral": ("MistralConfig", {}),
+        "qwen3": ("Qwen3Config", {"head_dim": d_head}),  # QK-norm
+        "gemma": ("GemmaConfig", {"head_dim": d_head}),  # (1 + w) norms, embedding scale
+        "gemma2": (
+            "Gemma2Config",
+            {
+                "head_dim": d_head,
+                "query_pre_attn_scalar": d_head,
+                "sliding_window": 4,
+                "attn_logit_softcapping": 50.0,
+                "final_logit_softcapping": 30.0,
+            },
+        ),  # fmt: skip
+        "gemma3_text": (
+            "Gemma3TextConfig",
+            {"head_dim": 2 * d_head, "query_pre_attn_scalar": 2 * d_head, "sliding_window": 4},
+        ),  # head_dim != d_model / n_heads, QK-norm, local and global layers
+        "phi3": ("Phi3Config", {}),  # fused qkv_proj
+        "olmo2": ("Olmo2Config", {}),  # post-norm, QK-norm over all heads
+        "gpt_neox": ("GPTNeoXConfig", {"rotary_pct": 0.5}),  # interleaved query_key_value
+    }
+    if architecture not in families:
+        raise ValueError(f"no tiny config for {architecture!r}; choose from {FAMILY_ARCHITECTURES}")
+    class_name, extra = families[architecture]
+    # GPT-NeoX has no grouped-query attention: every head has its own key and value.
+    kv = {} if architecture == "gpt_neox" else {"num_key_value_heads": n_kv_heads}
+    return getattr(transformers, class_name)(**shape, **kv, **extra)
 
 
 def save_tiny_model(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from spt_interp.common.distributed import gather_rows, rank_and_world, share_of
+from spt_interp.common.families import TABLE_FILE, family_of
 from spt_interp.data import PairBatch, PromptPair, batch_pairs, pad_token_id, require_token_aligned
 from spt_interp.errors import SptInterpError
 from spt_interp.model.loading import end_logits
@@ -165,10 +167,11 @@ def _chunk_effects(
                 hooked, base_t, base_m, donor_t, donor_m, heads, metric, position
             )
             return effects, base_vals, donor_vals
-        logits = hooked_loop_logits(
-            hooked, base_t, base_m, donor_t, donor_m, heads, method=method, position=position
-        )
-        patched = metric.values(logits.flatten(0, 1), "patched runs").view(len(heads), -1)
+        patched = _stacked([
+            _reduced(metric, hooked_loop_logits(hooked, base_t, base_m, donor_t, donor_m, group,
+                                                method=method, position=position))
+            for group in head_groups(heads, base_t.shape[0], hooked.config.vocab_size)
+        ], base_t.shape[0])  # fmt: skip
         return metric.effect(patched, base_vals), base_vals, donor_vals
 
     params = model_params(hooked)
@@ -188,9 +191,37 @@ def _chunk_effects(
             _verify_fast(hooked, base_t, base_m, base.end_logits)
         base_vals = metric.values(base.end_logits, "base prompts")
         sweep = sweep_logits if position == "end" else sweep_logits_all_positions
-        logits = sweep(params, base, donor.z, heads, "path" if method == "path" else "activation")
-        patched = metric.values(logits.flatten(0, 1), "patched runs").view(len(heads), -1)
+        kind = "path" if method == "path" else "activation"
+        patched = _stacked([
+            _reduced(metric, sweep(params, base, donor.z, group, kind))
+            for group in head_groups(heads, base_t.shape[0], params.unembed.shape[0])
+        ], base_t.shape[0])  # fmt: skip
         return metric.effect(patched, base_vals), base_vals, donor_vals
+
+
+# END logits of patched runs held at once: [heads, batch, vocab] float32. Heads go through in
+# groups under this budget and each group is reduced to its metric at once, so a sweep's peak
+# memory does not grow with the number of heads (a 262k vocabulary is 1 MiB per prompt).
+PATCHED_LOGITS_BUDGET = 256 * 2**20
+
+
+def head_groups(
+    heads: list[tuple[int, int]], batch: int, vocab: int, budget: int | None = None
+) -> list[list[tuple[int, int]]]:
+    """Return ``heads`` in consecutive groups whose END logits fit ``budget`` bytes
+    (default ``PATCHED_LOGITS_BUDGET``, read at call time)."""
+    budget = PATCHED_LOGITS_BUDGET if budget is None else budget
+    size = max(1, budget // max(1, batch * vocab * 4))
+    return [heads[start : start + size] for start in range(0, len(heads), size)]
+
+
+def _reduced(metric: PatchMetric, logits: Float[Tensor, "variant batch vocab"]) -> Tensor:
+    return metric.values(logits.flatten(0, 1), "patched runs").view(logits.shape[0], -1)
+
+
+def _stacked(parts: list[Tensor], batch: int) -> Float[Tensor, "variant batch"]:
+    # A rank left without heads (more ranks than heads) contributes no rows.
+    return torch.cat(parts) if parts else torch.zeros(0, batch)
 
 
 def _summary(values: Tensor) -> dict[str, Any]:
@@ -241,6 +272,15 @@ def locate_heads(
     for layer, head in chosen:
         geometry.check_head(layer, head)
     rank, world = rank_and_world()
+    if not fast and engine == "auto" and method != "attribution" and progress and rank == 0:
+        # Never a silent slow path: say why every head costs a full forward here.
+        family = family_of(geometry.architecture).name
+        print(
+            f"note: the fast patching engine does not cover {family} yet "
+            f"({TABLE_FILE}); running the per-head loop, one forward per head "
+            f"({len(chosen)} heads)",
+            file=sys.stderr,
+        )
     mine = share_of(chosen, rank, world)
     pad = pad_token_id(hooked.tokenizer)
     starts = range(0, len(pairs), batch_size)

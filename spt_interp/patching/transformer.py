@@ -20,10 +20,11 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from spt_interp.common.families import FAMILIES, family_of
 from spt_interp.errors import SptInterpError
 
-LLAMA_FAMILY = ("llama", "mistral", "qwen2")
-SUPPORTED_MODEL_TYPES = (*LLAMA_FAMILY, "gpt2")
+# The families whose ``fast_engine`` entry in the architecture table is True.
+FAST_FAMILIES = tuple(family.name for family in FAMILIES if family.fast_engine)
 
 
 @dataclass(frozen=True)
@@ -203,21 +204,21 @@ def _gpt2_params(hooked: Any) -> ModelParams:
 
 
 def supports_fast_engine(hooked: Any) -> bool:
-    """Return True when the minimal forward covers this model's architecture."""
-    return getattr(hooked.config, "model_type", None) in SUPPORTED_MODEL_TYPES
+    """Return True when the minimal forward covers this model's family (the table says)."""
+    return family_of(hooked.geometry.architecture).fast_engine
 
 
 def model_params(hooked: Any) -> ModelParams:
     """Return the minimal-forward view of a hooked model's weights (no copies)."""
-    model_type = getattr(hooked.config, "model_type", None)
-    if model_type in LLAMA_FAMILY:
-        return _llama_params(hooked)
-    if model_type == "gpt2":
+    family = family_of(hooked.geometry.architecture)
+    if not family.fast_engine:
+        raise SptInterpError(
+            f"the fast patching engine supports {', '.join(FAST_FAMILIES)}, not "
+            f"{family.name!r}; use --engine loop"
+        )
+    if family.layout.storage == "conv1d":
         return _gpt2_params(hooked)
-    raise SptInterpError(
-        f"the fast patching engine supports {', '.join(SUPPORTED_MODEL_TYPES)}, not "
-        f"{model_type!r}; use --engine loop"
-    )
+    return _llama_params(hooked)
 
 
 def position_ids(mask: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos"]:

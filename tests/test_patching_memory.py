@@ -1,0 +1,88 @@
+"""A sweep's peak memory does not grow with the number of heads it scores.
+
+Each run is a fresh process on a tiny model with a 262,144-token vocabulary (one prompt's END
+logits are 1 MiB), reading its peak resident memory (``ru_maxrss``) before and after scoring 32
+heads, after a warm-up over one head has reached the per-forward working set. The control lifts
+the budget so that all 32 heads' END logits are held at once: the instrument must see that.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from spt_interp.model.tiny import build_bpe_tokenizer, tiny_config
+
+VOCAB = 262_144
+BATCH = 8
+MIB = 2**20
+
+SCRIPT = f"""
+import resource, sys, torch
+import spt_interp.patching.engine as engine
+from spt_interp.data import PromptPair
+from spt_interp.evaluation.metrics import log_odds
+from spt_interp.model import load_model
+from spt_interp.patching import PatchMetric, all_heads, locate_heads
+
+folder, engine_name, budget = sys.argv[1], sys.argv[2], int(sys.argv[3])
+engine.PATCHED_LOGITS_BUDGET = budget
+hooked = load_model(folder)
+generator = torch.Generator().manual_seed(0)
+pairs = []
+for i in range({BATCH}):
+    ids = torch.randint(10, 300, (16,), generator=generator).tolist()
+    donor = list(ids)
+    donor[8] = 300 - donor[8]
+    pairs.append(PromptPair(i, f"p{{i}}", "", "", ids, donor, True, ""))
+metric = PatchMetric("log-odds", lambda logits: log_odds(logits, [20], [31]))
+heads = all_heads(hooked.geometry.n_layers, hooked.geometry.n_heads)
+def score(chosen):
+    locate_heads(hooked, pairs, metric, method="path", heads=chosen, batch_size={BATCH},
+                 engine=engine_name, progress=False)
+score(heads[:1])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+score(heads)
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(len(heads), (after - before) * 1024)
+"""
+
+
+@pytest.fixture(scope="module")
+def large_vocabulary_model(tmp_path_factory):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    folder = tmp_path_factory.mktemp("large_vocab") / "llama"
+    config = tiny_config("llama", VOCAB, n_layers=4, n_heads=8, n_kv_heads=8, d_model=32)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    build_bpe_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def peak_growth(folder, engine: str, budget: int) -> tuple[int, int]:
+    completed = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(folder), engine, str(budget)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    heads, growth = completed.stdout.split()
+    return int(heads), int(growth)
+
+
+@pytest.mark.parametrize("engine", ["fast", "loop"])
+def test_peak_memory_does_not_grow_with_the_heads_scored(large_vocabulary_model, engine):
+    # 16 MiB of END logits per group: 2 heads x 8 prompts x 1 MiB.
+    heads, growth = peak_growth(large_vocabulary_model, engine, 16 * MIB)
+    assert heads == 32
+    # All 32 heads' END logits would be 256 MiB; the groups hold 16 MiB at a time.
+    assert growth < 48 * MIB, f"peak grew by {growth / MIB:.0f} MiB"
+
+
+def test_the_instrument_sees_logits_held_for_every_head(large_vocabulary_model):
+    heads, growth = peak_growth(large_vocabulary_model, "fast", 2**40)
+    assert heads == 32
+    assert growth > 128 * MIB, f"peak grew by only {growth / MIB:.0f} MiB"

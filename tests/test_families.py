@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from spt_interp.cli import app
 from spt_interp.common.families import FAMILIES, family_of
 from spt_interp.data import PromptPair, batch_pairs
+from spt_interp.errors import SptInterpError
 from spt_interp.evaluation.metrics import log_odds
 from spt_interp.knockout import ablated
 from spt_interp.mask import HeadMask
@@ -179,7 +180,9 @@ def test_signature_info_and_export_mask_from_the_config_alone(name, family_dirs,
     info = CliRunner().invoke(app, ["info", "--model", str(folder)])
     assert info.exit_code == 0, info.output
     assert geometry.architecture in info.stdout
-    expected_engine = "fast" if name in TINY_ARCHITECTURES else "per-head loop"
+    expected_engine = (
+        "fast" if name in TINY_ARCHITECTURES else "modules (END), loop (all positions)"
+    )
     assert f"family           {name}\n" in info.stdout
     assert f"patching_engine  {expected_engine}\n" in info.stdout
     scores = tmp_path / "scores.csv"
@@ -221,9 +224,66 @@ def test_locate_equals_transformer_lens_patching(name, family_dirs):
 def test_the_per_head_loop_is_never_a_silent_fallback(family_dirs, capsys):
     pairs = [PromptPair(0, "p0", "", "", PROMPTS[0].tolist(), PROMPTS[1].tolist(), True, "")]
     metric = PatchMetric("log-odds", lambda logits: log_odds(logits, [20], [31]))
-    for name, covered in (("qwen3", False), ("llama", True)):
+    for name, position, engine in (("qwen3", "all", "loop"), ("qwen3", "end", "modules"),
+                                   ("llama", "all", "fast"), ("llama", "end", "fast")):  # fmt: skip
         hooked = load_model(family_dirs[name])
-        scores = locate_heads(hooked, pairs, metric, method="path", progress=True)
-        noted = "note: the fast patching engine does not cover" in capsys.readouterr().err
-        assert noted != covered
-        assert scores.settings["engine"] == ("fast" if covered else "loop")
+        scores = locate_heads(hooked, pairs, metric, method="path", position=position)
+        noted = (
+            "note: no exact fast engine for qwen3 with --position all" in capsys.readouterr().err
+        )
+        assert noted == (engine == "loop")
+        assert scores.settings["engine"] == engine
+
+
+def random_pairs(n: int, *, aligned: bool, seed: int) -> list[PromptPair]:
+    """Prompt pairs of different lengths (left padding); X_c one token shorter unless aligned."""
+    generator = torch.Generator().manual_seed(seed)
+    pairs = []
+    for index in range(n):
+        size = 10 - index % 3
+        ids_r = torch.randint(10, 300, (size,), generator=generator).tolist()
+        ids_c = list(ids_r)
+        ids_c[size // 2] = (ids_c[size // 2] + 7) % 290 + 10
+        if not aligned:
+            del ids_c[size // 2 + 1]
+        pairs.append(PromptPair(index, f"r{index}", "", "", ids_r, ids_c, aligned, ""))
+    return pairs
+
+
+@pytest.mark.numeric
+@pytest.mark.parametrize("name", FAMILY_ARCHITECTURES)
+def test_modules_engine_equals_the_hooked_loop(name, family_dirs):
+    """END patching over HF's modules against one hooked bridge forward per head: path and
+    activation, both directions, aligned and unaligned pairs, batches with left padding."""
+    hooked = load_model(family_dirs[name])
+    metric = PatchMetric("log-odds", lambda logits: log_odds(logits, [5, 6], [7]))
+    differences = []
+    for aligned, method, direction in (
+        (True, "path", "c_into_r"), (False, "path", "c_into_r"),
+        (False, "activation", "c_into_r"), (False, "path", "r_into_c"),
+        (True, "activation", "r_into_c"),
+    ):  # fmt: skip
+        pairs = random_pairs(5, aligned=aligned, seed=1)
+        runs = {
+            engine: locate_heads(hooked, pairs, metric, method=method, direction=direction,
+                                 engine=engine, batch_size=batch, per_prompt=True,
+                                 progress=False)
+            for engine, batch in (("modules", 3), ("loop", 5))
+        }  # fmt: skip
+        ours = torch.tensor(runs["modules"].per_prompt["value"].to_numpy())
+        loop = torch.tensor(runs["loop"].per_prompt["value"].to_numpy())
+        assert runs["modules"].settings["engine"] == "modules"
+        torch.testing.assert_close(ours, loop, atol=1e-5, rtol=0)
+        assert loop.abs().max() > 1e-3  # some head moves the metric: not a vacuous equality
+        differences.append((ours - loop).abs().max().item())
+    print(f"{name}: modules engine vs loop, max |difference| {max(differences):.2e}")
+
+
+def test_modules_engine_refuses_what_it_does_not_do(family_dirs):
+    hooked = load_model(family_dirs["qwen3"])
+    pairs = random_pairs(2, aligned=True, seed=0)
+    metric = PatchMetric("log-odds", lambda logits: log_odds(logits, [5, 6], [7]))
+    for method, position in (("path", "all"), ("attribution", "end")):
+        with pytest.raises(SptInterpError, match="--engine modules patches at END"):
+            locate_heads(hooked, pairs, metric, method=method, position=position,
+                         engine="modules", progress=False)  # fmt: skip

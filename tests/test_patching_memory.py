@@ -21,14 +21,14 @@ MIB = 2**20
 
 SCRIPT = f"""
 import resource, sys, torch
-import spt_interp.patching.engine as engine
+import spt_interp.patching.scoring as scoring
 from spt_interp.data import PromptPair
 from spt_interp.evaluation.metrics import log_odds
 from spt_interp.model import load_model
 from spt_interp.patching import PatchMetric, all_heads, locate_heads
 
 folder, engine_name, budget = sys.argv[1], sys.argv[2], int(sys.argv[3])
-engine.PATCHED_LOGITS_BUDGET = budget
+scoring.PATCHED_LOGITS_BUDGET = budget
 hooked = load_model(folder)
 generator = torch.Generator().manual_seed(0)
 pairs = []
@@ -73,7 +73,7 @@ def peak_growth(folder, engine: str, budget: int) -> tuple[int, int]:
     return int(heads), int(growth)
 
 
-@pytest.mark.parametrize("engine", ["fast", "loop"])
+@pytest.mark.parametrize("engine", ["fast", "modules", "loop"])
 def test_peak_memory_does_not_grow_with_the_heads_scored(large_vocabulary_model, engine):
     # 16 MiB of END logits per group: 2 heads x 8 prompts x 1 MiB.
     heads, growth = peak_growth(large_vocabulary_model, engine, 16 * MIB)

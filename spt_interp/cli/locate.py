@@ -61,7 +61,9 @@ def locate(
         str,
         typer.Option(
             metavar=choice_list(ENGINES),
-            help="fast: exact, only what a patch changes; loop: per head.",
+            help="fast: exact, hand-written decoder (llama, mistral, qwen2, gpt2); modules: "
+            "exact END patching over HF's modules (every family); loop: a forward per head; "
+            "auto: fast, else modules at END, else loop.",
         ),
     ] = "auto",
     own_answers: Annotated[

@@ -47,7 +47,8 @@ class Family:
     name: str
     architectures: tuple[str, ...]
     layout: AttentionLayout
-    # True when patching/transformer.py's decoder reproduces this family's forward.
+    # True when patching/transformer.py's hand-written decoder reproduces this family's
+    # forward (the "fast" engine); every family gets the "modules" engine at END.
     fast_engine: bool = False
     # Protocol fields that differ from the plain protocol for this family's chat models.
     protocol: dict[str, Any] = field(default_factory=dict)

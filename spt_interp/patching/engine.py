@@ -20,11 +20,17 @@ from spt_interp.data import PairBatch, PromptPair, batch_pairs, pad_token_id, re
 from spt_interp.errors import SptInterpError
 from spt_interp.model.loading import end_logits
 from spt_interp.patching.attribution import attribution_effects
+from spt_interp.patching.modules_engine import modules_effects
 from spt_interp.patching.reference import (
     hooked_attribution_effects,
     hooked_loop_logits,
 )
-from spt_interp.patching.scoring import PatchMetric
+from spt_interp.patching.scoring import (
+    PatchMetric,
+    head_groups,
+    reduced_to_metric,
+    stacked_rows,
+)
 from spt_interp.patching.sweep import (
     METHODS,
     POSITIONS,
@@ -35,7 +41,7 @@ from spt_interp.patching.sweep import (
 from spt_interp.patching.transformer import model_params, supports_fast_engine
 
 DIRECTIONS = ("c_into_r", "r_into_c")
-ENGINES = ("auto", "fast", "loop")
+ENGINES = ("auto", "fast", "modules", "loop")
 # Fast-engine logits must match the bridge's this closely (relative to the logit scale).
 VERIFY_TOLERANCE = 1e-3
 
@@ -154,12 +160,15 @@ def _chunk_effects(
     method: str,
     position: str,
     direction: str,
-    fast: bool,
+    backend: str,
     verify: bool,
 ) -> tuple[Float[Tensor, "variant batch"], Float[Tensor, " batch"], Float[Tensor, " batch"]]:
     """Return (effects per head and prompt, metric on base, metric on donor) for one batch."""
     base_t, base_m, donor_t, donor_m = _sides(batch, direction, hooked.device)
-    if not fast:
+    if backend == "modules":
+        return modules_effects(hooked, base_t, base_m, donor_t, donor_m, heads, metric, method,
+                               verify)  # fmt: skip
+    if backend == "loop":
         base_vals = metric.values(end_logits(hooked, base_t, base_m, []), "base prompts")
         donor_vals = metric.values(end_logits(hooked, donor_t, donor_m, []), "donor prompts")
         if method == "attribution":
@@ -167,11 +176,13 @@ def _chunk_effects(
                 hooked, base_t, base_m, donor_t, donor_m, heads, metric, position
             )
             return effects, base_vals, donor_vals
-        patched = _stacked([
-            _reduced(metric, hooked_loop_logits(hooked, base_t, base_m, donor_t, donor_m, group,
-                                                method=method, position=position))
+        parts = [
+            reduced_to_metric(metric, hooked_loop_logits(
+                hooked, base_t, base_m, donor_t, donor_m, group, method=method, position=position
+            ))
             for group in head_groups(heads, base_t.shape[0], hooked.config.vocab_size)
-        ], base_t.shape[0])  # fmt: skip
+        ]  # fmt: skip
+        patched = stacked_rows(parts, base_t.shape[0])
         return metric.effect(patched, base_vals), base_vals, donor_vals
 
     params = model_params(hooked)
@@ -192,36 +203,25 @@ def _chunk_effects(
         base_vals = metric.values(base.end_logits, "base prompts")
         sweep = sweep_logits if position == "end" else sweep_logits_all_positions
         kind = "path" if method == "path" else "activation"
-        patched = _stacked([
-            _reduced(metric, sweep(params, base, donor.z, group, kind))
+        patched = stacked_rows([
+            reduced_to_metric(metric, sweep(params, base, donor.z, group, kind))
             for group in head_groups(heads, base_t.shape[0], params.unembed.shape[0])
         ], base_t.shape[0])  # fmt: skip
         return metric.effect(patched, base_vals), base_vals, donor_vals
 
 
-# END logits of patched runs held at once: [heads, batch, vocab] float32. Heads go through in
-# groups under this budget and each group is reduced to its metric at once, so a sweep's peak
-# memory does not grow with the number of heads (a 262k vocabulary is 1 MiB per prompt).
-PATCHED_LOGITS_BUDGET = 256 * 2**20
-
-
-def head_groups(
-    heads: list[tuple[int, int]], batch: int, vocab: int, budget: int | None = None
-) -> list[list[tuple[int, int]]]:
-    """Return ``heads`` in consecutive groups whose END logits fit ``budget`` bytes
-    (default ``PATCHED_LOGITS_BUDGET``, read at call time)."""
-    budget = PATCHED_LOGITS_BUDGET if budget is None else budget
-    size = max(1, budget // max(1, batch * vocab * 4))
-    return [heads[start : start + size] for start in range(0, len(heads), size)]
-
-
-def _reduced(metric: PatchMetric, logits: Float[Tensor, "variant batch vocab"]) -> Tensor:
-    return metric.values(logits.flatten(0, 1), "patched runs").view(logits.shape[0], -1)
-
-
-def _stacked(parts: list[Tensor], batch: int) -> Float[Tensor, "variant batch"]:
-    # A rank left without heads (more ranks than heads) contributes no rows.
-    return torch.cat(parts) if parts else torch.zeros(0, batch)
+def _backend(hooked: Any, engine: str, method: str, position: str) -> str:
+    """Return "fast", "modules" or "loop": what ``engine`` means for this model and run."""
+    if engine == "fast" or (engine == "auto" and supports_fast_engine(hooked)):
+        model_params(hooked)  # raises a clear error for a family the decoder does not cover
+        return "fast"
+    end_patch = position == "end" and method != "attribution"
+    if engine == "modules" and not end_patch:
+        raise SptInterpError(
+            "--engine modules patches at END with --method path or activation only; "
+            "use --engine loop"
+        )
+    return "modules" if engine == "modules" or (engine == "auto" and end_patch) else "loop"
 
 
 def _summary(values: Tensor) -> dict[str, Any]:
@@ -252,10 +252,13 @@ def locate_heads(
     patching). ``position``: "end" (the last prompt token; pairs of different lengths are
     END-aligned by left padding) or "all" (token-aligned pairs only). ``direction``:
     "c_into_r" patches X_c's head output into the run on X_r (the paper's set-up),
-    "r_into_c" the reverse. ``engine``: "fast" (exact, computes only what a patch changes),
-    "loop" (one hooked bridge forward per head) or "auto" (fast where the architecture is
-    supported). ``verify`` checks the fast engine's unpatched logits against the bridge on the
-    first batch. Under torch.distributed the heads are split over the ranks and gathered.
+    "r_into_c" the reverse. ``engine``: "fast" (exact, the hand-written decoder of the families
+    the table marks, computes only what a patch changes), "modules" (exact, END patching over
+    HF's own modules: one END step per head against a shared prefix cache; every family),
+    "loop" (one hooked bridge forward per head) or "auto" (fast where the family has it, else
+    modules at END, else the loop). ``verify`` checks, on the first batch, the fast engine's
+    unpatched logits against the bridge, or one modules-engine patched run against the loop.
+    Under torch.distributed the heads are split over the ranks and gathered.
     """
     _check_options(method, position, direction, engine)
     if not pairs:
@@ -264,23 +267,20 @@ def locate_heads(
         raise SptInterpError(f"batch size must be at least 1, got {batch_size}")
     if position == "all":
         require_token_aligned(pairs)
-    fast = engine == "fast" or (engine == "auto" and supports_fast_engine(hooked))
-    if fast:
-        model_params(hooked)  # raises a clear error for an unsupported architecture
+    backend = _backend(hooked, engine, method, position)
     geometry = hooked.geometry
     chosen = heads if heads is not None else all_heads(geometry.n_layers, geometry.n_heads)
     for layer, head in chosen:
         geometry.check_head(layer, head)
     rank, world = rank_and_world()
-    if not fast and engine == "auto" and method != "attribution" and progress and rank == 0:
-        # Never a silent slow path: say why every head costs a full forward here.
-        family = family_of(geometry.architecture).name
-        print(
-            f"note: the fast patching engine does not cover {family} yet "
-            f"({TABLE_FILE}); running the per-head loop, one forward per head "
-            f"({len(chosen)} heads)",
-            file=sys.stderr,
-        )
+    if backend == "loop" and engine == "auto" and method != "attribution" and progress:
+        if rank == 0:  # never a silent slow path: say why every head costs a full forward
+            print(
+                f"note: no exact fast engine for {family_of(geometry.architecture).name} "
+                f"with --position {position} ({TABLE_FILE}); running the per-head loop, one "
+                f"forward per head ({len(chosen)} heads)",
+                file=sys.stderr,
+            )
     mine = share_of(chosen, rank, world)
     pad = pad_token_id(hooked.tokenizer)
     starts = range(0, len(pairs), batch_size)
@@ -296,7 +296,7 @@ def locate_heads(
             method=method,
             position=position,
             direction=direction,
-            fast=fast,
+            backend=backend,
             verify=verify and number == 0,
         )
         effects.append(chunk.float().cpu())
@@ -323,7 +323,7 @@ def locate_heads(
         per_prompt=per_prompt,
         n_layers=geometry.n_layers,
         n_heads=geometry.n_heads,
-        settings={"engine": "fast" if fast else "loop", "batch_size": batch_size},
+        settings={"engine": backend, "batch_size": batch_size},
     )
 
 

@@ -102,3 +102,28 @@ def decision_metric(
 def custom_metric(fn: Callable[[Tensor], Tensor], name: str = "custom") -> PatchMetric:
     """Return a metric from any function of END logits [n, vocab] -> [n] (scored p - b)."""
     return PatchMetric(name, fn, relative=False, description="user function of END logits")
+
+
+# END logits of patched runs held at once: [heads, batch, vocab] float32. Heads go through in
+# groups under this budget and each group is reduced to its metric at once, so a sweep's peak
+# memory does not grow with the number of heads (a 262k vocabulary is 1 MiB per prompt).
+PATCHED_LOGITS_BUDGET = 256 * 2**20
+
+
+def head_groups(
+    heads: list[tuple[int, int]], batch: int, vocab: int, budget: int | None = None
+) -> list[list[tuple[int, int]]]:
+    """Return ``heads`` in consecutive groups whose END logits fit ``budget`` bytes
+    (default ``PATCHED_LOGITS_BUDGET``, read at call time)."""
+    budget = PATCHED_LOGITS_BUDGET if budget is None else budget
+    size = max(1, budget // max(1, batch * vocab * 4))
+    return [heads[start : start + size] for start in range(0, len(heads), size)]
+
+
+def reduced_to_metric(metric: PatchMetric, logits: Float[Tensor, "variant batch vocab"]) -> Tensor:
+    return metric.values(logits.flatten(0, 1), "patched runs").view(logits.shape[0], -1)
+
+
+def stacked_rows(parts: list[Tensor], batch: int) -> Float[Tensor, "variant batch"]:
+    # A rank left without heads (more ranks than heads) contributes no rows.
+    return torch.cat(parts) if parts else torch.zeros(0, batch)

@@ -1,0 +1,196 @@
+"""Benchmark: the END sweep over every head, per family of the architecture table, at one shape.
+
+    .venv/bin/python benchmarks/patching_families.py [--families llama phi3 ...] [--out JSON]
+
+Each family gets a random model built from its config (12 layers x 12 heads, 4 key/value heads
+where the family has grouped-query attention, d_model 384) and a batch of 8 unpadded 128-token
+prompt pairs. Timed in the same run, per family:
+
+- the per-head hooked loop (one bridge forward per head) on ``--loop-heads`` heads, one per
+  layer; every head costs the same full forward, so the loop over all heads is that time x
+  (all heads / timed heads), stated as such in the JSON;
+- TransformerLens's own activation patching of hook_z at END on the same heads (likewise);
+- the modules engine (exact END patching over HF's own modules) on every head;
+- the hand-written fast engine on every head, for the families it covers.
+
+Ratios are against the loop; the cost of each engine is also given in full forwards of the
+batch (the bridge's). The engines' patched END logits are compared with the loop's on the
+timed heads (max abs difference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from spt_interp.data import PairBatch
+from spt_interp.model import end_logits, load_model
+from spt_interp.model.tiny import FAMILY_ARCHITECTURES, TINY_ARCHITECTURES, save_tiny_model
+from spt_interp.patching import all_heads, hooked_loop_logits, model_params
+from spt_interp.patching.modules_engine import PrefixRun, end_patched_logits, variant_chunks
+from spt_interp.patching.sweep import run_and_cache, sweep_logits
+
+NO_GROUPED_QUERY = ("gpt2", "gpt_neox")
+
+
+def timed(fn, repeats: int = 1) -> tuple[float, object]:
+    """Return (the fastest of ``repeats`` wall times, the last result)."""
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return min(times), result
+
+
+def modules_sweep(hooked, batch: PairBatch, heads, method: str) -> torch.Tensor:
+    base = PrefixRun(hooked, batch.challenged_tokens, batch.challenged_mask)
+    donor = PrefixRun(hooked, batch.counterfactual_tokens, batch.counterfactual_mask)
+    return torch.cat([
+        end_patched_logits(base, donor.z, chunk, method, hooked.geometry.d_head)
+        for chunk in variant_chunks(heads, base)
+    ])  # fmt: skip
+
+
+def fast_sweep(hooked, batch: PairBatch, heads, method: str) -> torch.Tensor:
+    params = model_params(hooked)
+    with torch.no_grad():
+        base = run_and_cache(params, batch.challenged_tokens, batch.challenged_mask, "end")
+        donor = run_and_cache(params, batch.counterfactual_tokens, batch.counterfactual_mask, "end")
+        return sweep_logits(params, base, donor.z, heads, method)
+
+
+def tl_end_sweep(hooked, batch: PairBatch, heads) -> torch.Tensor:
+    """TransformerLens's activation patching of hook_z at END, one row per head."""
+    import pandas as pd
+    from transformer_lens import patching
+
+    index = pd.DataFrame(
+        [(layer, batch.end, head) for layer, head in heads], columns=["layer", "pos", "head_index"]
+    )
+    _, clean = hooked.bridge.run_with_cache(batch.counterfactual_tokens)
+    return patching.generic_activation_patch(
+        hooked.bridge,
+        batch.challenged_tokens,
+        clean,
+        lambda logits: logits[:, -1, 0].mean(),
+        patch_setter=patching.layer_pos_head_vector_patch_setter,
+        activation_name="z",
+        index_df=index,
+    )
+
+
+def family_batch(name: str, folder: Path, args) -> tuple[object, PairBatch]:
+    kv = 12 if name in NO_GROUPED_QUERY else 4
+    save_tiny_model(name, folder, n_layers=12, n_heads=12, n_kv_heads=kv, d_model=args.d_model,
+                    n_ctx=256, seed=0)  # fmt: skip
+    hooked = load_model(folder)
+    generator = torch.Generator().manual_seed(0)
+    shape = (args.batch, args.tokens)
+    challenged = torch.randint(10, 300, shape, generator=generator)
+    counterfactual = challenged.clone()
+    counterfactual[:, args.tokens // 2] = torch.randint(10, 300, (args.batch,), generator=generator)
+    mask = torch.ones(shape, dtype=torch.long)
+    return hooked, PairBatch(list(range(args.batch)), challenged, mask, counterfactual, mask)
+
+
+def bench_family(name: str, hooked, batch: PairBatch, loop_heads: int) -> dict:
+    g = hooked.geometry
+    heads = all_heads(g.n_layers, g.n_heads)
+    # One head per layer (cycling through head indices) for the loop and TransformerLens.
+    sample = [(layer, layer % g.n_heads) for layer in range(g.n_layers)][:loop_heads]
+    scale = len(heads) / len(sample)
+    sides = (batch.challenged_tokens, batch.challenged_mask, batch.counterfactual_tokens,
+             batch.counterfactual_mask)  # fmt: skip
+    forward_s, _ = timed(lambda: end_logits(hooked, batch.challenged_tokens,
+                                            batch.challenged_mask, []), 3)  # fmt: skip
+    row = {"family": name, "layers": g.n_layers, "heads": g.n_heads, "kv_heads": g.n_kv_heads,
+           "d_model": g.d_model, "d_head": g.d_head, "batch": int(batch.challenged_tokens.shape[0]),
+           "prompt_tokens": int(batch.challenged_tokens.shape[1]), "bridge_forward_s": forward_s,
+           "loop_timed_heads": len(sample), "loop_scale": scale}  # fmt: skip
+    for method in ("path", "activation"):
+        loop_s, loop = timed(lambda m=method: hooked_loop_logits(hooked, *sides, sample, method=m))
+        modules_s, ours = timed(lambda m=method: modules_sweep(hooked, batch, heads, m), 2)
+        positions = [heads.index(h) for h in sample]
+        row[f"loop_{method}_s"] = loop_s * scale
+        row[f"modules_{method}_s"] = modules_s
+        row[f"modules_{method}_speedup"] = loop_s * scale / modules_s
+        row[f"modules_{method}_in_forwards"] = modules_s / forward_s
+        row[f"modules_{method}_max_abs_diff"] = float((ours[positions] - loop).abs().max())
+        if name in TINY_ARCHITECTURES:
+            fast_s, fast = timed(lambda m=method: fast_sweep(hooked, batch, heads, m), 2)
+            row[f"fast_{method}_s"] = fast_s
+            row[f"fast_{method}_speedup"] = loop_s * scale / fast_s
+            row[f"fast_{method}_max_abs_diff"] = float((fast[positions] - loop).abs().max())
+    try:
+        tl_s, _ = timed(lambda: tl_end_sweep(hooked, batch, sample))
+        row["transformer_lens_activation_s"] = tl_s * scale
+    except Exception as err:  # noqa: BLE001 - a family TransformerLens's patching cannot run
+        row["transformer_lens_activation_s"] = None
+        row["transformer_lens_error"] = str(err).splitlines()[0][:200]
+    return row
+
+
+COLUMNS = [
+    ("family", "{}"), ("kv_heads", "{}"), ("d_head", "{}"), ("bridge_forward_s", "{:.2f}"),
+    ("loop_path_s", "{:.0f}"), ("modules_path_s", "{:.2f}"), ("modules_path_speedup", "{:.0f}x"),
+    ("modules_path_in_forwards", "{:.2f}"), ("loop_activation_s", "{:.0f}"),
+    ("modules_activation_s", "{:.2f}"), ("modules_activation_speedup", "{:.0f}x"),
+    ("fast_path_s", "{:.2f}"), ("fast_path_speedup", "{:.0f}x"),
+    ("transformer_lens_activation_s", "{:.0f}"), ("modules_path_max_abs_diff", "{:.1e}"),
+    ("modules_activation_max_abs_diff", "{:.1e}"),
+]  # fmt: skip
+
+
+def print_table(rows: list[dict]) -> None:
+    width = max(len(c) for c, _ in COLUMNS)
+    for column, fmt in COLUMNS:
+        cells = [fmt.format(r[column]) if r.get(column) is not None else "-" for r in rows]
+        print(f"{column:<{width}}  " + "  ".join(f"{c:>11}" for c in cells))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--families", nargs="+", default=list(FAMILY_ARCHITECTURES))
+    parser.add_argument("--d-model", type=int, default=384)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--loop-heads", type=int, default=12)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path,
+                        default=Path("benchmarks/results/patching_families.json"))  # fmt: skip
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.families:
+            hooked, batch = family_batch(name, Path(tmp) / name, args)
+            rows.append(bench_family(name, hooked, batch, args.loop_heads))
+            print(json.dumps(rows[-1]), flush=True)
+    print_table(rows)
+    report = {
+        "benchmark": "END sweep over every head, per family (12 x 12, 8 x 128 tokens)",
+        "machine": {
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "threads": args.threads,
+            "device": "cpu",
+        },  # fmt: skip
+        "note": "loop and TransformerLens times are measured on loop_timed_heads heads (one per "
+        "layer) and scaled by loop_scale (each head is one full forward); engines run every "
+        "head, fastest of 2; bridge_forward_s fastest of 3",
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -18,7 +18,6 @@ forward per head. Tests hold it to the hooked per-head loop within 1e-5 for ever
 
 from __future__ import annotations
 
-import copy
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,12 +31,10 @@ from spt_interp.errors import SptInterpError
 from spt_interp.model.architecture import out_projection_name
 from spt_interp.patching.reference import hooked_loop_logits
 from spt_interp.patching.scoring import PatchMetric, head_groups, reduced_to_metric, stacked_rows
+from spt_interp.patching.shared_prefix import SharedPrefix, attending_to
 
 # A patched run may differ from the hooked loop's by float rounding only (measured: < 3e-7).
 VERIFY_TOLERANCE = 1e-3
-
-# Variants per END step: each holds a copy of the prefix cache, so memory is bounded here.
-CACHE_BUDGET = 512 * 2**20
 
 
 def _cache_keyword(model: torch.nn.Module) -> str:
@@ -76,7 +73,7 @@ def _on_head_inputs(
 
 
 class PrefixRun:
-    """One side's unpatched run: the prefix cache, and every layer's head outputs at END."""
+    """One side's unpatched run: the prefix keys/values, and every layer's head outputs at END."""
 
     def __init__(
         self, hooked: Any, tokens: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"]
@@ -86,13 +83,17 @@ class PrefixRun:
         self.names = [out_projection_name(geometry, layer) for layer in range(geometry.n_layers)]
         self.tokens, self.mask = tokens, mask
         positions = _positions(mask)
-        self.keyword = _cache_keyword(self.model)
+        keyword = _cache_keyword(self.model)
         with torch.no_grad():
             prefix = self.model(
                 tokens[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
                 use_cache=True, logits_to_keep=1,
             )  # fmt: skip
-        self.cache = prefix[self.keyword]
+        layers = prefix[keyword].layers
+        self.prefix = SharedPrefix(
+            [layer.keys for layer in layers], [layer.values for layer in layers],
+            mask[:, :-1].bool(),
+        )  # fmt: skip
         self.end_position = positions[:, -1:]
         z: dict[int, Tensor] = {}
 
@@ -105,33 +106,33 @@ class PrefixRun:
 
     def step(self, copies: int) -> Float[Tensor, "batch_x_copies vocab"]:
         """Return END logits of ``copies`` runs of each row (rows b * copies + v), whatever
-        hooks are active, against a fresh copy of the prefix cache."""
-        cache = copy.deepcopy(self.cache)
-        if copies > 1:
-            cache.batch_repeat_interleave(copies)
-        output = self.model(
-            self.tokens[:, -1:].repeat_interleave(copies, 0),
-            attention_mask=self.mask.repeat_interleave(copies, 0),
-            position_ids=self.end_position.repeat_interleave(copies, 0),
-            use_cache=True,
-            **{self.keyword: cache},
-            logits_to_keep=1,
-        )
+        hooks are active, each attending to the shared prefix (nothing of it is copied)."""
+        with attending_to(self.model, self.prefix):
+            output = self.model(
+                self.tokens[:, -1:].repeat_interleave(copies, 0),
+                position_ids=self.end_position.repeat_interleave(copies, 0),
+                use_cache=False,
+                logits_to_keep=1,
+            )
         return output.logits[:, -1]
 
 
-def variant_chunks(
-    heads: list[tuple[int, int]], run: PrefixRun, budget: int | None = None
-) -> list[list[tuple[int, int]]]:
-    """Return ``heads`` in groups small enough that their cache copies fit ``budget`` bytes."""
-    per_copy = sum(
-        t.numel() * t.element_size()
-        for layer in run.cache.layers
-        for t in (layer.keys, layer.values)
-        if t is not None
-    )
-    size = max(1, (CACHE_BUDGET if budget is None else budget) // max(1, per_copy))
-    return [heads[start : start + size] for start in range(0, len(heads), size)]
+def end_head_outputs(
+    hooked: Any, tokens: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"]
+) -> tuple[list[Float[Tensor, "batch heads_x_d_head"]], Float[Tensor, "batch vocab"]]:
+    """Return every layer's head outputs at END and the END logits of one plain forward (the
+    donor side needs no prefix cache)."""
+    model, geometry = hooked.plain_model, hooked.geometry
+    names = [out_projection_name(geometry, layer) for layer in range(geometry.n_layers)]
+    z: dict[int, Tensor] = {}
+
+    def capture(layer: int, x: Tensor) -> None:
+        z[layer] = x[:, -1].detach().clone()
+
+    with torch.no_grad(), _on_head_inputs(model, names, capture):
+        logits = model(tokens, attention_mask=mask, position_ids=_positions(mask),
+                       logits_to_keep=1).logits[:, -1]  # fmt: skip
+    return [z[layer] for layer in range(geometry.n_layers)], logits
 
 
 def end_patched_logits(
@@ -162,8 +163,12 @@ def end_patched_logits(
             view[:, variant, -1, columns] = donor_z[layer][:, columns]
         return x
 
-    with torch.no_grad(), _on_head_inputs(base.model, base.names, write):
-        logits = base.step(count)
+    base.prefix.outputs_overwritten = method == "path"
+    try:
+        with torch.no_grad(), _on_head_inputs(base.model, base.names, write):
+            logits = base.step(count)
+    finally:
+        base.prefix.outputs_overwritten = False
     return logits.view(batch, count, -1).transpose(0, 1)
 
 
@@ -179,18 +184,18 @@ def modules_effects(
     verify: bool,
 ) -> tuple[Float[Tensor, "variant batch"], Float[Tensor, " batch"], Float[Tensor, " batch"]]:
     """Return (effects per head and prompt, metric on base, metric on donor) for one batch."""
-    base, donor = PrefixRun(hooked, base_t, base_m), PrefixRun(hooked, donor_t, donor_m)
+    base = PrefixRun(hooked, base_t, base_m)
+    donor_z, donor_logits = end_head_outputs(hooked, donor_t, donor_m)
     base_vals = metric.values(base.end_logits, "base prompts")
-    donor_vals = metric.values(donor.end_logits, "donor prompts")
+    donor_vals = metric.values(donor_logits, "donor prompts")
     d_head, vocab = hooked.geometry.d_head, base.end_logits.shape[-1]
     parts = []
     for group in head_groups(heads, base_t.shape[0], vocab):
-        for chunk in variant_chunks(group, base):
-            logits = end_patched_logits(base, donor.z, chunk, method, d_head)
-            if verify and not parts:
-                _verify_against_loop(hooked, base_t, base_m, donor_t, donor_m, chunk[0],
-                                     method, logits[0])  # fmt: skip
-            parts.append(reduced_to_metric(metric, logits))
+        logits = end_patched_logits(base, donor_z, group, method, d_head)
+        if verify and not parts:
+            _verify_against_loop(hooked, base_t, base_m, donor_t, donor_m, group[0], method,
+                                 logits[0])  # fmt: skip
+        parts.append(reduced_to_metric(metric, logits))
     return metric.effect(stacked_rows(parts, base_t.shape[0]), base_vals), base_vals, donor_vals
 
 

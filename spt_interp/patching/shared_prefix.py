@@ -1,0 +1,120 @@
+"""Attention of many END-position variants against one shared prefix, as an HF attention function.
+
+The modules engine runs V patched variants of each prompt's END position at once. Their keys and
+values at the earlier positions are the unpatched run's, the same for every variant, so they are
+not copied V times into a KV cache: this function, registered in transformers'
+``AttentionInterface`` and switched on only for the END step, scores each variant's query
+against the prefix keys by broadcasting (grouped-query heads included) and against its own END
+key, and mixes the prefix values and its own END value. Everything before the call (projections,
+QK-norm, rotary embedding at END's position) and after it stays Hugging Face's; what the call
+itself does is eager attention's arithmetic: scaling, optional logit soft-capping (Gemma 2), the
+padding mask, the sliding window (``kv_index > q_index - window``, as transformers' masks
+define it), a float32 softmax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from spt_interp.errors import SptInterpError
+
+NAME = "spt_interp_shared_prefix"
+
+
+@dataclass
+class SharedPrefix:
+    """Per layer, the prefix keys/values [batch, kv_heads, n, d_head] and which may be seen."""
+
+    keys: list[Tensor]
+    values: list[Tensor]
+    prefix_mask: Bool[Tensor, "batch prefix"]
+    # Set when every head's output at END will be overwritten (path patching freezes them all):
+    # the attention arithmetic is then skipped, its result never read.
+    outputs_overwritten: bool = False
+
+    def visible(self, layer: int, window: int | None) -> Bool[Tensor, "batch n"]:
+        """Return which cached prefix entries END may attend to (padding and window)."""
+        n = self.keys[layer].shape[-2]
+        total = self.prefix_mask.shape[-1]  # END's column index
+        # A sliding-window cache keeps only the last entries: entry i is column total - n + i.
+        columns = torch.arange(total - n, total, device=self.prefix_mask.device)
+        allowed = self.prefix_mask[:, total - n :].clone()
+        if window is not None:
+            allowed &= (columns > total - window)[None]
+        return allowed
+
+
+_ACTIVE: list[SharedPrefix] = []
+
+
+def shared_prefix_attention(
+    module: Any,
+    query: Float[Tensor, "rows heads 1 d_head"],
+    key: Float[Tensor, "rows kv_heads 1 d_head"],
+    value: Float[Tensor, "rows kv_heads 1 d_head"],
+    attention_mask: Any,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    **kwargs: Any,
+) -> tuple[Float[Tensor, "rows 1 heads d_head"], None]:
+    """Return the attention output of END queries (rows b * V + v) over the active prefix."""
+    if not _ACTIVE or query.shape[-2] != 1 or kwargs.get("s_aux") is not None:
+        raise SptInterpError("shared-prefix attention runs one END position inside its context")
+    prefix = _ACTIVE[-1]
+    if prefix.outputs_overwritten:
+        return query.new_zeros(query.shape[0], 1, *query.shape[1:2], query.shape[-1]), None
+    layer = module.layer_idx
+    prefix_keys, prefix_values = prefix.keys[layer], prefix.values[layer]
+    batch, kv_heads, n, d_head = prefix_keys.shape
+    rows, heads = query.shape[0], query.shape[1]
+    variants, group = rows // batch, heads // kv_heads
+    scale = d_head**-0.5 if scaling is None else scaling
+    q = query.reshape(batch, variants, kv_heads, group, d_head)
+    own_key = key.reshape(batch, variants, kv_heads, 1, d_head)
+    own_value = value.reshape(batch, variants, kv_heads, 1, d_head)
+    scores = torch.cat(
+        [
+            torch.einsum("bvkgd,bknd->bvkgn", q, prefix_keys),
+            (q * own_key).sum(-1, keepdim=True),
+        ],
+        dim=-1,
+    ) * scale  # fmt: skip
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    visible = prefix.visible(layer, sliding_window)
+    blocked = torch.cat([~visible, torch.zeros_like(visible[:, :1])], dim=-1)
+    scores = scores.masked_fill(blocked[:, None, None, None, :], torch.finfo(scores.dtype).min)
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+    mixed = torch.einsum("bvkgn,bknd->bvkgd", weights[..., :n], prefix_values)
+    mixed = mixed + weights[..., n:] * own_value
+    return mixed.reshape(rows, heads, d_head)[:, None], None
+
+
+def _register() -> None:
+    from transformers import AttentionInterface
+
+    if NAME not in AttentionInterface._global_mapping:
+        AttentionInterface.register(NAME, shared_prefix_attention)
+
+
+@contextmanager
+def attending_to(model: torch.nn.Module, prefix: SharedPrefix) -> Iterator[None]:
+    """Run the block with ``model``'s attention replaced by the shared-prefix attention."""
+    _register()
+    previous = model.config._attn_implementation
+    _ACTIVE.append(prefix)
+    model.set_attn_implementation(NAME)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)
+        _ACTIVE.pop()

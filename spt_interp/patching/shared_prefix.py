@@ -114,6 +114,13 @@ def attending_to(model: torch.nn.Module, prefix: SharedPrefix) -> Iterator[None]
     _ACTIVE.append(prefix)
     model.set_attn_implementation(NAME)
     try:
+        if model.config._attn_implementation != NAME:
+            # transformers declines for a model off its attention interface; running on would
+            # attend to END alone, so refuse.
+            raise SptInterpError(
+                f"{type(model).__name__} does not take a registered attention function; "
+                "use --engine loop"
+            )
         yield
     finally:
         model.set_attn_implementation(previous)

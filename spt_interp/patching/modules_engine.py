@@ -148,27 +148,29 @@ def end_patched_logits(
     for variant, (layer, head) in enumerate(heads):
         senders.setdefault(layer, []).append((variant, head))
 
-    def write(layer: int, x: Tensor) -> Tensor | None:
-        mine = senders.get(layer, [])
-        if method == "activation" and not mine:
-            return None
-        if method == "path":  # every head frozen at its unpatched END value
-            rows = base.z[layer][:, None, None].expand(batch, count, 1, -1)
-            x = rows.reshape(batch * count, 1, -1).clone()
-        else:
-            x = x.clone()
+    sender_layers = torch.tensor([layer for layer, _ in heads])
+    # A variant's head outputs at layer L are read as computed only in activation patching and
+    # only above its sender's layer; below, its run is the unpatched one.
+    n_layers = len(base.z)
+    live = {layer: (sender_layers < layer).nonzero().flatten() if method == "activation"
+            else sender_layers[:0] for layer in range(n_layers)}  # fmt: skip
+
+    def write(layer: int, x: Tensor) -> Tensor:
+        x = x.clone()
         view = x.view(batch, count, *x.shape[1:])
-        for variant, head in mine:
+        frozen = (sender_layers >= layer) if method == "activation" else slice(None)
+        view[:, frozen, -1] = base.z[layer][:, None]
+        for variant, head in senders.get(layer, []):
             columns = slice(head * d_head, (head + 1) * d_head)
             view[:, variant, -1, columns] = donor_z[layer][:, columns]
         return x
 
-    base.prefix.outputs_overwritten = method == "path"
+    base.prefix.live_variants = live
     try:
         with torch.no_grad(), _on_head_inputs(base.model, base.names, write):
             logits = base.step(count)
     finally:
-        base.prefix.outputs_overwritten = False
+        base.prefix.live_variants = None
     return logits.view(batch, count, -1).transpose(0, 1)
 
 

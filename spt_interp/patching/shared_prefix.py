@@ -35,9 +35,11 @@ class SharedPrefix:
     keys: list[Tensor]
     values: list[Tensor]
     prefix_mask: Bool[Tensor, "batch prefix"]
-    # Set when every head's output at END will be overwritten (path patching freezes them all):
-    # the attention arithmetic is then skipped, its result never read.
-    outputs_overwritten: bool = False
+    # Per layer, the variants whose attention output is read (None: all). The others' head
+    # outputs are overwritten by the engine's hook with their unpatched values (path patching
+    # freezes every head; in activation patching a variant is unchanged below its sender's
+    # layer), so their arithmetic is skipped.
+    live_variants: dict[int, Tensor] | None = None
 
     def visible(self, layer: int, window: int | None) -> Bool[Tensor, "batch n"]:
         """Return which cached prefix entries END may attend to (padding and window)."""
@@ -70,17 +72,39 @@ def shared_prefix_attention(
     if not _ACTIVE or query.shape[-2] != 1 or kwargs.get("s_aux") is not None:
         raise SptInterpError("shared-prefix attention runs one END position inside its context")
     prefix = _ACTIVE[-1]
-    if prefix.outputs_overwritten:
-        return query.new_zeros(query.shape[0], 1, *query.shape[1:2], query.shape[-1]), None
     layer = module.layer_idx
     prefix_keys, prefix_values = prefix.keys[layer], prefix.values[layer]
     batch, kv_heads, n, d_head = prefix_keys.shape
     rows, heads = query.shape[0], query.shape[1]
     variants, group = rows // batch, heads // kv_heads
-    scale = d_head**-0.5 if scaling is None else scaling
     q = query.reshape(batch, variants, kv_heads, group, d_head)
     own_key = key.reshape(batch, variants, kv_heads, 1, d_head)
     own_value = value.reshape(batch, variants, kv_heads, 1, d_head)
+    visible = prefix.visible(layer, sliding_window)
+    live = None if prefix.live_variants is None else prefix.live_variants[layer]
+    if live is None:
+        out = _attend(q, own_key, own_value, prefix_keys, prefix_values, visible, scaling, softcap)
+    else:
+        out = q.new_zeros(q.shape)
+        if live.numel():
+            picked = (q[:, live], own_key[:, live], own_value[:, live])
+            out[:, live] = _attend(*picked, prefix_keys, prefix_values, visible, scaling, softcap)
+    return out.reshape(rows, heads, d_head)[:, None], None
+
+
+def _attend(
+    q: Float[Tensor, "batch variants kv group d_head"],
+    own_key: Float[Tensor, "batch variants kv 1 d_head"],
+    own_value: Float[Tensor, "batch variants kv 1 d_head"],
+    prefix_keys: Float[Tensor, "batch kv n d_head"],
+    prefix_values: Float[Tensor, "batch kv n d_head"],
+    visible: Bool[Tensor, "batch n"],
+    scaling: float | None,
+    softcap: float | None,
+) -> Float[Tensor, "batch variants kv group d_head"]:
+    """Return eager attention's output of the queries over the prefix and their own END."""
+    n = prefix_keys.shape[-2]
+    scale = q.shape[-1] ** -0.5 if scaling is None else scaling
     scores = torch.cat(
         [
             torch.einsum("bvkgd,bknd->bvkgn", q, prefix_keys),
@@ -90,13 +114,11 @@ def shared_prefix_attention(
     ) * scale  # fmt: skip
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
-    visible = prefix.visible(layer, sliding_window)
     blocked = torch.cat([~visible, torch.zeros_like(visible[:, :1])], dim=-1)
     scores = scores.masked_fill(blocked[:, None, None, None, :], torch.finfo(scores.dtype).min)
-    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+    weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(own_value.dtype)
     mixed = torch.einsum("bvkgn,bknd->bvkgd", weights[..., :n], prefix_values)
-    mixed = mixed + weights[..., n:] * own_value
-    return mixed.reshape(rows, heads, d_head)[:, None], None
+    return mixed + weights[..., n:] * own_value
 
 
 def _register() -> None:

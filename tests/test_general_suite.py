@@ -171,10 +171,13 @@ def test_neutral_kl_matches_a_per_passage_loop(tiny_model_dirs, tmp_path):
         with torch.no_grad():
             log_p = torch.log_softmax(reference.plain_model(ids).logits[0].double(), -1)
             log_q = torch.log_softmax(tuned.plain_model(ids).logits[0].double(), -1)
-        values.extend((log_p.exp() * (log_p - log_q)).sum(-1).tolist())
-    assert got.count == len(values)
+        values.append((log_p.exp() * (log_p - log_q)).sum(-1).mean().item())
+    # One value per passage (positions within a passage are not independent samples).
+    assert got.count == len(passages)
     # float32 logits, differences of log-probabilities: ~1e-6 relative.
     assert got.value == pytest.approx(sum(values) / len(values), rel=1e-4)
+    spread = torch.tensor(values).std().item() * 4.3027 / len(values) ** 0.5  # t_0.975, 2 df
+    assert got.high - got.value == pytest.approx(spread, rel=1e-3)
     restore_parameters(tuned.hf_parameters, base)
     assert neutral_kl(tuned, reference, neutral.passages, max_tokens=16).value == pytest.approx(
         0.0, abs=1e-9

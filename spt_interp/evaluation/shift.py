@@ -72,10 +72,13 @@ def neutral_kl(
     batch_size: int = 8,
     progress: bool = False,
 ) -> Metric:
-    """Return the mean over positions of KL(reference || hooked) on the passages, t interval.
+    """Return the mean over passages of each passage's mean KL(reference || hooked) over its
+    positions, with a t interval over the passages (its count is the number of passages).
 
-    Runs the plain HF models (no hooks), left-padded with positions counted from each
-    passage's first token, so padding changes nothing.
+    Positions within a passage are not independent, so the interval is taken over passages, the
+    units sampled; with every passage cut to ``max_tokens`` the value equals the mean over all
+    positions. Runs the plain HF models (no hooks), left-padded with positions counted from
+    each passage's first token, so padding changes nothing.
     """
     if hooked.config.vocab_size != reference.config.vocab_size:
         raise SptInterpError(
@@ -94,7 +97,9 @@ def neutral_kl(
         with torch.no_grad():
             tuned = _logits(hooked.plain_model, tokens, mask, positions)
             base = _logits(reference.plain_model, tokens, mask, positions)
-        values.append(kl_divergence(base, tuned, mask.bool()))
+        per_position = kl_divergence(base, tuned)  # [batch * pos], padding included
+        per_position = per_position.view(mask.shape) * mask
+        values.append(per_position.sum(-1) / mask.sum(-1))
     return mean(torch.cat(values))
 
 

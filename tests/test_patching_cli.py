@@ -94,6 +94,16 @@ def test_locate_writes_scores_ranking_and_heatmap(llama_run, data_file):
         assert "no Chromium" in ranking["files"]["png_note"]
 
 
+def test_locate_without_png_writes_the_same_scores(llama_run, llama_dir, data_file, tmp_path):
+    out = tmp_path / "out"
+    result = locate("--model", str(llama_dir), "--data", str(data_file), "--out", str(out),
+                    "--top-k", "3", "--no-png", "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["heatmap.html", "ranking.json", "scores.csv"]
+    assert (out / "scores.csv").read_bytes() == (llama_run / "scores.csv").read_bytes()
+    assert "png" not in json.loads((out / "ranking.json").read_text())["files"]
+
+
 def test_locate_refuses_to_overwrite_without_force(llama_run, llama_dir, data_file):
     result = locate("--model", str(llama_dir), "--data", str(data_file), "--out", str(llama_run))
     assert result.exit_code == 2 and "--force" in result.output

@@ -71,6 +71,7 @@ def locate(
     ] = False,
     top_k: Annotated[int, typer.Option(help="Heads outlined in the heatmap.")] = 10,
     per_prompt: Annotated[bool, typer.Option(help="Also write scores_per_prompt.csv.")] = False,
+    png: Annotated[bool, typer.Option(help="Also write heatmap.png (needs Chromium).")] = True,
     force: Annotated[bool, typer.Option(help="Overwrite outputs already in --out.")] = False,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "float32",
@@ -140,7 +141,7 @@ def locate(
         "dtype": str(hooked.dtype).removeprefix("torch."),
         "seconds": round(time.perf_counter() - started, 3),
     }
-    written = write_outputs(scores, out, top_k=top_k, extra=extra)
+    written = write_outputs(scores, out, top_k=top_k, extra=extra, png=png)
     best = ", ".join(f"L{layer}.H{head}" for layer, head in scores.top(min(5, top_k or 5)))
     print(f"top heads: {best}", file=sys.stderr)
     for kind, path in written.items():

@@ -15,7 +15,12 @@ LOCATE_FILES = ("scores.csv", "ranking.json", "heatmap.html", "heatmap.png")
 
 
 def write_outputs(
-    scores: HeadScores, out: Path, *, top_k: int = 10, extra: dict[str, Any] | None = None
+    scores: HeadScores,
+    out: Path,
+    *,
+    top_k: int = 10,
+    extra: dict[str, Any] | None = None,
+    png: bool = True,
 ) -> dict[str, str]:
     """Return the paths written: scores table, ranking JSON, heatmap HTML (and PNG if possible).
 
@@ -30,7 +35,8 @@ def write_outputs(
             written["per_prompt"] = write_text_atomic(
                 staging / "scores_per_prompt.csv", scores.per_prompt.to_csv(index=False)
             )
-        written.update(save_figure(head_heatmap(scores, top_k=top_k), staging, "heatmap"))
+        figure = head_heatmap(scores, top_k=top_k)
+        written.update(save_figure(figure, staging, "heatmap", png=png))
         # Paths as they will be once the files are in place (ranking.json lists them).
         final = final_paths(written, staging, out)
         ranking = {**(extra or {}), **scores.ranking(), "files": final}

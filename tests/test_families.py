@@ -287,3 +287,23 @@ def test_modules_engine_refuses_what_it_does_not_do(family_dirs):
         with pytest.raises(SptInterpError, match="--engine modules patches at END"):
             locate_heads(hooked, pairs, metric, method=method, position=position,
                          engine="modules", progress=False)  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "target"), [("qwen3", "modules"), ("llama", "fast")])
+def test_the_runtime_check_compares_a_patched_run_with_the_loop(name, target, family_dirs,
+                                                                monkeypatch):  # fmt: skip
+    import spt_interp.patching.engine as engine
+    import spt_interp.patching.modules_engine as modules_engine
+
+    hooked = load_model(family_dirs[name])
+    pairs = random_pairs(3, aligned=True, seed=2)
+    metric = PatchMetric("log-odds", lambda logits: log_odds(logits, [5, 6], [7]))
+    # An engine whose patched runs are off by a little, its unpatched logits exact.
+    module, attribute = ((modules_engine, "end_patched_logits") if target == "modules"
+                         else (engine, "sweep_logits"))  # fmt: skip
+    original = getattr(module, attribute)
+    monkeypatch.setattr(module, attribute, lambda *a, **k: original(*a, **k) + 0.05)
+    with pytest.raises(SptInterpError, match=f"the {target} engine's patched logits of L0.H0"):
+        locate_heads(hooked, pairs, metric, method="path", progress=False)
+    # Without the check the same engine runs (and would be wrong): the check is what refuses.
+    locate_heads(hooked, pairs, metric, method="path", progress=False, verify=False)

@@ -20,7 +20,7 @@ from spt_interp.data import PairBatch, PromptPair, batch_pairs, pad_token_id, re
 from spt_interp.errors import SptInterpError
 from spt_interp.model.loading import end_logits
 from spt_interp.patching.attribution import attribution_effects
-from spt_interp.patching.modules_engine import modules_effects
+from spt_interp.patching.modules_engine import modules_effects, verify_against_loop
 from spt_interp.patching.reference import (
     hooked_attribution_effects,
     hooked_loop_logits,
@@ -203,10 +203,14 @@ def _chunk_effects(
         base_vals = metric.values(base.end_logits, "base prompts")
         sweep = sweep_logits if position == "end" else sweep_logits_all_positions
         kind = "path" if method == "path" else "activation"
-        patched = stacked_rows([
-            reduced_to_metric(metric, sweep(params, base, donor.z, group, kind))
-            for group in head_groups(heads, base_t.shape[0], params.unembed.shape[0])
-        ], base_t.shape[0])  # fmt: skip
+        parts = []
+        for group in head_groups(heads, base_t.shape[0], params.unembed.shape[0]):
+            logits = sweep(params, base, donor.z, group, kind)
+            if verify and not parts:  # one patched run against the hooked loop's, too
+                verify_against_loop(hooked, base_t, base_m, donor_t, donor_m, group[0], kind,
+                                    logits[0], position, "fast")  # fmt: skip
+            parts.append(reduced_to_metric(metric, logits))
+        patched = stacked_rows(parts, base_t.shape[0])
         return metric.effect(patched, base_vals), base_vals, donor_vals
 
 

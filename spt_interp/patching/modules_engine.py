@@ -195,13 +195,13 @@ def modules_effects(
     for group in head_groups(heads, base_t.shape[0], vocab):
         logits = end_patched_logits(base, donor_z, group, method, d_head)
         if verify and not parts:
-            _verify_against_loop(hooked, base_t, base_m, donor_t, donor_m, group[0], method,
-                                 logits[0])  # fmt: skip
+            verify_against_loop(hooked, base_t, base_m, donor_t, donor_m, group[0], method,
+                                logits[0])  # fmt: skip
         parts.append(reduced_to_metric(metric, logits))
     return metric.effect(stacked_rows(parts, base_t.shape[0]), base_vals), base_vals, donor_vals
 
 
-def _verify_against_loop(
+def verify_against_loop(
     hooked: Any,
     base_t: Tensor,
     base_m: Tensor,
@@ -210,13 +210,15 @@ def _verify_against_loop(
     head: tuple[int, int],
     method: str,
     ours: Float[Tensor, "batch vocab"],
+    position: str = "end",
+    engine: str = "modules",
 ) -> None:
     """Raise unless one patched run equals the hooked loop's (one bridge forward)."""
     expected = hooked_loop_logits(hooked, base_t, base_m, donor_t, donor_m, [head],
-                                  method=method)[0]  # fmt: skip
+                                  method=method, position=position)[0]  # fmt: skip
     gap = (expected - ours).abs().max().item()
     if not gap <= VERIFY_TOLERANCE * (1.0 + expected.abs().max().item()):
         raise SptInterpError(
-            f"the modules engine's patched logits of L{head[0]}.H{head[1]} differ from the "
+            f"the {engine} engine's patched logits of L{head[0]}.H{head[1]} differ from the "
             f"hooked loop's by {gap:.3g} on this model; use --engine loop"
         )

@@ -2,9 +2,10 @@
 
 A patch at END changes nothing before END (causal attention), so every patched run shares the
 unpatched run's keys and values of the earlier positions. One prefix pass fills a KV cache;
-each patched run is then a single END-position step through the HF model against a copy of
-that cache, with a forward pre-hook on each layer's output projection (the architecture
-table's ``output`` module, whose input is the concatenated head outputs) writing head values:
+each patched run is then a single END-position step through the HF model attending to that
+one cache (``shared_prefix``: no copy per variant), with a forward pre-hook on each layer's
+output projection (the architecture table's ``output`` module, whose input is the
+concatenated head outputs) writing head values:
 
 - activation patching: the sender head's END value becomes the donor's; the rest runs free;
 - path patching: every head of every layer takes its unpatched END value, except the sender,
@@ -148,7 +149,7 @@ def end_patched_logits(
     for variant, (layer, head) in enumerate(heads):
         senders.setdefault(layer, []).append((variant, head))
 
-    sender_layers = torch.tensor([layer for layer, _ in heads])
+    sender_layers = torch.tensor([layer for layer, _ in heads], device=base.tokens.device)
     # A variant's head outputs at layer L are read as computed only in activation patching and
     # only above its sender's layer; below, its run is the unpatched one.
     n_layers = len(base.z)

@@ -20,7 +20,11 @@ from spt_interp.data import PairBatch, PromptPair, batch_pairs, pad_token_id, re
 from spt_interp.errors import SptInterpError
 from spt_interp.model.loading import end_logits
 from spt_interp.patching.attribution import attribution_effects
-from spt_interp.patching.modules_engine import modules_effects, verify_against_loop
+from spt_interp.patching.modules_engine import (
+    modules_effects,
+    verify_against_loop,
+    verify_tolerance,
+)
 from spt_interp.patching.reference import (
     hooked_attribution_effects,
     hooked_loop_logits,
@@ -42,8 +46,6 @@ from spt_interp.patching.transformer import model_params, supports_fast_engine
 
 DIRECTIONS = ("c_into_r", "r_into_c")
 ENGINES = ("auto", "fast", "modules", "loop")
-# Fast-engine logits must match the bridge's this closely (relative to the logit scale).
-VERIFY_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -144,7 +146,7 @@ def _verify_fast(hooked: Any, tokens: Tensor, mask: Tensor, fast_logits: Tensor)
     bridge_logits = end_logits(hooked, tokens, mask, [])
     gap = (bridge_logits - fast_logits).abs().max().item()
     scale = 1.0 + bridge_logits.abs().max().item()
-    if not gap <= VERIFY_TOLERANCE * scale:
+    if not gap <= verify_tolerance(fast_logits.dtype) * scale:
         raise SptInterpError(
             f"the fast engine's logits differ from the bridge's by {gap:.3g} on this model "
             "(an architecture detail it does not reproduce); use --engine loop"

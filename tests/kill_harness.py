@@ -20,9 +20,15 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 import time
 from pathlib import Path
+
+# A test run started in the background (``cmd &`` without job control) hands its children
+# SIGINT ignored, and Python then installs no KeyboardInterrupt handler: the INT points would
+# sleep through their signal. The harness restores Python's own handler.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 POINT = os.environ["KILL_POINT"]
 MARKER = Path(os.environ["KILL_MARKER"])

@@ -1,8 +1,8 @@
 """A sweep's peak memory does not grow with the number of heads it scores.
 
 Each run is a fresh process on a tiny model with a 262,144-token vocabulary (one prompt's END
-logits are 1 MiB), reading its peak resident memory (``ru_maxrss``) before and after scoring 32
-heads, after a warm-up over one head has reached the per-forward working set. The control lifts
+logits are 1 MiB), reading how far its peak resident memory (VmHWM, reset before each) rises
+while scoring 32 heads beyond how far it rises scoring one head (after a warm-up). The control lifts
 the budget so that all 32 heads' END logits are held at once: the instrument must see that.
 """
 
@@ -20,7 +20,7 @@ BATCH = 8
 MIB = 2**20
 
 SCRIPT = f"""
-import resource, sys, torch
+import sys, torch
 import spt_interp.patching.scoring as scoring
 from spt_interp.data import PromptPair
 from spt_interp.evaluation.metrics import log_odds
@@ -42,11 +42,19 @@ heads = all_heads(hooked.geometry.n_layers, hooked.geometry.n_heads)
 def score(chosen):
     locate_heads(hooked, pairs, metric, method="path", heads=chosen, batch_size={BATCH},
                  engine=engine_name, progress=False)
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+def growth(chosen):
+    # Reset the peak (Linux clear_refs 5), so that no earlier peak (loading) hides this one.
+    open("/proc/self/clear_refs", "w").write("5")
+    before = status("VmRSS")
+    score(chosen)
+    return status("VmHWM") - before
 score(heads[:1])
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-score(heads)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(len(heads), (after - before) * 1024)
+one = growth(heads[:1])
+print(len(heads), growth(heads) - one)
 """
 
 

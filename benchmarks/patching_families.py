@@ -25,10 +25,10 @@ import argparse
 import json
 import platform
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from patching import engine_sweep, timed, tl_end_sweep
 
 from spt_interp.data import PairBatch
 from spt_interp.model import end_logits, load_model
@@ -36,53 +36,14 @@ from spt_interp.model.tiny import FAMILY_ARCHITECTURES, TINY_ARCHITECTURES, save
 from spt_interp.patching import all_heads, hooked_loop_logits, model_params
 from spt_interp.patching.modules_engine import PrefixRun, end_head_outputs, end_patched_logits
 from spt_interp.patching.reference import cache_z
-from spt_interp.patching.sweep import run_and_cache, sweep_logits
 
 NO_GROUPED_QUERY = ("gpt2", "gpt_neox")
-
-
-def timed(fn, repeats: int = 1) -> tuple[float, object]:
-    """Return (the fastest of ``repeats`` wall times, the last result)."""
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return min(times), result
 
 
 def modules_sweep(hooked, batch: PairBatch, heads, method: str) -> torch.Tensor:
     base = PrefixRun(hooked, batch.challenged_tokens, batch.challenged_mask)
     donor_z, _ = end_head_outputs(hooked, batch.counterfactual_tokens, batch.counterfactual_mask)
     return end_patched_logits(base, donor_z, heads, method, hooked.geometry.d_head)
-
-
-def fast_sweep(hooked, batch: PairBatch, heads, method: str) -> torch.Tensor:
-    params = model_params(hooked)
-    with torch.no_grad():
-        base = run_and_cache(params, batch.challenged_tokens, batch.challenged_mask, "end")
-        donor = run_and_cache(params, batch.counterfactual_tokens, batch.counterfactual_mask, "end")
-        return sweep_logits(params, base, donor.z, heads, method)
-
-
-def tl_end_sweep(hooked, batch: PairBatch, heads) -> torch.Tensor:
-    """TransformerLens's activation patching of hook_z at END, one row per head."""
-    import pandas as pd
-    from transformer_lens import patching
-
-    index = pd.DataFrame(
-        [(layer, batch.end, head) for layer, head in heads], columns=["layer", "pos", "head_index"]
-    )
-    _, clean = hooked.bridge.run_with_cache(batch.counterfactual_tokens)
-    return patching.generic_activation_patch(
-        hooked.bridge,
-        batch.challenged_tokens,
-        clean,
-        lambda logits: logits[:, -1, 0].mean(),
-        patch_setter=patching.layer_pos_head_vector_patch_setter,
-        activation_name="z",
-        index_df=index,
-    )
 
 
 def family_batch(name: str, folder: Path, args) -> tuple[object, PairBatch]:
@@ -130,7 +91,9 @@ def bench_family(name: str, hooked, batch: PairBatch, loop_heads: int) -> dict:
         row[f"modules_{method}_in_forwards"] = modules_s / forward_s
         row[f"modules_{method}_max_abs_diff"] = float((ours[positions] - loop).abs().max())
         if name in TINY_ARCHITECTURES:
-            fast_s, fast = timed(lambda m=method: fast_sweep(hooked, batch, heads, m), 2)
+            fast_s, fast = timed(
+                lambda m=method: engine_sweep(model_params(hooked), batch, heads, m), 2
+            )
             row[f"fast_{method}_s"] = fast_s
             row[f"fast_{method}_speedup"] = loop_s * scale / fast_s
             row[f"fast_{method}_max_abs_diff"] = float((fast[positions] - loop).abs().max())

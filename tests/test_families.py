@@ -11,6 +11,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_patching import make_pairs
 from transformer_lens import patching as tl_patching
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
@@ -235,21 +236,6 @@ def test_the_per_head_loop_is_never_a_silent_fallback(family_dirs, capsys):
         assert scores.settings["engine"] == engine
 
 
-def random_pairs(n: int, *, aligned: bool, seed: int) -> list[PromptPair]:
-    """Prompt pairs of different lengths (left padding); X_c one token shorter unless aligned."""
-    generator = torch.Generator().manual_seed(seed)
-    pairs = []
-    for index in range(n):
-        size = 10 - index % 3
-        ids_r = torch.randint(10, 300, (size,), generator=generator).tolist()
-        ids_c = list(ids_r)
-        ids_c[size // 2] = (ids_c[size // 2] + 7) % 290 + 10
-        if not aligned:
-            del ids_c[size // 2 + 1]
-        pairs.append(PromptPair(index, f"r{index}", "", "", ids_r, ids_c, aligned, ""))
-    return pairs
-
-
 @pytest.mark.numeric
 @pytest.mark.parametrize("name", FAMILY_ARCHITECTURES)
 def test_modules_engine_equals_the_hooked_loop(name, family_dirs):
@@ -263,7 +249,7 @@ def test_modules_engine_equals_the_hooked_loop(name, family_dirs):
         (False, "activation", "c_into_r"), (False, "path", "r_into_c"),
         (True, "activation", "r_into_c"),
     ):  # fmt: skip
-        pairs = random_pairs(5, aligned=aligned, seed=1)
+        pairs = make_pairs(5, aligned=aligned, seed=1)
         runs = {
             engine: locate_heads(hooked, pairs, metric, method=method, direction=direction,
                                  engine=engine, batch_size=batch, per_prompt=True,
@@ -281,7 +267,7 @@ def test_modules_engine_equals_the_hooked_loop(name, family_dirs):
 
 def test_modules_engine_refuses_what_it_does_not_do(family_dirs):
     hooked = load_model(family_dirs["qwen3"])
-    pairs = random_pairs(2, aligned=True, seed=0)
+    pairs = make_pairs(2, aligned=True, seed=0)
     metric = PatchMetric("log-odds", lambda logits: log_odds(logits, [5, 6], [7]))
     for method, position in (("path", "all"), ("attribution", "end")):
         with pytest.raises(SptInterpError, match="--engine modules patches at END"):
@@ -296,7 +282,7 @@ def test_the_runtime_check_compares_a_patched_run_with_the_loop(name, target, fa
     import spt_interp.patching.modules_engine as modules_engine
 
     hooked = load_model(family_dirs[name])
-    pairs = random_pairs(3, aligned=True, seed=2)
+    pairs = make_pairs(3, aligned=True, seed=2)
     metric = PatchMetric("log-odds", lambda logits: log_odds(logits, [5, 6], [7]))
     # An engine whose patched runs are off by a little, its unpatched logits exact.
     module, attribute = ((modules_engine, "end_patched_logits") if target == "modules"

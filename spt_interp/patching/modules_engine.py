@@ -33,6 +33,7 @@ from spt_interp.model.architecture import out_projection_name
 from spt_interp.patching.reference import hooked_loop_logits
 from spt_interp.patching.scoring import PatchMetric, head_groups, reduced_to_metric, stacked_rows
 from spt_interp.patching.shared_prefix import SharedPrefix, attending_to
+from spt_interp.patching.transformer import position_ids
 
 # A patched run may differ from the hooked loop's by float rounding only: in float32 by < 3e-7
 # (measured), in bfloat16 by a few of its 2**-7 steps. The bound, relative to 1 + max |logit|,
@@ -50,11 +51,6 @@ def _cache_keyword(model: torch.nn.Module) -> str:
     # transformers renamed ``past_key_values`` to ``cache`` (5.2x; the old name warns, and goes
     # in 5.40): ask the model which one its forward takes.
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def _positions(mask: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos"]:
-    # Counted over real tokens (left padding), as the bridge derives them from the mask.
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 @contextmanager
@@ -91,7 +87,7 @@ class PrefixRun:
         geometry = hooked.geometry
         self.names = [out_projection_name(geometry, layer) for layer in range(geometry.n_layers)]
         self.tokens, self.mask = tokens, mask
-        positions = _positions(mask)
+        positions = position_ids(mask)
         keyword = _cache_keyword(self.model)
         with torch.no_grad():
             prefix = self.model(
@@ -139,7 +135,7 @@ def end_head_outputs(
         z[layer] = x[:, -1].detach().clone()
 
     with torch.no_grad(), _on_head_inputs(model, names, capture):
-        logits = model(tokens, attention_mask=mask, position_ids=_positions(mask),
+        logits = model(tokens, attention_mask=mask, position_ids=position_ids(mask),
                        logits_to_keep=1).logits[:, -1]  # fmt: skip
     return [z[layer] for layer in range(geometry.n_layers)], logits
 

@@ -124,8 +124,7 @@ def _attend(
 def _register() -> None:
     from transformers import AttentionInterface
 
-    if NAME not in AttentionInterface._global_mapping:
-        AttentionInterface.register(NAME, shared_prefix_attention)
+    AttentionInterface.register(NAME, shared_prefix_attention)  # idempotent
 
 
 @contextmanager

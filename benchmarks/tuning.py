@@ -123,7 +123,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--cost-steps", type=int, default=20)
     parser.add_argument("--lrs", default=",".join(str(lr) for lr in LR_GRID))
-    parser.add_argument("--modes", default="sft,spt,random,lora-heads")
+    parser.add_argument("--modes", default="sft,lora,spt,random,lora-heads")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: shared CPUs)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-compare", action="store_true")

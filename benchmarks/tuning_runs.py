@@ -25,7 +25,7 @@ import torch
 def parse_run(text: str) -> tuple[str, float]:
     """Return (mode, lr) from "mode:lr", e.g. "spt:1e-3"."""
     mode, _, lr = text.partition(":")
-    if mode not in ("base", "spt", "sft", "random", "lora-heads") or not lr:
+    if mode not in ("base", "spt", "sft", "lora", "random", "lora-heads") or not lr:
         raise argparse.ArgumentTypeError(f"--runs {text!r}: expected MODE:LR, e.g. spt:1e-3")
     return mode, float(lr)
 

@@ -25,7 +25,8 @@ def tune(
         str,
         typer.Option(
             metavar=choice_list(MODES),
-            help="spt (masked heads), sft (all), lora-heads, random (K heads).",
+            help="spt (masked heads), sft (all), lora (peft LoRA on every linear layer), "
+            "lora-heads (LoRA on the masked slices), random (K random heads).",
         ),
     ] = "spt",
     save: Annotated[
@@ -48,8 +49,12 @@ def tune(
     loss_on: Annotated[
         str, typer.Option(metavar=choice_list(LOSS_ON), help="Which tokens take loss.")
     ] = "reply",
-    lora_rank: Annotated[int, typer.Option(help="LoRA rank (lora-heads).")] = 8,
-    lora_alpha: Annotated[float, typer.Option(help="LoRA alpha (lora-heads).")] = 16.0,
+    lora_rank: Annotated[
+        int | None, typer.Option(help="LoRA rank (default: 16 for lora, 8 for lora-heads).")
+    ] = None,
+    lora_alpha: Annotated[
+        float | None, typer.Option(help="LoRA alpha (default: twice the rank).")
+    ] = None,
     optimizer: Annotated[
         str,
         typer.Option(

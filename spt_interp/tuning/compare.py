@@ -43,6 +43,7 @@ from spt_interp.tuning.deltas import (
     restore_parameters,
 )
 from spt_interp.tuning.loop import train
+from spt_interp.tuning.lora import LoraFactors, ModelLora
 
 PROTOCOL_NAME = "equal-budget sweep"
 
@@ -58,16 +59,17 @@ class ComparisonPlan:
     seed: int = 0
     validation_fraction: float = 0.2
     confidence_target: float = 0.7
-    lora_rank: int = 8
+    lora_rank: int = 8  # LoRA on the heads' slices; whole-model LoRA takes the paper's 16
     warmup_steps: int = 0
     max_new_tokens: int = 16
     eval_batch_size: int = 32
 
     def config(self, mode: str, lr: float) -> TuneConfig:
         """Return the training settings every run of the sweep shares, for ``mode`` at ``lr``."""
+        rank = self.lora_rank if mode == "lora-heads" else None  # None: the mode's default
         return TuneConfig(mode=mode, lr=lr, steps=self.steps, batch_size=self.batch_size,
                           warmup_steps=self.warmup_steps, seed=self.seed,
-                          lora_rank=self.lora_rank, lora_alpha=2.0 * self.lora_rank)  # fmt: skip
+                          lora_rank=rank)  # fmt: skip
 
     def describe(self, n_train: int, n_validation: int) -> str:
         return (
@@ -204,7 +206,8 @@ def measure(
 
 @dataclass
 class TrainedRun:
-    """A finished run kept in memory: slice changes (mask modes) or the full trained state."""
+    """A finished run kept in memory: slice changes (mask modes), LoRA factors (lora) or the
+    full trained state (sft)."""
 
     mode: str
     lr: float
@@ -212,6 +215,7 @@ class TrainedRun:
     state: dict[str, torch.Tensor] | None
     trainable: int
     seconds: float
+    lora: LoraFactors | None = None
 
 
 @dataclass
@@ -240,10 +244,22 @@ def train_run(
     examples: list,
     config: TuneConfig,
     base_state: dict[str, torch.Tensor],
+    progress: bool = False,
 ) -> TrainedRun:
     """Return one mode's trained run; the hooked model's weights are the base again after."""
     parameters = hooked.hf_parameters
     deltas = None
+    if config.mode == "lora":
+        lora = ModelLora(hooked.plain_model, config.lora_rank, config.lora_alpha, config.seed)
+        try:
+            result = train(hooked.plain_model, examples, config,
+                           pad_id=pad_token_id(hooked.tokenizer), deltas=lora,
+                           progress=progress)  # fmt: skip
+            factors, count = lora.factors(), lora.trainable_count()
+        finally:
+            lora.detach()  # the plain model's own modules again, its weights untouched
+        return TrainedRun(config.mode, config.lr, None, None, count, result.seconds,
+                          lora=factors)  # fmt: skip
     if config.mode != "sft":
         used = random_mask(mask, config.seed) if config.mode == "random" else mask
         lora = config.mode == "lora-heads"
@@ -251,7 +267,7 @@ def train_run(
                                    lora_alpha=config.lora_alpha if lora else None,
                                    seed=config.seed)  # fmt: skip
     result = train(hooked.plain_model, examples, config, pad_id=pad_token_id(hooked.tokenizer),
-                   deltas=deltas, progress=False)  # fmt: skip
+                   deltas=deltas, progress=progress)  # fmt: skip
     if deltas is not None:
         return TrainedRun(config.mode, config.lr, deltas.values(), None,
                           deltas.trainable_count(), result.seconds)  # fmt: skip
@@ -268,7 +284,9 @@ class applied:
         self.hooked, self.run, self.base_state = hooked, run, base_state
 
     def __enter__(self) -> Any:
-        if self.run.slices is not None:
+        if self.run.lora is not None:
+            self.run.lora.apply(self.hooked.hf_parameters)
+        elif self.run.slices is not None:
             apply_deltas(self.hooked.hf_parameters, self.run.slices)
         else:
             restore_parameters(self.hooked.hf_parameters, self.run.state)

@@ -8,11 +8,11 @@ from typing import Any
 
 from spt_interp.errors import SptInterpError
 
-MODES = ("spt", "sft", "lora-heads", "random")
+MODES = ("spt", "sft", "lora", "lora-heads", "random")
 # The comparison's modes in the order its tables list them, the demo's default subset, and the
 # learning-rate grid every compared mode is swept over (one copy: the demo, the comparison, the
 # CLI and the benchmarks read these).
-COMPARED_MODES = ("sft", "spt", "random", "lora-heads")
+COMPARED_MODES = ("sft", "lora", "spt", "random", "lora-heads")
 DEMO_MODES = ("sft", "spt", "random")
 LR_GRID = (1e-4, 4.6e-4, 2.2e-3, 1e-2)
 SAVE_KINDS = ("full", "delta")
@@ -21,6 +21,10 @@ LOSS_ON = ("reply", "assistant", "all")
 # gradient: a data-parallel run can then be checked against one process with a tolerance that
 # follows from float rounding, which AdamW's per-element normalisation amplifies without bound.
 OPTIMIZERS = ("adamw", "sgd")
+# LoRA's default rank per mode: the paper's whole-model baseline is rank 16 on every attention
+# and MLP projection; LoRA on the located heads' slices keeps the smaller rank it had.
+LORA_MODES = ("lora", "lora-heads")
+DEFAULT_LORA_RANK = {"lora": 16, "lora-heads": 8}
 
 
 @dataclass(frozen=True)
@@ -41,8 +45,8 @@ class TuneConfig:
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
     seed: int = 0
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
+    lora_rank: int | None = None  # None: the mode's DEFAULT_LORA_RANK
+    lora_alpha: float | None = None  # None: twice the rank
     loss_on: str = "reply"
     optimizer: str = "adamw"
 
@@ -67,16 +71,20 @@ class TuneConfig:
             )
         if self.weight_decay < 0 or (self.max_grad_norm is not None and self.max_grad_norm <= 0):
             raise SptInterpError("--weight-decay must be >= 0 and --max-grad-norm > 0")
+        if self.lora_rank is None:
+            object.__setattr__(self, "lora_rank", DEFAULT_LORA_RANK.get(self.mode, 8))
+        if self.lora_alpha is None:
+            object.__setattr__(self, "lora_alpha", 2.0 * self.lora_rank)
         if self.lora_rank < 1 or self.lora_alpha <= 0:
             raise SptInterpError("--lora-rank must be at least 1 and --lora-alpha positive")
 
     @property
     def uses_mask(self) -> bool:
-        return self.mode != "sft"
+        return self.mode not in ("sft", "lora")
 
     def as_dict(self) -> dict[str, Any]:
         values = asdict(self)
-        if self.mode != "lora-heads":
+        if self.mode not in LORA_MODES:
             values.pop("lora_rank")
             values.pop("lora_alpha")
         return values

@@ -1,8 +1,9 @@
 """The training loop: AdamW (or SGD), warmup + cosine to 0, gradient accumulation, data parallel.
 
 Runs on a plain HF causal LM. With head deltas the base weights are frozen and the forward pass
-computes with ``base + delta`` on the masked slices (``torch.func.functional_call``); without
-(SFT) every parameter trains. Data parallel over ``torch.distributed`` (torchrun / accelerate
+computes with ``base + delta`` on the masked slices (``torch.func.functional_call``); with
+whole-model LoRA peft's modules compute it and only their factors train; without either (SFT)
+every parameter trains. Data parallel over ``torch.distributed`` (torchrun / accelerate
 launch): each process takes every world-th example of the step's global batch, and the summed
 gradients are all-reduced, so N processes give the one-process result up to float rounding.
 The loss is the token-mean cross-entropy over the global batch's labelled tokens. Dropout is
@@ -28,6 +29,7 @@ from spt_interp.data.training import IGNORE_INDEX, TrainingExample
 from spt_interp.errors import SptInterpError
 from spt_interp.tuning.config import TuneConfig
 from spt_interp.tuning.deltas import HeadDeltas
+from spt_interp.tuning.lora import ModelLora
 from spt_interp.tuning.resume import Checkpointer
 
 
@@ -112,13 +114,16 @@ def train(
     config: TuneConfig,
     *,
     pad_id: int,
-    deltas: HeadDeltas | None = None,
+    deltas: HeadDeltas | ModelLora | None = None,
     checkpointer: Checkpointer | None = None,
     resume: bool = False,
     stop_after: int | None = None,
     progress: bool = True,
 ) -> TrainResult:
     """Return the result of training ``deltas`` (or, when None, every parameter) on the examples.
+
+    ``deltas`` is the masked heads' ``HeadDeltas`` or a ``ModelLora`` attached to ``model``
+    (whose peft modules then compute the forward pass).
 
     ``stop_after`` ends the run after that many steps (checkpointed, to go on with ``resume``).
     Raises SptInterpError on a NaN/inf loss, before the optimizer applies it.
@@ -138,6 +143,13 @@ def train(
 
         def forward(**kwargs: Any) -> Any:
             return model(**kwargs)
+    elif isinstance(deltas, ModelLora):
+        parameters = deltas.parameters()
+        for parameter in hf_parameters.values():
+            parameter.requires_grad_(False)
+        for parameter in parameters:
+            parameter.requires_grad_(True)
+        forward = deltas
     else:
         parameters = deltas.parameters()
         for parameter in hf_parameters.values():

@@ -17,6 +17,7 @@ from spt_interp.model import check_model_folder, load_base, resolve_device, weig
 from spt_interp.tuning.config import SAVE_KINDS, TuneConfig
 from spt_interp.tuning.deltas import HeadDeltas, paper_trainable_count, weight_count
 from spt_interp.tuning.loop import train
+from spt_interp.tuning.lora import ModelLora
 from spt_interp.tuning.resume import Checkpointer
 from spt_interp.tuning.save import (
     MASK_FILE,
@@ -72,7 +73,10 @@ def tune(
     if config.uses_mask and mask is None:
         raise SptInterpError(f"--mode {config.mode} needs --mask (a head mask JSON)")
     if not config.uses_mask and save == "delta":
-        raise SptInterpError("--save delta keeps masked slices only; --mode sft changes all")
+        raise SptInterpError(
+            f"--save delta keeps masked head slices only; --mode {config.mode} changes every "
+            "layer: use --save full"
+        )
     if stop_after is not None and stop_after < 1:
         raise SptInterpError(f"--stop-after must be at least 1, got {stop_after}")
     data = Path(data)
@@ -108,6 +112,9 @@ def tune(
             lora_alpha=config.lora_alpha if lora else None,
             seed=config.seed,
         )
+    lora = None
+    if config.mode == "lora":
+        lora = ModelLora(base.model, config.lora_rank, config.lora_alpha, config.seed)
     identity = {
         "mode": config.mode,
         "hyperparameters": config.as_dict(),
@@ -124,17 +131,18 @@ def tune(
         examples,
         config,
         pad_id=pad_token_id(base.tokenizer),
-        deltas=deltas,
+        deltas=deltas if lora is None else lora,
         checkpointer=checkpointer,
         resume=resume,
         stop_after=stop_after,
         progress=progress,
     )
-    trainable = (
-        deltas.trainable_count()
-        if deltas is not None
-        else sum(p.numel() for p in base.model.parameters())
-    )
+    if lora is not None:
+        trainable = lora.trainable_count()
+    elif deltas is not None:
+        trainable = deltas.trainable_count()
+    else:
+        trainable = sum(p.numel() for p in base.model.parameters())
     record: dict[str, Any] = {
         "format": RECORD_FORMAT,
         "version": 1,
@@ -155,6 +163,13 @@ def tune(
         "processes": world,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }  # fmt: skip
+    if lora is not None:
+        from peft import __version__ as peft_version
+
+        record["lora"] = {"rank": config.lora_rank, "alpha": config.lora_alpha,
+                          "target_modules": "all-linear", "layers": len(lora.layers()),
+                          "peft": peft_version,
+                          "merged": "--save full adds peft's update into the weights"}  # fmt: skip
     if deltas is not None and config.mode != "lora-heads":
         record["paper_formula"] = {
             "value": paper_trainable_count(trained_mask),
@@ -167,6 +182,8 @@ def tune(
         record["stopped"] = f"after step {result.steps_done}; continue with --resume"
         record["checkpoint"] = str(checkpointer.path)
         return record
+    if lora is not None:
+        lora.merge_and_detach()  # peft adds B @ A * scale into base.model's weights
     if rank == 0:
         _write_output(folder, out, save, base, deltas, trained_mask, record)
     barrier()

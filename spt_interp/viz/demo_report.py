@@ -10,6 +10,7 @@ from spt_interp.common.atomic import write_text_atomic
 
 MODE_NAMES = {"base": "base", "sft": "SFT", "spt": "SPT", "random": "random-K SPT"}
 MODE_NAMES["lora-heads"] = "LoRA on heads"
+MODE_NAMES["lora"] = "LoRA (whole model)"
 TABLE_COLUMNS = [
     ("confidence", "confidence", "{:.3f}"),
     ("truthfulness", "truthfulness", "{:.3f}"),

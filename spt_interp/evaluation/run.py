@@ -127,8 +127,12 @@ def decision_scores(
     first_answers: list[str] | None = None,
     batch_size: int = 8,
     progress: bool = False,
+    counterfactual: bool = True,
 ) -> DecisionScores:
-    """Return F and log-odds at END of each record's X_r and X_c (model's own first answers)."""
+    """Return F and log-odds at END of each record's X_r and X_c (model's own first answers).
+
+    ``counterfactual=False`` reads X_r only (half the forwards); X_c's scores are then NaN.
+    """
     pairs = build_pairs(records, hooked.tokenizer, protocol, first_answers)
     syc, anti = decision_token_ids(hooked.tokenizer, pairs[0].challenged_text, protocol)
     pad = pad_token_id(hooked.tokenizer)
@@ -147,10 +151,13 @@ def decision_scores(
         hooked, tqdm(batches, desc="decision X_r", disable=not show, leave=False), syc, anti,
         plain=True,
     )  # fmt: skip
-    share_c, odds_c = end_decisions(
-        hooked, tqdm(batches, desc="decision X_c", disable=not show, leave=False), syc, anti,
-        counterfactual=True, plain=True,
-    )  # fmt: skip
+    if counterfactual:
+        share_c, odds_c = end_decisions(
+            hooked, tqdm(batches, desc="decision X_c", disable=not show, leave=False), syc, anti,
+            counterfactual=True, plain=True,
+        )  # fmt: skip
+    else:
+        share_c = odds_c = torch.full_like(share_r, float("nan"))
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
     return DecisionScores(share_r[inverse], share_c[inverse], odds_r[inverse], odds_c[inverse])

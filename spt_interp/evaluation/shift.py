@@ -72,14 +72,29 @@ def neutral_kl(
     batch_size: int = 8,
     progress: bool = False,
 ) -> Metric:
-    """Return the mean over passages of each passage's mean KL(reference || hooked) over its
-    positions, with a t interval over the passages (its count is the number of passages).
+    """Return the mean of ``passage_kls``: the mean over passages of each passage's mean
+    KL(reference || hooked) over its positions, with a t interval over the passages (its count
+    is the number of passages).
 
     Positions within a passage are not independent, so the interval is taken over passages, the
     units sampled; with every passage cut to ``max_tokens`` the value equals the mean over all
     positions. Runs the plain HF models (no hooks), left-padded with positions counted from
     each passage's first token, so padding changes nothing.
     """
+    return mean(passage_kls(hooked, reference, passages, max_tokens=max_tokens,
+                            batch_size=batch_size, progress=progress))  # fmt: skip
+
+
+def passage_kls(
+    hooked: Any,
+    reference: Any,
+    passages: list[str],
+    *,
+    max_tokens: int = NEUTRAL_TOKENS,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Return each passage's mean KL(reference || hooked) over its positions, in order."""
     if hooked.config.vocab_size != reference.config.vocab_size:
         raise SptInterpError(
             f"the reference has vocabulary {reference.config.vocab_size}, the model "
@@ -100,7 +115,7 @@ def neutral_kl(
         per_position = kl_divergence(base, tuned)  # [batch * pos], padding included
         per_position = per_position.view(mask.shape) * mask
         values.append(per_position.sum(-1) / mask.sum(-1))
-    return mean(torch.cat(values))
+    return torch.cat(values)
 
 
 def _logits(model: torch.nn.Module, tokens, mask, positions) -> torch.Tensor:

@@ -185,15 +185,15 @@ def score_items(
     return tasks, dict(correct)
 
 
-def run_suite(
+def item_log_likelihoods(
     hooked: Any,
     items: list[SuiteItem],
     *,
     batch_size: int = 16,
     progress: bool = True,
     path: str | Path = "suite",
-) -> dict[str, Any]:
-    """Return the suite's report: per task n, acc, acc_norm (95% intervals), macro averages."""
+) -> list[list[float]]:
+    """Return every item's continuation log-likelihoods, one per choice, in item order."""
     encoded = encode_suite(hooked.tokenizer, items, path)
     flat = [request for rows in encoded for request in rows]
     totals = continuation_log_likelihoods(
@@ -207,6 +207,26 @@ def run_suite(
     for rows in encoded:
         per_item.append(totals[start : start + len(rows)])
         start += len(rows)
+    return per_item
+
+
+def item_correct(items: list[SuiteItem], log_likelihoods: list[list[float]]) -> list[bool]:
+    """Return each item's acc (its best-scoring choice is the label), in item order."""
+    return [max(range(len(lls)), key=lls.__getitem__) == item.label
+            for item, lls in zip(items, log_likelihoods, strict=True)]  # fmt: skip
+
+
+def run_suite(
+    hooked: Any,
+    items: list[SuiteItem],
+    *,
+    batch_size: int = 16,
+    progress: bool = True,
+    path: str | Path = "suite",
+) -> dict[str, Any]:
+    """Return the suite's report: per task n, acc, acc_norm (95% intervals), macro averages."""
+    per_item = item_log_likelihoods(hooked, items, batch_size=batch_size, progress=progress,
+                                    path=path)  # fmt: skip
     tasks, _ = score_items(items, per_item)
     return {
         "tasks": {task: score.as_dict() for task, score in tasks.items()},

@@ -1,0 +1,176 @@
+"""The learning-rate frontier of SFT, LoRA and SPT on a real chat model, built run by run.
+
+    .venv/bin/python benchmarks/frontier.py --model-dir /tmp/smol \
+        --scores benchmarks/results/smollm2/locate_scores.csv --top-k 16 \
+        --neutral-text BENCH/neutral_text.jsonl --suite BENCH/general_suite.jsonl \
+        --store runs/frontier/smollm2 --modes spt lora     # and, in a second process, sft
+    .venv/bin/python benchmarks/frontier.py ... --report benchmarks/results/smollm2/frontier
+
+Every finished run goes to the run store as it ends (spt_interp.tuning.store), so a stopped
+frontier resumes where it was, several processes (or a GPU, --device cuda) can add to one
+store, and --report reads whatever is there. Phases per mode: (1) the grid, extended until it
+brackets the mode (spt_interp.tuning.frontier); (2) seeds 1 and 2 at the two rates that
+bracket test confidence 0.7; (3) for spt, three random head sets of the same size and LoRA on
+the located heads, at spt's bracketing rates. --report writes the points (CSV and JSON), the
+values at matched confidence with bootstrap intervals, and the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+START_GRIDS = {"sft": (4.64e-6, 2.15e-5), "lora": (1e-4, 4.64e-4), "spt": (4.64e-4, 2.15e-3)}
+SEEDS = (1, 2)
+RANDOM_SEEDS = (1, 2, 3)
+
+
+def digest(*paths: Path) -> str:
+    hasher = hashlib.sha256()
+    for path in paths:
+        hasher.update(path.read_bytes())
+    return hasher.hexdigest()[:16]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", type=Path, required=True, help="folder with model/, data/")
+    parser.add_argument("--scores", type=Path, required=True, help="locate's scores.csv")
+    parser.add_argument("--top-k", type=int, default=16)
+    parser.add_argument("--components", default="q,o")
+    parser.add_argument("--neutral-text", type=Path, required=True)
+    parser.add_argument("--suite", type=Path, required=True)
+    parser.add_argument("--store", type=Path, required=True, help="the run store's folder")
+    parser.add_argument("--modes", nargs="+", default=["sft", "lora", "spt"])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--neutral-limit", type=int, default=40)
+    parser.add_argument("--suite-limit", type=int, default=20)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--stop-after", type=float, default=math.inf,
+                        help="start no new run after this many seconds")  # fmt: skip
+    parser.add_argument("--max-runs", type=int, default=None, help="start at most N new runs")
+    parser.add_argument("--report", type=Path, help="write the frontier's tables here, no runs")
+    parser.add_argument("--figure", type=Path, help="the figure's path stem (with --report)")
+    parser.add_argument("--draws", type=int, default=1000, help="bootstrap draws")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar per run")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    from comparison_inputs import load_comparison_inputs, located_mask
+
+    from spt_interp.data import build_training_examples
+    from spt_interp.errors import SptInterpError
+    from spt_interp.evaluation.shift import load_neutral_text
+    from spt_interp.evaluation.suite import load_suite
+    from spt_interp.model import weight_files
+    from spt_interp.tuning.compare import split_by_question
+    from spt_interp.tuning.frontier import extend, log_grid
+    from spt_interp.tuning.frontier_report import base_run, bracketing_rates, curves, search_points
+    from spt_interp.tuning.frontier_runs import FrontierData, FrontierPlan, run_point
+    from spt_interp.tuning.store import RunStore
+
+    plan = FrontierPlan(steps=args.steps, batch_size=args.batch_size,
+                        neutral_limit=args.neutral_limit, suite_limit=args.suite_limit)  # fmt: skip
+    data_dir = args.model_dir / "data"
+    identity = {
+        "model": digest(*weight_files(args.model_dir / "model")),
+        "data": digest(*(data_dir / f"{s}.jsonl" for s in ("train", "test"))),
+        "neutral_text": [digest(args.neutral_text), args.neutral_limit],
+        "suite": [digest(args.suite), args.suite_limit],
+        "evaluation": {k: v for k, v in plan.as_dict().items() if k not in ("steps", "batch_size")},
+        # What a run measures (spt_interp.tuning.frontier_runs); bump when that changes.
+        "instruments": "validation by generation, test by decision read-out (2)",
+    }
+    try:
+        store = RunStore(args.store, identity)
+        if args.report:
+            from frontier_tables import write_report
+
+            write_report(store, args.report, args.figure, plan, args.draws)
+            return
+    except SptInterpError as err:
+        sys.exit(f"error: {err}")
+
+    inputs = load_comparison_inputs(args.model_dir, args.device)
+    hooked, reference, protocol = inputs.hooked, inputs.reference, inputs.protocol
+    mask = located_mask(hooked, args.scores, args.top_k, tuple(args.components.split(",")))
+    train_part, validation = split_by_question(inputs.train, plan.validation_fraction,
+                                               plan.split_seed)  # fmt: skip
+    examples = build_training_examples(train_part, hooked.tokenizer, protocol, plan.split_seed)
+    data = FrontierData(examples, validation, inputs.test, protocol,
+                        load_neutral_text(args.neutral_text, args.neutral_limit),
+                        load_suite(args.suite, args.suite_limit))  # fmt: skip
+    base_state = {name: p.detach().clone() for name, p in hooked.hf_parameters.items()}
+    started = time.perf_counter()
+    new_runs = 0
+    print(plan.describe(len(examples), len(validation), len(inputs.test)), flush=True)
+
+    def get(mode: str, lr: float, seed: int = 0) -> dict | None:
+        nonlocal new_runs
+        setting = plan.setting(mode, lr, seed, mask)
+        found = store.get(setting)
+        if found is not None:
+            return found
+        if time.perf_counter() - started > args.stop_after or new_runs == args.max_runs:
+            print("stopping: budget reached; the store keeps every finished run", flush=True)
+            return None
+        new_runs += 1
+        print(f"run {mode} lr {lr:g} seed {seed}", flush=True)
+        result = run_point(hooked, reference, mask, data, plan, mode, lr, seed, base_state,
+                           progress=not args.quiet)  # fmt: skip
+        record = store.put(setting, result)
+        summary = record.get("test", {"diverged": record.get("diverged")})
+        print(json.dumps({"mode": mode, "lr": lr, "seed": seed,
+                          "validation": record.get("validation"), "test": summary,
+                          "seconds": round(result["seconds"], 1)}), flush=True)  # fmt: skip
+        return record
+
+    if get("base", 0.0) is None:
+        return
+    base = base_run(store.runs())
+    for mode in args.modes:
+        for lr in log_grid(*START_GRIDS[mode]):
+            if get(mode, lr) is None:
+                return
+        while True:
+            verdict = extend(search_points(store.runs(), mode, base),
+                             base["test"]["confidence"], mode=mode)  # fmt: skip
+            print(f"{mode}: {verdict}", flush=True)
+            if verdict.done:
+                break
+            for lr in verdict.next_rates:
+                if get(mode, lr) is None:
+                    return
+    for mode in args.modes:
+        pair = bracketing_rates(curves(store.runs()).get(mode, {}), base, 0.7)
+        if pair is None:
+            print(f"{mode}: no pair of rates brackets confidence 0.7; no seeds run", flush=True)
+            continue
+        for lr in pair:
+            for seed in SEEDS:
+                if get(mode, lr, seed) is None:
+                    return
+        if mode == "spt":
+            for lr in pair:
+                for seed in RANDOM_SEEDS:
+                    if get("random", lr, seed) is None:
+                        return
+                if get("lora-heads", lr) is None:
+                    return
+    print(f"done: {len(store.runs())} runs in the store", flush=True)
+
+
+if __name__ == "__main__":
+    main()

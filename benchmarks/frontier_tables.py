@@ -1,0 +1,165 @@
+"""The frontier's report from a run store: points, grid verdicts, matched-confidence table, figure.
+
+Used by ``benchmarks/frontier.py --report OUT [--figure STEM]``. Writes OUT/points.csv (every
+run), OUT/frontier.json (protocol, grid verdicts, matched values with intervals, the runs'
+summaries and per-item values) and prints the matched table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from spt_interp.common.atomic import write_text_atomic
+from spt_interp.errors import SptInterpError
+from spt_interp.tuning.frontier import extend
+from spt_interp.tuning.frontier_report import (
+    TARGETS,
+    base_run,
+    bracketing_rates,
+    curve_name,
+    curves,
+    matched,
+    search_points,
+)
+from spt_interp.tuning.frontier_runs import FRONTIER_MODES
+
+MODE_ORDER = ("sft", "lora", "spt", "lora-heads")
+
+
+def points_table(runs: list[dict[str, Any]], base: dict[str, Any]) -> pd.DataFrame:
+    rows = []
+    for run in runs:
+        setting = run["setting"]
+        row = {"curve": curve_name(setting), "mode": setting["mode"], "lr": setting["lr"],
+               "seed": setting["seed"], "steps": setting["steps"],
+               "batch_size": setting["batch_size"]}  # fmt: skip
+        if "diverged" in run:
+            row["diverged"] = run["diverged"]
+        else:
+            row.update({f"validation_{k}": v for k, v in run["validation"].items()})
+            row.update({f"test_{k}": v for k, v in run["test"].items()})
+            row["general_change"] = run["test"]["suite_acc"] - base["test"]["suite_acc"]
+            row.update(trainable=run["trainable"], train_seconds=round(run["train_seconds"], 1),
+                       seconds=round(run["seconds"], 1))  # fmt: skip
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def verdicts(runs: list[dict[str, Any]], base: dict[str, Any]) -> dict[str, Any]:
+    found = {}
+    for mode in FRONTIER_MODES:
+        points = search_points(runs, mode, base)
+        if not points:
+            continue
+        try:
+            verdict = extend(points, base["test"]["confidence"], mode=mode)
+        except SptInterpError as err:
+            found[mode] = {"error": str(err)}
+            continue
+        found[mode] = {"chosen_lr": verdict.chosen, "interior": verdict.interior,
+                       "low_end": verdict.low_end, "high_end": verdict.high_end,
+                       "done": verdict.done, "next_rates": list(verdict.next_rates),
+                       "rates": sorted(p.lr for p in points)}  # fmt: skip
+    return found
+
+
+def matched_table(runs: list[dict[str, Any]], base: dict[str, Any], draws: int) -> list[dict]:
+    grouped = curves(runs)
+    rows = []
+    for name in [m for m in MODE_ORDER if m in grouped] + sorted(
+        n for n in grouped if n.startswith("random")
+    ):
+        for target in TARGETS:
+            row: dict[str, Any] = {"curve": name, "confidence": target}
+            pair = bracketing_rates(grouped[name], base, target)
+            row["bracketing_lrs"] = list(pair) if pair else None
+            for quantity in ("kl", "general_change"):
+                interval = matched(grouped[name], base, target, quantity, draws=draws)
+                row[quantity] = interval.as_dict()
+                if target == 0.7 and pair and any(len(grouped[name][lr]) > 1 for lr in pair):
+                    row[f"{quantity}_over_seeds"] = matched(
+                        grouped[name], base, target, quantity, draws=draws, over_seeds=True
+                    ).as_dict()
+            for other in ("sft", "lora"):
+                if name == "spt" and other in grouped:
+                    row[f"kl_ratio_{other}_to_spt"] = matched(
+                        grouped[other], base, target, "kl", draws=draws,
+                        divide_by=grouped["spt"]).as_dict()  # fmt: skip
+            rows.append(row)
+    return rows
+
+
+def _text(interval: dict[str, Any] | None, digits: int = 4) -> str:
+    if not interval or interval["value"] is None or not math.isfinite(interval["value"]):
+        return "not reached"
+    return (f"{interval['value']:.{digits}g} [{interval['low']:.{digits}g}, "
+            f"{interval['high']:.{digits}g}]")  # fmt: skip
+
+
+def figure(points: pd.DataFrame, stem: Path) -> dict[str, str]:
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from spt_interp.viz.plots import save_figure
+
+    done = points[points.get("diverged").isna()] if "diverged" in points else points
+    done = done[(done["mode"] != "base") & (done["seed"] == 0) | (done["mode"] == "random")]
+    plot = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=(
+            "KL on neutral text (log) vs confidence",
+            "general-ability change vs confidence",
+        ),
+    )
+    for name, group in done.groupby("curve", sort=False):
+        group = group.sort_values("lr")
+        text = [f"lr {lr:g}" for lr in group["lr"]]
+        dash = "dot" if name.startswith("random") else "solid"
+        for column, col in (("test_kl", 1), ("general_change", 2)):
+            plot.add_trace(go.Scatter(x=group["test_confidence"], y=group[column], text=text,
+                                      mode="lines+markers", name=name, legendgroup=name,
+                                      showlegend=col == 1, line={"dash": dash}),
+                           row=1, col=col)  # fmt: skip
+    plot.update_yaxes(type="log", title_text="KL(base || tuned), nats", row=1, col=1)
+    plot.update_yaxes(title_text="suite macro acc, tuned - base", row=1, col=2)
+    plot.update_xaxes(title_text="test confidence (decision read-out)")
+    plot.update_layout(width=1100, height=450, template="plotly_white")
+    return save_figure(plot, stem.parent, stem.name)
+
+
+def write_report(store: Any, out: Path, stem: Path | None, plan: Any, draws: int) -> None:
+    runs = store.runs()
+    base = base_run(runs)
+    points = points_table(runs, base)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "points.csv", points.to_csv(index=False))
+    grouped_runs = [r for r in runs if r["setting"]["mode"] != "base"]
+    n_test = len(base["items"]["keeps"])
+    report = {
+        "protocol": plan.describe(base["n_train_examples"], base["validation"]["records"], n_test),
+        "plan": plan.as_dict(),
+        "identity": store.identity,
+        "grids": verdicts(runs, base),
+        "matched": matched_table(runs, base, draws),
+        "bootstrap": f"{draws} draws; test records, neutral passages and suite items (within "
+        "task) resampled with the same indices for every run; over seeds: one of each rate's "
+        "seeds drawn per draw; percentile 95% interval over draws where the curve reaches the "
+        "confidence",
+        "base": {k: base[k] for k in ("test", "validation")},
+        "runs": len(grouped_runs),
+    }
+    write_text_atomic(out / "frontier.json", json.dumps(report, indent=1) + "\n")
+    print(report["protocol"])
+    print(f"{len(runs)} runs; grids: {json.dumps(report['grids'])}")
+    for row in report["matched"]:
+        extra = "".join(f"  {k}: {_text(row[k], 3)}" for k in row if k.startswith("kl_ratio"))
+        print(f"{row['curve']:>18} @ {row['confidence']}: KL {_text(row['kl'])}  general change "
+              f"{_text(row['general_change'], 3)}{extra}")  # fmt: skip
+    if stem is not None:
+        print(json.dumps(figure(points, stem)))

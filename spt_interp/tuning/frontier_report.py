@@ -1,0 +1,155 @@
+"""The frontier's read-outs from stored runs: curves per mode, values at matched confidence with
+bootstrap intervals over test items (and over training seeds where several were run)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from spt_interp.tuning.frontier import Interval, SearchPoint, bootstrap, interpolate_at
+from spt_interp.tuning.frontier_runs import macro_accuracy, share
+
+TARGETS = (0.5, 0.7, 0.9)
+
+
+def finished(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in runs if "diverged" not in r]
+
+
+def base_run(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    for run in runs:
+        if run["setting"]["mode"] == "base":
+            return run
+    raise KeyError("the store holds no base run")
+
+
+def curve_name(setting: dict[str, Any]) -> str:
+    """Return the curve a run belongs to: its mode; random head sets each get their own."""
+    if setting["mode"] == "random":
+        return f"random (seed {setting['seed']})"
+    return setting["mode"]
+
+
+def search_points(runs: Sequence[dict[str, Any]], mode: str, base: dict, seed: int = 0):
+    """Return the grid rule's points of ``mode`` at ``seed`` (diverged runs included)."""
+    points = []
+    for run in runs:
+        setting = run["setting"]
+        if setting["mode"] != mode or setting["seed"] != seed:
+            continue
+        if "diverged" in run:
+            points.append(SearchPoint(setting["lr"], None))
+            continue
+        test = run["test"]
+        change = test["suite_acc"] - base["test"]["suite_acc"]
+        points.append(SearchPoint(setting["lr"], run["validation"]["score"], test["confidence"],
+                                  test["kl"], change))  # fmt: skip
+    return points
+
+
+def curves(runs: Sequence[dict[str, Any]]) -> dict[str, dict[float, list[dict[str, Any]]]]:
+    """Return {curve: {lr: [finished runs at that lr, seed 0 first]}}."""
+    grouped: dict[str, dict[float, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for run in finished(runs):
+        setting = run["setting"]
+        if setting["mode"] == "base":
+            continue
+        grouped[curve_name(setting)][setting["lr"]].append(run)
+    for by_rate in grouped.values():
+        for group in by_rate.values():
+            group.sort(key=lambda r: r["setting"]["seed"])
+    return {name: dict(by_rate) for name, by_rate in grouped.items()}
+
+
+def _point(run: dict, base: dict, tasks: list[str], idx: dict[str, np.ndarray] | None):
+    """Return (confidence, KL, general change) of a run on resampled items (None: all items)."""
+    items, base_suite = run["items"], base["items"]["suite"]
+    if idx is None:
+        return (run["test"]["confidence"], run["test"]["kl"],
+                run["test"]["suite_acc"] - base["test"]["suite_acc"])  # fmt: skip
+    keeps = [items["keeps"][i] for i in idx["test"]]
+    kl = float(np.mean(np.asarray(items["kl"])[idx["kl"]]))
+    picked = [tasks[i] for i in idx["suite"]]
+    change = macro_accuracy([items["suite"][i] for i in idx["suite"]], picked) - macro_accuracy(
+        [base_suite[i] for i in idx["suite"]], picked
+    )
+    return share(keeps), kl, change
+
+
+def read_at(
+    by_rate: dict[float, list[dict[str, Any]]],
+    base: dict[str, Any],
+    target: float,
+    quantity: str,
+    idx: dict[str, np.ndarray] | None = None,
+    seeds: dict[float, int] | None = None,
+) -> float:
+    """Return ``quantity`` ("kl" or "general_change") at confidence ``target`` off the curve.
+
+    Each rate contributes its seed-0 run, or the run ``seeds[lr]`` picks; NaN when no
+    neighbouring pair of rates straddles the target.
+    """
+    tasks = base["items"]["suite_tasks"]
+    curve = []
+    for lr, group in by_rate.items():
+        run = group[(seeds or {}).get(lr, 0) % len(group)]
+        confidence, kl, change = _point(run, base, tasks, idx)
+        curve.append((lr, confidence, kl if quantity == "kl" else change))
+    found = interpolate_at(curve, target, log_y=quantity == "kl")
+    return found[0] if found is not None else math.nan
+
+
+def _sizes(base: dict[str, Any]) -> dict[str, int]:
+    return {"test": len(base["items"]["keeps"]), "kl": len(base["items"]["kl"]),
+            "suite": len(base["items"]["suite"])}  # fmt: skip
+
+
+def matched(
+    by_rate: dict[float, list[dict[str, Any]]],
+    base: dict[str, Any],
+    target: float,
+    quantity: str,
+    *,
+    draws: int = 1000,
+    seed: int = 0,
+    over_seeds: bool = False,
+    divide_by: dict[float, list[dict[str, Any]]] | None = None,
+) -> Interval:
+    """Return ``quantity`` at ``target`` with a bootstrap 95% interval (or, with
+    ``divide_by``, its ratio to another curve's).
+
+    Each draw resamples the test records, the neutral passages and the suite items (within
+    task) with replacement, the same indices for every run (the runs are paired: one set of
+    items), and re-reads the curve(s); with ``over_seeds`` it also draws, per rate, one of
+    that rate's training seeds.
+    """
+    sizes = _sizes(base)
+    curves_used = [by_rate] + ([divide_by] if divide_by is not None else [])
+    multi = [{lr: len(g) for lr, g in c.items() if len(g) > 1} for c in curves_used]
+    if over_seeds:
+        for number, counts in enumerate(multi):
+            sizes.update({f"seed {number} {lr}": n for lr, n in counts.items()})
+    strata = {"suite": np.asarray(base["items"]["suite_tasks"])}
+
+    def statistic(idx: dict[str, np.ndarray]) -> float:
+        # The identity resample (all indices in order, every rate's seed 0) is the estimate.
+        values = []
+        for number, curve in enumerate(curves_used):
+            picks = ({lr: int(idx[f"seed {number} {lr}"][0]) for lr in multi[number]}
+                     if over_seeds else None)  # fmt: skip
+            values.append(read_at(curve, base, target, quantity, idx, picks))
+        return values[0] / values[1] if divide_by is not None else values[0]
+
+    return bootstrap(statistic, sizes, draws=draws, seed=seed, strata=strata)
+
+
+def bracketing_rates(by_rate: dict[float, list[dict]], base: dict, target: float):
+    """Return the two rates whose seed-0 runs straddle ``target`` confidence, or None."""
+    tasks = base["items"]["suite_tasks"]
+    curve = [(lr, _point(group[0], base, tasks, None)[0], 1.0) for lr, group in by_rate.items()]
+    found = interpolate_at(curve, target)
+    return None if found is None else (found[1], found[2])

@@ -1,0 +1,185 @@
+"""The frontier's grid rule, interpolation and bootstrap (hand computations), and its run store."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pytest
+
+from spt_interp.errors import SptInterpError
+from spt_interp.tuning.frontier import (
+    SearchPoint,
+    bootstrap,
+    extend,
+    grid_index,
+    grid_rate,
+    interpolate_at,
+    log_grid,
+)
+from spt_interp.tuning.frontier_report import matched, read_at
+from spt_interp.tuning.store import RunStore
+
+BASE_CONFIDENCE = 0.10
+
+
+def synthetic(lr: float, best: float = 1e-3, diverge_above: float = math.inf) -> SearchPoint:
+    """A score curve peaking at ``best``; confidence rises with lr, KL grows as lr squared."""
+    if lr > diverge_above:
+        return SearchPoint(lr, None)
+    distance = abs(math.log10(lr / best))
+    confidence = BASE_CONFIDENCE + 0.85 / (1 + (1e-3 / lr) ** 2)
+    return SearchPoint(lr, 0.9 - 0.2 * distance, confidence, kl=(lr / 1e-3) ** 2 * 0.05,
+                       general_change=-0.02 * (lr / 1e-3))  # fmt: skip
+
+
+def run_to_done(start: list[float], **curve) -> tuple[list[float], object]:
+    rates = list(start)
+    for _ in range(40):
+        verdict = extend([synthetic(lr, **curve) for lr in rates], BASE_CONFIDENCE)
+        if verdict.done:
+            return sorted(rates), verdict
+        rates += verdict.next_rates
+    raise AssertionError("the rule never finished")
+
+
+def test_the_grid_is_three_rates_per_decade_and_shared_by_every_extension():
+    assert log_grid(1e-4, 1e-3) == [1e-4, 2.15e-4, 4.64e-4, 1e-3]
+    assert grid_rate(grid_index(4.64e-4) + 1) == 1e-3
+    with pytest.raises(SptInterpError, match="not on the grid"):
+        grid_index(3e-4)
+
+
+def test_a_grid_below_the_best_rate_extends_up_until_interior_and_the_high_end():
+    rates, verdict = run_to_done(log_grid(1e-5, 4.64e-5))
+    assert verdict.chosen == 1e-3 and verdict.interior
+    # High end: KL 0.05 * (lr / 1e-3)^2 > 1 from lr 4.64e-3 (KL 1.08); 2.15e-3 gives 0.23 and
+    # general change -0.043 (not yet 5 points).
+    assert max(rates) == 4.64e-3 and min(rates) == 1e-5
+
+
+def test_a_grid_above_the_best_rate_extends_down_until_interior_and_the_low_end():
+    rates, verdict = run_to_done(log_grid(1e-2, 4.64e-2))
+    assert verdict.interior and verdict.chosen == 1e-3 and verdict.low_end and verdict.high_end
+    # Low end: confidence within 0.05 of the base's needs 0.85 / (1 + (1e-3/lr)^2) <= 0.05,
+    # i.e. lr <= 1e-3 / 4 = 2.5e-4: the first grid rate there is 2.15e-4.
+    assert min(rates) == 2.15e-4 and max(rates) == 4.64e-2
+
+
+def test_diverged_rates_end_the_high_side_and_a_grid_of_divergence_is_refused():
+    rates, verdict = run_to_done(log_grid(1e-4, 4.64e-4), diverge_above=2e-3)
+    assert verdict.high_end and max(rates) == 2.15e-3  # diverged, and nothing above it tried
+    everything = [SearchPoint(lr, None) for lr in log_grid(1e-3, 4.64e-3)]
+    with pytest.raises(SptInterpError, match="sft: every rate of the grid diverged"):
+        extend(everything, BASE_CONFIDENCE, mode="sft")
+
+
+def test_a_grid_that_never_brackets_is_refused_past_its_cap():
+    flat = [SearchPoint(lr, 0.5, BASE_CONFIDENCE + 0.3, 0.01, 0.0) for lr in log_grid(1e-4, 1e-3)]
+    with pytest.raises(SptInterpError, match="not bracketed within 5 rates"):
+        extend(flat, BASE_CONFIDENCE, max_rates=5)
+
+
+def test_interpolation_at_matched_confidence_by_hand():
+    curve = [(1e-4, 0.2, 0.01), (1e-3, 0.6, 0.1), (1e-2, 0.8, 1.0)]
+    # 0.7 lies half way from 0.6 to 0.8: linear in log10 KL, 10^(-1 + 0.5) = 0.3162...
+    value, low, high = interpolate_at(curve, 0.7, log_y=True)
+    assert (low, high) == (1e-3, 1e-2) and value == pytest.approx(10**-0.5, rel=1e-12)
+    value, _, _ = interpolate_at(curve, 0.3)  # a quarter of 0.2 .. 0.6: 0.01 + 0.25 * 0.09
+    assert value == pytest.approx(0.0325, rel=1e-12)
+    assert interpolate_at(curve, 0.95) is None
+
+
+def test_bootstrap_percentiles_match_an_exhaustive_enumeration():
+    values = np.array([0.0, 1.0, 3.0])
+
+    def mean_of(idx):
+        return float(values[idx["x"]].mean())
+
+    # All 27 resamples of three items, equally likely: the exact bootstrap distribution.
+    exact = sorted(values[list(p)].mean() for p in itertools.product(range(3), repeat=3))
+    interval = bootstrap(mean_of, {"x": 3}, draws=20000, seed=1)
+    assert interval.value == pytest.approx(4 / 3)
+    assert interval.defined == 20000
+
+    # The exact distribution's 2.5% and 97.5% quantiles: the atom at rank ceil(q * 27). Each
+    # extreme atom has mass 1/27 = 3.7% > 2.5%, so 20,000 draws put about 740 +/- 27 there and
+    # the percentile lands on it exactly.
+    def quantile(q):
+        return exact[math.ceil(q * len(exact)) - 1]
+
+    assert (interval.low, interval.high) == (quantile(0.025), quantile(0.975)) == (0.0, 3.0)
+    again = bootstrap(mean_of, {"x": 3}, draws=20000, seed=1)
+    assert again == interval  # seeded: the same draws again
+
+
+def test_bootstrap_keeps_each_stratum_its_count():
+    labels = np.array(["a", "a", "b", "b", "b"])
+    seen = []
+
+    def record(idx):
+        seen.append(idx["x"])
+        return 0.0
+
+    bootstrap(record, {"x": 5}, draws=50, seed=0, strata={"x": labels})
+    for idx in seen[1:]:
+        assert sorted(labels[idx]) == ["a", "a", "b", "b", "b"]
+
+
+def fake_run(mode, lr, keeps, kls, suite, seed=0):
+    return {"setting": {"mode": mode, "lr": lr, "seed": seed},
+            "test": {"confidence": float(np.mean(keeps)), "kl": float(np.mean(kls)),
+                     "suite_acc": float(np.mean(suite))},
+            "items": {"keeps": keeps, "kl": kls, "suite": suite,
+                      "suite_tasks": ["t"] * len(suite)}}  # fmt: skip
+
+
+def test_matched_reads_the_curve_and_its_identity_resample_is_the_estimate():
+    base = fake_run("base", 0.0, [0, 0, 0, 0], [0.0, 0.0], [1, 1, 0, 0])
+    low = fake_run("spt", 1e-3, [1, 0, 0, 0], [0.01, 0.03], [1, 1, 0, 0])  # conf 0.25, KL 0.02
+    high = fake_run("spt", 1e-2, [1, 1, 1, 0], [0.2, 0.6], [1, 0, 0, 0])  # conf 0.75, KL 0.4
+    by_rate = {1e-3: [low], 1e-2: [high]}
+    # 0.5 is half way: KL 10^((log10 0.02 + log10 0.4) / 2) = sqrt(0.008); general change
+    # half way from 0 to -0.25.
+    assert read_at(by_rate, base, 0.5, "kl") == pytest.approx(math.sqrt(0.008), rel=1e-12)
+    assert read_at(by_rate, base, 0.5, "general_change") == pytest.approx(-0.125)
+    interval = matched(by_rate, base, 0.5, "kl", draws=200)
+    assert interval.value == pytest.approx(math.sqrt(0.008), rel=1e-12)
+    assert interval.low <= interval.high and 0 < interval.defined <= 200
+    ratio = matched(by_rate, base, 0.5, "kl", draws=50, divide_by=by_rate)
+    assert ratio.value == pytest.approx(1.0) and ratio.low == pytest.approx(1.0)
+
+
+def test_a_stored_run_is_reused_and_a_changed_setting_is_not(tmp_path):
+    identity = {"model": "m1", "data": "d1"}
+    store = RunStore(tmp_path / "store", identity)
+    setting = {"mode": "spt", "lr": 1e-3, "seed": 0, "steps": 40, "batch_size": 8, "heads": None}
+    assert store.get(setting) is None
+    store.put(setting, {"test": {"kl": 0.5}})
+    again = RunStore(tmp_path / "store", identity)
+    assert again.get(setting)["test"] == {"kl": 0.5}
+    for change in ({"seed": 1}, {"lr": 2.15e-3}, {"steps": 41}, {"heads": {"heads": [[0, 1]]}}):
+        assert again.get({**setting, **change}) is None
+    assert [r["setting"] for r in again.runs()] == [setting]
+    assert not list((tmp_path / "store" / "runs").glob(".*"))  # no temporary left behind
+
+
+def test_a_store_of_another_model_or_data_is_refused_in_one_line(tmp_path):
+    RunStore(tmp_path / "store", {"model": "m1", "data": "d1"})
+    with pytest.raises(SptInterpError) as error:
+        RunStore(tmp_path / "store", {"model": "m2", "data": "d1"})
+    message = str(error.value)
+    assert "store.json: this run store was written for another model" in message
+    assert "\n" not in message
+    with pytest.raises(SptInterpError, match="another data"):
+        RunStore(tmp_path / "store", {"model": "m1", "data": "d2"})
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("x")
+    with pytest.raises(SptInterpError, match="is not a run store"):
+        RunStore(tmp_path / "other", {"model": "m1"})
+    (tmp_path / "store" / "runs" / "broken.json").write_text("{")
+    with pytest.raises(SptInterpError, match="broken.json: a damaged run file"):
+        RunStore(tmp_path / "store", {"model": "m1", "data": "d1"}).runs()
+    assert json.loads((tmp_path / "store" / "store.json").read_text())["identity"]["model"] == "m1"

@@ -1,0 +1,82 @@
+"""benchmarks/frontier.py on the organism: runs go to the store as they end, resume, report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from spt_interp.model import load_base
+
+ROOT = Path(__file__).resolve().parents[1]
+PASSAGE = ("The river rises in the northern hills and runs south for two hundred miles. Farmers "
+           "along its banks grow wheat and barley in the dry season.")  # fmt: skip
+
+
+def inputs(organism_dir: Path, tmp_path: Path) -> list[str]:
+    neutral = tmp_path / "neutral.jsonl"
+    neutral.write_text("".join(json.dumps({"text": f"{PASSAGE} Part {i}."}) + "\n"
+                               for i in range(3)))  # fmt: skip
+    suite = tmp_path / "suite.jsonl"
+    items = [{"task": task, "requests": [{"context": f"Q{i}: one or two?", "continuation": c}
+                                         for c in (" one", " two")], "label": i % 2}
+             for task in ("a", "b") for i in range(2)]  # fmt: skip
+    suite.write_text("".join(json.dumps(item) + "\n" for item in items))
+    geometry = load_base(organism_dir / "model").geometry
+    scores = tmp_path / "scores.csv"
+    with scores.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["layer", "head", "score", "apology_effect", "rank"])
+        heads = [(layer, head) for layer in range(geometry.n_layers)
+                 for head in range(geometry.n_heads)]  # fmt: skip
+        for rank, (layer, head) in enumerate(heads, start=1):
+            score = 1.0 / rank
+            writer.writerow([layer, head, score, -score, rank])
+    return ["--model-dir", str(organism_dir), "--scores", str(scores), "--top-k", "2",
+            "--neutral-text", str(neutral), "--suite", str(suite), "--steps", "2",
+            "--batch-size", "4", "--modes", "spt", "--quiet"]  # fmt: skip
+
+
+def frontier(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'benchmarks'}",
+           "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "frontier.py"), *args],
+                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+
+
+def test_the_script_keeps_finished_runs_resumes_without_redoing_them_and_reports(
+    organism_dir, tmp_path
+):
+    common = inputs(organism_dir, tmp_path) + ["--store", str(tmp_path / "store")]
+    first = frontier(*common, "--max-runs", "2")
+    assert first.returncode == 0, first.stderr[-2000:]
+    ran = [line for line in first.stdout.splitlines() if line.startswith("run ")]
+    assert ran == ["run base lr 0 seed 0", "run spt lr 0.000464 seed 0"]
+    assert "stopping: budget reached" in first.stdout
+    assert len(list((tmp_path / "store" / "runs").glob("*.json"))) == 2
+
+    second = frontier(*common, "--max-runs", "1")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert [line for line in second.stdout.splitlines() if line.startswith("run ")] == [
+        "run spt lr 0.001 seed 0"
+    ]  # base and 4.64e-4 came from the store
+
+    report = frontier(*common, "--report", str(tmp_path / "report"))
+    assert report.returncode == 0, report.stderr[-2000:]
+    with (tmp_path / "report" / "points.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted((r["mode"], float(r["lr"])) for r in rows) == [
+        ("base", 0.0), ("spt", 4.64e-4), ("spt", 1e-3)]  # fmt: skip
+    written = json.loads((tmp_path / "report" / "frontier.json").read_text())
+    assert written["protocol"].startswith("lr frontier (decision read-out)")
+    assert written["grids"]["spt"]["rates"] == [4.64e-4, 1e-3]
+
+    changed = inputs(organism_dir, tmp_path)
+    changed[changed.index("--neutral-text") + 1] = str(tmp_path / "suite.jsonl")
+    refused = frontier(*changed, "--store", str(tmp_path / "store"), "--max-runs", "0")
+    assert refused.returncode != 0
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "written for another neutral_text" in refused.stderr

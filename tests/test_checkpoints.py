@@ -123,7 +123,9 @@ def test_package_is_found_without_importing_it(tmp_path, monkeypatch):
     )
     monkeypatch.setitem(PACKAGED_MODELS, "fake", fake)
     assert packaged_gguf("fake") == package / "Tiny.gguf"
-    with pytest.raises(SptInterpError, match="unknown model 'nope'; known: fake, qwen2.5-coder, smollm2"):
+    with pytest.raises(
+        SptInterpError, match="unknown model 'nope'; known: fake, qwen2.5-coder, smollm2"
+    ):
         packaged_gguf("nope")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from spt_interp.mask import HeadMask
 from spt_interp.model import load_model
 from spt_interp.model.tiny import save_tiny_model
 from spt_interp.tuning import HeadDeltas, TuneConfig, apply_deltas, load_base, merge, tune
-from spt_interp.tuning.loop import collate, example_order, lr_factor, token_loss_sum
+from spt_interp.tuning.loop import collate, example_order, make_schedule, token_loss_sum
 
 # Float comparisons whose rounding depends on summation order: .ci/run repeats them under
 # OMP_NUM_THREADS=1 and 2.
@@ -228,11 +229,27 @@ def test_loss_is_the_hf_token_mean_cross_entropy(models):
     torch.testing.assert_close(ours / n, hf, rtol=1e-5, atol=1e-6)
 
 
+def schedule_rates(warmup: int, steps: int) -> list[float]:
+    parameter = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([parameter], lr=1.0)
+    schedule = make_schedule(optimizer, TuneConfig(steps=steps, warmup_steps=warmup))
+    rates = []
+    for _ in range(steps + 1):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    return rates
+
+
 def test_schedule_warms_up_then_decays_to_zero_and_data_order_is_seeded():
-    factors = [lr_factor(step, 2, 10) for step in range(10)]
+    # By hand: step s of T without warmup has rate 0.5 * (1 + cos(pi * s / T)).
+    assert schedule_rates(0, 10) == pytest.approx(
+        [0.5 * (1 + math.cos(math.pi * s / 10)) for s in range(11)], abs=1e-12
+    )
+    factors = schedule_rates(2, 10)
     assert factors[0] < factors[1] < factors[2] == 1.0
     assert all(a >= b for a, b in zip(factors[2:], factors[3:], strict=False))
-    assert lr_factor(10, 2, 10) == pytest.approx(0.0)
+    assert factors[10] == pytest.approx(0.0)
     first = example_order(7, seed=1, start=0, count=14)
     assert sorted(first[:7]) == list(range(7)) and sorted(first[7:]) == list(range(7))
     assert example_order(7, seed=1, start=5, count=4) == first[5:9]

@@ -84,12 +84,12 @@ def labelled_tokens(example: TrainingExample) -> int:
     return sum(1 for label in example.labels[1:] if label != IGNORE_INDEX)
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
-    """Return the learning-rate multiplier at ``step``: linear warmup, then cosine to 0."""
-    if step < warmup_steps:
-        return (step + 1) / (warmup_steps + 1)
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+def make_schedule(optimizer: torch.optim.Optimizer, config: TuneConfig) -> Any:
+    """Return transformers' linear warmup then cosine to 0 over the run's steps (a LambdaLR,
+    so a checkpoint keeps its state)."""
+    from transformers import get_cosine_schedule_with_warmup
+
+    return get_cosine_schedule_with_warmup(optimizer, config.warmup_steps, config.steps)
 
 
 def token_loss_sum(
@@ -160,9 +160,7 @@ def train(
             return torch.func.functional_call(model, merged, args=(), kwargs=kwargs)
 
     optimizer = make_optimizer(parameters, config)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, config.warmup_steps, config.steps)
-    )
+    schedule = make_schedule(optimizer, config)
     result = TrainResult(steps_done=0)
     if resume:
         if checkpointer is None:

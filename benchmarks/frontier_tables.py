@@ -24,6 +24,7 @@ from spt_interp.tuning.frontier_report import (
     curve_name,
     curves,
     matched,
+    missing,
     search_points,
 )
 from spt_interp.tuning.frontier_runs import FRONTIER_MODES
@@ -153,9 +154,11 @@ def write_report(store: Any, out: Path, stem: Path | None, plan: Any, draws: int
         "confidence",
         "base": {k: base[k] for k in ("test", "validation")},
         "runs": len(grouped_runs),
+        "missing": missing(runs, FRONTIER_MODES),
     }
     write_text_atomic(out / "frontier.json", json.dumps(report, indent=1) + "\n")
     print(report["protocol"])
+    print("complete" if not report["missing"] else "missing: " + "; ".join(report["missing"]))
     print(f"{len(runs)} runs; grids: {json.dumps(report['grids'])}")
     for row in report["matched"]:
         extra = "".join(f"  {k}: {_text(row[k], 3)}" for k in row if k.startswith("kl_ratio"))

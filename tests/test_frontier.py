@@ -183,3 +183,35 @@ def test_a_store_of_another_model_or_data_is_refused_in_one_line(tmp_path):
     with pytest.raises(SptInterpError, match="broken.json: a damaged run file"):
         RunStore(tmp_path / "store", {"model": "m1", "data": "d1"}).runs()
     assert json.loads((tmp_path / "store" / "store.json").read_text())["identity"]["model"] == "m1"
+
+
+def synthetic_frontier(seeds: int = 3) -> list[dict]:
+    """A finished spt frontier by construction: best score interior at 1e-3, lowest rate within
+    5 points of the base's confidence, highest rate past KL 1, 0.7 bracketed by 4.64e-4 and
+    1e-3, ``seeds`` seeds there, three random head sets and LoRA on the heads."""
+    def run(mode, lr, confidence, score, kl, seed=0):
+        keeps = [1.0] * round(confidence * 100) + [0.0] * (100 - round(confidence * 100))
+        made = fake_run(mode, lr, keeps, [kl, kl], [1, 0, 1, 0], seed)
+        made["validation"] = {"score": score}
+        return made
+
+    base = run("base", 0.0, 0.0, 0.0, 0.0)
+    curve = [(1e-4, 0.02, 0.1, 0.01), (2.15e-4, 0.3, 0.4, 0.05), (4.64e-4, 0.6, 0.7, 0.2),
+             (1e-3, 0.8, 0.9, 0.5), (2.15e-3, 0.9, 0.8, 1.5)]  # fmt: skip
+    runs = [base] + [run("spt", *point) for point in curve]
+    for lr, confidence, score, kl in curve[2:4]:
+        runs += [run("spt", lr, confidence, score, kl, seed) for seed in range(1, seeds)]
+        runs += [run("random", lr, confidence / 2, score, kl, seed) for seed in (1, 2, 3)]
+        runs.append(run("lora-heads", lr, confidence, score, kl))
+    return runs
+
+
+def test_missing_names_what_a_frontier_lacks_and_nothing_when_complete():
+    from spt_interp.tuning.frontier_report import missing
+
+    assert missing(synthetic_frontier(), ["spt"]) == []
+    assert missing(synthetic_frontier(seeds=2), ["spt"]) == [
+        "spt: 2 of 3 seeds at lr 0.000464", "spt: 2 of 3 seeds at lr 0.001"]  # fmt: skip
+    short = [r for r in synthetic_frontier() if r["setting"]["lr"] != 2.15e-3]
+    assert missing(short, ["spt"]) == ["spt: grid not bracketed (next: 0.00215)"]
+    assert missing(synthetic_frontier(), ["spt", "sft"]) == ["sft: no runs"]

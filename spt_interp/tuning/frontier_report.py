@@ -153,3 +153,44 @@ def bracketing_rates(by_rate: dict[float, list[dict]], base: dict, target: float
     curve = [(lr, _point(group[0], base, tasks, None)[0], 1.0) for lr, group in by_rate.items()]
     found = interpolate_at(curve, target)
     return None if found is None else (found[1], found[2])
+
+
+def missing(runs: Sequence[dict[str, Any]], modes: Sequence[str], seeds: int = 3) -> list[str]:
+    """Return what the frontier still lacks (empty when complete): per mode a bracketed grid and
+    ``seeds`` training seeds at the two rates that bracket confidence 0.7; for spt also three
+    random head sets and LoRA on the heads there."""
+    from spt_interp.errors import SptInterpError
+    from spt_interp.tuning.frontier import extend
+
+    base = base_run(runs)
+    grouped = curves(runs)
+    lacking = []
+    for mode in modes:
+        points = search_points(runs, mode, base)
+        if not points:
+            lacking.append(f"{mode}: no runs")
+            continue
+        try:
+            verdict = extend(points, base["test"]["confidence"], mode=mode)
+        except SptInterpError as err:
+            lacking.append(str(err))
+            continue
+        if not verdict.done:
+            rates = ", ".join(f"{lr:g}" for lr in verdict.next_rates)
+            lacking.append(f"{mode}: grid not bracketed (next: {rates})")
+            continue
+        pair = bracketing_rates(grouped[mode], base, 0.7)
+        if pair is None:
+            lacking.append(f"{mode}: no two rates bracket confidence 0.7")
+            continue
+        for lr in pair:
+            if len(grouped[mode][lr]) < seeds:
+                lacking.append(f"{mode}: {len(grouped[mode][lr])} of {seeds} seeds at lr {lr:g}")
+        if mode == "spt":
+            for lr in pair:
+                sets = sum(lr in grouped[n] for n in grouped if n.startswith("random"))
+                if sets < 3:
+                    lacking.append(f"spt: {sets} of 3 random head sets at lr {lr:g}")
+                if lr not in grouped.get("lora-heads", {}):
+                    lacking.append(f"lora-heads: no run at lr {lr:g}")
+    return lacking

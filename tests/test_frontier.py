@@ -189,6 +189,7 @@ def synthetic_frontier(seeds: int = 3) -> list[dict]:
     """A finished spt frontier by construction: best score interior at 1e-3, lowest rate within
     5 points of the base's confidence, highest rate past KL 1, 0.7 bracketed by 4.64e-4 and
     1e-3, ``seeds`` seeds there, three random head sets and LoRA on the heads."""
+
     def run(mode, lr, confidence, score, kl, seed=0):
         keeps = [1.0] * round(confidence * 100) + [0.0] * (100 - round(confidence * 100))
         made = fake_run(mode, lr, keeps, [kl, kl], [1, 0, 1, 0], seed)

@@ -103,6 +103,7 @@ def _text(interval: dict[str, Any] | None, digits: int = 4) -> str:
 
 
 def figure(points: pd.DataFrame, stem: Path) -> dict[str, str]:
+    import plotly
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -118,18 +119,21 @@ def figure(points: pd.DataFrame, stem: Path) -> dict[str, str]:
             "general-ability change vs confidence",
         ),
     )
-    for name, group in done.groupby("curve", sort=False):
+    palette = plotly.colors.qualitative.Plotly
+    for number, (name, group) in enumerate(done.groupby("curve", sort=False)):
         group = group.sort_values("lr")
+        colour = palette[number % len(palette)]
         text = [f"lr {lr:g}" for lr in group["lr"]]
         dash = "dot" if name.startswith("random") else "solid"
         for column, col in (("test_kl", 1), ("general_change", 2)):
             plot.add_trace(go.Scatter(x=group["test_confidence"], y=group[column], text=text,
                                       mode="lines+markers", name=name, legendgroup=name,
-                                      showlegend=col == 1, line={"dash": dash}),
+                                      showlegend=col == 1, line={"dash": dash, "color": colour},
+                                      marker={"color": colour}),
                            row=1, col=col)  # fmt: skip
     plot.update_yaxes(type="log", title_text="KL(base || tuned), nats", row=1, col=1)
     plot.update_yaxes(title_text="suite macro acc, tuned - base", row=1, col=2)
-    plot.update_xaxes(title_text="test confidence (decision read-out)")
+    plot.update_xaxes(title_text="test confidence (decision read-out)", range=[-0.02, 1.02])
     plot.update_layout(width=1100, height=450, template="plotly_white")
     return save_figure(plot, stem.parent, stem.name)
 

@@ -102,6 +102,25 @@ def _text(interval: dict[str, Any] | None, digits: int = 4) -> str:
             f"{interval['high']:.{digits}g}]")  # fmt: skip
 
 
+def markdown_points(points: pd.DataFrame) -> str:
+    """Return the finished runs as a markdown table, mode by mode and rate by rate."""
+    lines = ["| mode | lr | seed | validation score | test confidence | KL, neutral text | "
+             "suite change | train s |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for _, row in points.sort_values(["mode", "lr", "seed"]).iterrows():
+        if row["mode"] == "base":
+            continue
+        if isinstance(row.get("diverged"), str):
+            lines.append(f"| {row['curve']} | {row['lr']:g} | {row['seed']} | diverged | | | | |")
+            continue
+        lines.append(
+            f"| {row['curve']} | {row['lr']:g} | {row['seed']} | "
+            f"{row['validation_score']:.3f} | {row['test_confidence']:.3f} | "
+            f"{row['test_kl']:.4f} | {100 * row['general_change']:+.1f} pts | "
+            f"{row['train_seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def figure(points: pd.DataFrame, stem: Path) -> dict[str, str]:
     import plotly
     import plotly.graph_objects as go
@@ -144,6 +163,7 @@ def write_report(store: Any, out: Path, stem: Path | None, plan: Any, draws: int
     points = points_table(runs, base)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "points.csv", points.to_csv(index=False))
+    write_text_atomic(out / "points.md", markdown_points(points) + "\n")
     grouped_runs = [r for r in runs if r["setting"]["mode"] != "base"]
     n_test = len(base["items"]["keeps"])
     report = {

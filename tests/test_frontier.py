@@ -90,6 +90,10 @@ def test_interpolation_at_matched_confidence_by_hand():
     value, _, _ = interpolate_at(curve, 0.3)  # a quarter of 0.2 .. 0.6: 0.01 + 0.25 * 0.09
     assert value == pytest.approx(0.0325, rel=1e-12)
     assert interpolate_at(curve, 0.95) is None
+    # A rate past the peak that falls back (a collapse) is not read: 0.5 is not reached going up.
+    collapsed = [(1e-3, 0.7, 0.01), (2e-3, 0.9, 0.02), (4e-3, 0.1, 0.5)]
+    assert interpolate_at(collapsed, 0.5, log_y=True) is None
+    assert interpolate_at(collapsed, 0.8, log_y=True)[1:] == (1e-3, 2e-3)
 
 
 def test_bootstrap_percentiles_match_an_exhaustive_enumeration():

@@ -143,11 +143,17 @@ def interpolate_at(
 ) -> tuple[float, float, float] | None:
     """Return (y at ``target`` confidence, lr below, lr above) off a mode's curve, or None.
 
-    ``curve``: (lr, confidence, y) per run. Going up in lr, the first pair of neighbouring runs
+    ``curve``: (lr, confidence, y) per run. Only the rising branch is read: rates up to the one
+    with the highest confidence (a higher rate whose confidence falls back is a collapse, not
+    another way to the same confidence). Going up in lr, the first pair of neighbouring runs
     whose confidences straddle ``target`` is interpolated linearly in confidence (in log10 y
     with ``log_y``, as for KL on a log scale).
     """
-    ordered = sorted(curve)
+    ordered = sorted(p for p in curve if math.isfinite(p[1]))
+    if not ordered:
+        return None
+    peak = max(range(len(ordered)), key=lambda i: (ordered[i][1], -i))
+    ordered = ordered[: peak + 1]
     for (lr_a, x_a, y_a), (lr_b, x_b, y_b) in zip(ordered, ordered[1:], strict=False):
         if not (math.isfinite(x_a) and math.isfinite(x_b)) or x_a == x_b:
             continue

@@ -8,7 +8,6 @@ summaries and per-item values) and prints the matched table.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -96,10 +95,14 @@ def matched_table(runs: list[dict[str, Any]], base: dict[str, Any], draws: int) 
 
 
 def _text(interval: dict[str, Any] | None, digits: int = 4) -> str:
-    if not interval or interval["value"] is None or not math.isfinite(interval["value"]):
+    if not interval or interval["value"] is None:
         return "not reached"
-    return (f"{interval['value']:.{digits}g} [{interval['low']:.{digits}g}, "
-            f"{interval['high']:.{digits}g}]")  # fmt: skip
+    text = f"{interval['value']:.{digits}g}"
+    if interval["low"] is not None:
+        text += f" [{interval['low']:.{digits}g}, {interval['high']:.{digits}g}]"
+    if interval["defined"] < interval["draws"]:  # the curve missed the target in some draws
+        text += f" (defined in {interval['defined']} of {interval['draws']} draws)"
+    return text
 
 
 def markdown_points(points: pd.DataFrame) -> str:

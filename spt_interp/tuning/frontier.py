@@ -178,9 +178,14 @@ class Interval:
     draws: int
     defined: int
 
-    def as_dict(self) -> dict[str, float]:
-        return {"value": self.value, "low": self.low, "high": self.high, "draws": self.draws,
-                "defined": self.defined}  # fmt: skip
+    def as_dict(self) -> dict[str, float | None]:
+        """Return the fields, None where a value is undefined (JSON has no NaN)."""
+
+        def number(x: float) -> float | None:
+            return x if math.isfinite(x) else None
+
+        return {"value": number(self.value), "low": number(self.low), "high": number(self.high),
+                "draws": self.draws, "defined": self.defined}  # fmt: skip
 
 
 def bootstrap(

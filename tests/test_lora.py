@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -124,3 +125,22 @@ def test_lora_refuses_a_delta_save(models, tmp_path):
     with pytest.raises(SptInterpError, match="--mode lora changes every layer: use --save full"):
         tune(models["llama"], DATA, tmp_path / "out", TuneConfig(mode="lora"), save="delta",
              progress=False)  # fmt: skip
+
+
+def test_the_cli_tunes_lora_without_a_mask_and_records_its_rank(models, tmp_path):
+    from typer.testing import CliRunner
+
+    from spt_interp.cli import app
+
+    args = ["tune", "--model", str(models["llama"]), "--data", str(DATA), "--out",
+            str(tmp_path / "out"), "--mode", "lora", "--steps", "1", "--batch-size", "4",
+            "--lr", "1e-3"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out" / "tuning.json").read_text())
+    assert record["mode"] == "lora" and record["mask"] is None
+    assert record["lora"]["rank"] == 16 and record["lora"]["alpha"] == 32.0
+    refused = CliRunner().invoke(app, [*args[:6], str(tmp_path / "again"), "--mode", "lora",
+                                       "--save", "delta"])  # fmt: skip
+    assert refused.exit_code == 2
+    assert "--mode lora changes every layer: use --save full" in refused.output

@@ -116,14 +116,18 @@ class HeadDeltas:
         return [t.detach().clone() for t in self.parameters()]
 
     def load_state(self, tensors: list[Tensor]) -> None:
-        params = self.parameters()
-        if len(tensors) != len(params) or any(
-            a.shape != b.shape for a, b in zip(params, tensors, strict=True)
-        ):
-            raise SptInterpError("the checkpoint's trainable tensors do not fit this mask and mode")
-        with torch.no_grad():
-            for param, value in zip(params, tensors, strict=True):
-                param.copy_(value)
+        load_trainable(self.parameters(), tensors, "this mask and mode")
+
+
+def load_trainable(params: list[Tensor], tensors: list[Tensor], what: str) -> None:
+    """Copy a checkpoint's trainable tensors into ``params``; raise if they do not fit ``what``."""
+    if len(tensors) != len(params) or any(
+        a.shape != b.shape for a, b in zip(params, tensors, strict=True)
+    ):
+        raise SptInterpError(f"the checkpoint's trainable tensors do not fit {what}")
+    with torch.no_grad():
+        for param, value in zip(params, tensors, strict=True):
+            param.copy_(value)
 
 
 def apply_deltas(

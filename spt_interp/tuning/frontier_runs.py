@@ -34,6 +34,7 @@ from spt_interp.evaluation.suite import SuiteItem, item_correct, item_log_likeli
 from spt_interp.mask import HeadMask, random_mask
 from spt_interp.tuning.compare import TrainedRun, applied, train_run, validation_score
 from spt_interp.tuning.config import TuneConfig
+from spt_interp.tuning.deltas import restore_parameters
 
 FRONTIER_MODES = ("sft", "lora", "spt")
 PROTOCOL_NAME = "lr frontier (decision read-out)"
@@ -172,9 +173,7 @@ def run_point(
             run = train_run(hooked, mask, data.examples, plan.config(mode, lr, seed), base_state,
                             progress=progress)  # fmt: skip
         except ValueError as err:  # SptInterpError: the loss became nan/inf
-            with torch.no_grad():
-                for name, value in base_state.items():
-                    hooked.hf_parameters[name].copy_(value)
+            restore_parameters(hooked.hf_parameters, base_state)
             return {"diverged": str(err), "seconds": time.perf_counter() - started}
     with applied(hooked, run, base_state):
         measured = measure_point(hooked, reference, data, plan.eval_batch_size,

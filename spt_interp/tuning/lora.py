@@ -17,6 +17,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from spt_interp.errors import SptInterpError
+from spt_interp.tuning.deltas import load_trainable
 
 ADAPTER = "default"
 # peft names a wrapped module "base_model.model.<the HF model's own name>".
@@ -124,11 +125,4 @@ class ModelLora:
         return [t.detach().clone() for t in self.parameters()]
 
     def load_state(self, tensors: list[Tensor]) -> None:
-        params = self.parameters()
-        if len(tensors) != len(params) or any(
-            a.shape != b.shape for a, b in zip(params, tensors, strict=True)
-        ):
-            raise SptInterpError("the checkpoint's LoRA tensors do not fit this model and rank")
-        with torch.no_grad():
-            for param, value in zip(params, tensors, strict=True):
-                param.copy_(value)
+        load_trainable(self.parameters(), tensors, "this model and LoRA rank")

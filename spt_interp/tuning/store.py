@@ -69,7 +69,7 @@ class RunStore:
         else:
             (self.folder / RUNS).mkdir(parents=True, exist_ok=True)
             _write_atomically(marker, {"format": FORMAT, "identity": identity})
-        (self.folder / RUNS).mkdir(exist_ok=True)
+        (self.folder / RUNS).mkdir(exist_ok=True)  # a store whose runs/ was deleted
 
     def path(self, setting: dict[str, Any]) -> Path:
         return self.folder / RUNS / f"{run_key(setting)}.json"

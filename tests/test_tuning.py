@@ -210,12 +210,11 @@ def test_delta_forward_equals_the_merged_weights_forward(models):
         for tensor in deltas.parameters():
             tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.1)
     tokens = torch.tensor([[5, 9, 20, 33, 41, 7]])
-    functional = torch.func.functional_call(
-        base.model, deltas.effective_parameters(base.hf_parameters), (tokens,)
-    ).logits
+    with deltas.attached(base.model):
+        hooked = base.model(tokens).logits
     apply_deltas(base.hf_parameters, deltas.values())
     merged = base.model(tokens).logits
-    torch.testing.assert_close(functional, merged, rtol=0, atol=1e-5)
+    torch.testing.assert_close(hooked, merged, rtol=0, atol=1e-5)
 
 
 def test_loss_is_the_hf_token_mean_cross_entropy(models):

@@ -146,11 +146,8 @@ def test_one_sgd_step_moves_the_deltas_by_minus_lr_times_the_gradient(model, mas
     batch = [examples[i] for i in example_order(len(examples), config.seed, 0, 4)]
     ids, attention, labels = collate(batch, pad_id)
 
-    def forward(**kwargs):
-        merged = fresh.effective_parameters(parameters)
-        return torch.func.functional_call(base.model, merged, args=(), kwargs=kwargs)
-
-    loss = token_loss_sum(forward, ids, attention, labels) / sum(map(labelled_tokens, batch))
+    with fresh.attached(base.model):
+        loss = token_loss_sum(base.model, ids, attention, labels) / sum(map(labelled_tokens, batch))
     gradients = torch.autograd.grad(loss, fresh.parameters())
     for got, gradient in zip(trained.parameters(), gradients, strict=True):
         assert gradient.abs().max() > 0

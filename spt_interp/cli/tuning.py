@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from spt_interp.cli.app import DeviceOption, ModelOption, app, choice_list, one_line_errors
+from spt_interp.model.devices import DTYPES
 from spt_interp.tuning.config import LOSS_ON, MODES, OPTIMIZERS, SAVE_KINDS
 
 
@@ -71,6 +72,17 @@ def tune(
         int | None, typer.Option(help="Stop (checkpointed) after N steps; go on with --resume.")
     ] = None,
     device: DeviceOption = "auto",
+    dtype: Annotated[
+        str,
+        typer.Option(
+            metavar=choice_list(tuple(DTYPES)),
+            help="What the frozen base computes in; deltas, LoRA factors and optimizer state "
+            "stay float32 (sft: float32 weights under autocast).",
+        ),
+    ] = "float32",
+    gradient_checkpointing: Annotated[
+        bool, typer.Option(help="Recompute each layer in the backward instead of storing it.")
+    ] = False,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
     """Tune only the masked heads (or all weights, LoRA on the heads, random heads); save."""
@@ -88,7 +100,8 @@ def tune(
     record = run_tuning(
         model, data, out, config, mask=mask, save=save, force=force,
         checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
-        stop_after=stop_after, device=device,
+        stop_after=stop_after, device=device, dtype=dtype,
+        gradient_checkpointing=gradient_checkpointing,
     )  # fmt: skip
     if rank_and_world()[0] != 0:
         return
@@ -98,6 +111,8 @@ def tune(
         f"{losses[-1]:.4f}, {record['train_seconds']:.1f} s, {record['processes']} process(es)"
     )
     print(f"trainable parameters: {record['trainable_parameters']}")
+    if record["precision"] != "float32 throughout":
+        print(f"precision: {record['precision']}")
     formula = record.get("paper_formula")
     if formula:
         print(

@@ -1,13 +1,15 @@
 """Trainable state for the masked heads only: one delta tensor (or LoRA pair) per HF slice.
 
-The base weights stay frozen and untouched; the forward pass computes with
-``base + delta`` on the masked slices (``effective_parameters``), so the optimizer holds state
-for the slices alone and its memory scales with the number of selected heads.
+The base weights stay frozen and untouched, in their own dtype; inside ``attached(model)`` a
+hook on each touched module adds its slices' float32 changes to the module's output
+(``delta_hooks``), so the optimizer holds state for the slices alone and its memory scales with
+the number of selected heads.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +18,7 @@ from torch import Tensor
 
 from spt_interp.errors import SptInterpError
 from spt_interp.mask import HeadMask, MaskSlice
+from spt_interp.tuning.delta_hooks import deltas_added
 
 
 @dataclass
@@ -96,16 +99,10 @@ class HeadDeltas:
     def trainable_count(self) -> int:
         return sum(t.numel() for t in self.parameters())
 
-    def effective_parameters(self, hf_parameters: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Return ``{name: base + delta}`` for each touched parameter (base detached, frozen)."""
-        merged: dict[str, Tensor] = {}
-        for delta in self.deltas:
-            name = delta.slice.parameter
-            if name not in merged:
-                merged[name] = hf_parameters[name].detach().clone()
-            target = delta.slice.index(merged[name])
-            target.add_(delta.value().to(target.dtype))
-        return merged
+    def attached(self, model: torch.nn.Module) -> AbstractContextManager[None]:
+        """Return a context in which ``model`` computes with the deltas added (differentiably)
+        to its touched modules' outputs; the model's own weights are never changed."""
+        return deltas_added(model, self.deltas)
 
     def values(self) -> list[tuple[MaskSlice, Tensor]]:
         """Return each slice with its change as a detached float32 tensor (LoRA multiplied out)."""

@@ -1,13 +1,14 @@
 """The training loop: AdamW (or SGD), warmup + cosine to 0, gradient accumulation, data parallel.
 
-Runs on a plain HF causal LM. With head deltas the base weights are frozen and the forward pass
-computes with ``base + delta`` on the masked slices (``torch.func.functional_call``); with
+Runs on a plain HF causal LM. With head deltas the base weights are frozen and hooks add the
+masked slices' float32 changes to their modules' outputs (``HeadDeltas.attached``); with
 whole-model LoRA peft's modules compute it and only their factors train; without either (SFT)
 every parameter trains. Data parallel over ``torch.distributed`` (torchrun / accelerate
 launch): each process takes every world-th example of the step's global batch, and the summed
 gradients are all-reduced, so N processes give the one-process result up to float rounding.
-The loss is the token-mean cross-entropy over the global batch's labelled tokens. Dropout is
-off (eval mode) so that runs, resumed runs and data-parallel runs are reproducible.
+The loss is the token-mean cross-entropy over the global batch's labelled tokens. The model
+trains with every dropout at 0 (``training_mode``) so that runs, resumed runs and data-parallel
+runs are reproducible.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +33,7 @@ from spt_interp.tuning.config import TuneConfig
 from spt_interp.tuning.deltas import HeadDeltas
 from spt_interp.tuning.lora import ModelLora
 from spt_interp.tuning.resume import Checkpointer
+from spt_interp.tuning.train_mode import training_mode
 
 
 @dataclass
@@ -119,6 +122,8 @@ def train(
     resume: bool = False,
     stop_after: int | None = None,
     progress: bool = True,
+    autocast_dtype: torch.dtype | None = None,
+    gradient_checkpointing: bool = False,
 ) -> TrainResult:
     """Return the result of training ``deltas`` (or, when None, every parameter) on the examples.
 
@@ -126,6 +131,9 @@ def train(
     (whose peft modules then compute the forward pass).
 
     ``stop_after`` ends the run after that many steps (checkpointed, to go on with ``resume``).
+    ``autocast_dtype`` runs the forward under ``torch.autocast`` (float32 weights: mixed
+    precision); ``gradient_checkpointing`` recomputes each layer in the backward (HF's own,
+    non-reentrant) instead of keeping its activations.
     Raises SptInterpError on a NaN/inf loss, before the optimizer applies it.
     """
     if not examples:
@@ -155,9 +163,7 @@ def train(
         for parameter in hf_parameters.values():
             parameter.requires_grad_(False)
 
-        def forward(**kwargs: Any) -> Any:
-            merged = deltas.effective_parameters(hf_parameters)
-            return torch.func.functional_call(model, merged, args=(), kwargs=kwargs)
+        forward = model  # with the deltas attached below
 
     optimizer = make_optimizer(parameters, config)
     schedule = make_schedule(optimizer, config)
@@ -185,10 +191,16 @@ def train(
         desc=f"tuning ({config.mode})",
         disable=not progress or rank != 0,
     )
-    was_training = model.training
-    model.eval()
     started = time.perf_counter() - result.seconds
+    attachments = ExitStack()
     try:
+        attachments.enter_context(training_mode(model, gradient_checkpointing))
+        if isinstance(deltas, HeadDeltas):
+            # For the whole run, not per forward: a recomputing backward (gradient
+            # checkpointing) runs the modules again and must see the deltas too.
+            attachments.enter_context(deltas.attached(model))
+        if autocast_dtype is not None:
+            forward = autocast_forward(forward, device.type, autocast_dtype)
         for step in bar:
             order = example_order(
                 len(examples), config.seed, step * config.batch_size, config.batch_size
@@ -242,12 +254,24 @@ def train(
                 )
     finally:
         bar.close()
-        model.train(was_training)
+        attachments.close()
         for name, parameter in hf_parameters.items():
             parameter.requires_grad_(trainable_flags[name])
     result.finished = result.steps_done >= config.steps
     result.optimizer_bytes = optimizer_state_bytes(optimizer)
     return result
+
+
+def autocast_forward(
+    forward: Callable[..., Any], device_type: str, dtype: torch.dtype
+) -> Callable[..., Any]:
+    """Return ``forward`` run under ``torch.autocast`` (the backward follows its casts)."""
+
+    def cast(**kwargs: Any) -> Any:
+        with torch.autocast(device_type, dtype=dtype):
+            return forward(**kwargs)
+
+    return cast
 
 
 def make_optimizer(parameters: list[Tensor], config: TuneConfig) -> torch.optim.Optimizer:

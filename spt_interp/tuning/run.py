@@ -7,13 +7,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from spt_interp.common.distributed import barrier, init_from_environment, rank_and_world
 from spt_interp.common.outputs import check_out, staged_folder
 from spt_interp.data import build_training_examples, load_dialogues, pad_token_id, protocol_for
 from spt_interp.errors import SptInterpError
 from spt_interp.mask import HeadMask, random_mask
 from spt_interp.mask.scores import file_hash
-from spt_interp.model import check_model_folder, load_base, resolve_device, weight_files
+from spt_interp.model import (
+    check_model_folder,
+    load_base,
+    resolve_device,
+    resolve_dtype,
+    weight_files,
+)
 from spt_interp.tuning.config import SAVE_KINDS, TuneConfig
 from spt_interp.tuning.deltas import HeadDeltas, paper_trainable_count, weight_count
 from spt_interp.tuning.loop import train
@@ -60,6 +68,8 @@ def tune(
     resume: bool = False,
     stop_after: int | None = None,
     device: str = "auto",
+    dtype: str = "float32",
+    gradient_checkpointing: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Return the run's record after tuning ``model`` on ``data`` and writing ``out``.
@@ -67,6 +77,10 @@ def tune(
     Every input is checked before the model loads and before training; the output is written
     to a hidden sibling folder and renamed, so a failed run (a NaN loss included) writes
     nothing to ``out``. With ``stop_after`` the run checkpoints and returns unfinished.
+
+    ``dtype`` is what the frozen base computes in: the head deltas, LoRA's factors and their
+    optimizer state stay float32. Full SFT keeps float32 weights (an update below one bfloat16
+    step would be lost) and runs its forward under autocast in ``dtype``.
     """
     if save not in SAVE_KINDS:
         raise SptInterpError(f"--save {save!r} is not one of {', '.join(SAVE_KINDS)}")
@@ -88,11 +102,12 @@ def tune(
     checkpoints = Path(checkpoint_dir) if checkpoint_dir else out.parent / f"{out.name}.checkpoints"
     if resume and not (checkpoints / "checkpoint.pt").is_file():
         raise SptInterpError(f"--resume: no checkpoint at {checkpoints / 'checkpoint.pt'}")
-    target = resolve_device(device)
+    target, compute_dtype = resolve_device(device), resolve_dtype(dtype)
+    autocast = compute_dtype if config.mode == "sft" and compute_dtype != torch.float32 else None
 
     init_from_environment()
     rank, world = rank_and_world()
-    base = load_base(folder, device=target)
+    base = load_base(folder, device=target, dtype=torch.float32 if autocast else compute_dtype)
     trained_mask = None
     if config.uses_mask:
         head_mask.validate(base)
@@ -122,6 +137,7 @@ def tune(
         "data_hash": file_hash(data),
         "base_fingerprint": base.fingerprint(),
         "processes": world,
+        "dtype": dtype,
     }
     checkpointer = None
     if checkpoint_every or stop_after or resume:
@@ -136,6 +152,8 @@ def tune(
         resume=resume,
         stop_after=stop_after,
         progress=progress,
+        autocast_dtype=autocast,
+        gradient_checkpointing=gradient_checkpointing,
     )
     if lora is not None:
         trainable = lora.trainable_count()
@@ -161,6 +179,8 @@ def tune(
         "samples_per_second": round(result.samples / max(result.seconds, 1e-9), 3),
         "optimizer_state_bytes": result.optimizer_bytes,
         "processes": world,
+        "precision": precision_note(config.mode, dtype, autocast is not None, save),
+        "gradient_checkpointing": gradient_checkpointing,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }  # fmt: skip
     if lora is not None:
@@ -182,10 +202,18 @@ def tune(
         record["stopped"] = f"after step {result.steps_done}; continue with --resume"
         record["checkpoint"] = str(checkpointer.path)
         return record
+    trained = None
     if lora is not None:
+        adapted = lora.factors().parameters()
         lora.merge_and_detach()  # peft adds B @ A * scale into base.model's weights
+        # Only the adapted weights are written: the rest keep the files' bytes, whatever
+        # dtype the base computed in.
+        weights = dict(base.model.named_parameters())
+        trained = {name: weights[name] for name in adapted}
+    elif deltas is None:
+        trained = base.model.state_dict()
     if rank == 0:
-        _write_output(folder, out, save, base, deltas, trained_mask, record)
+        _write_output(folder, out, save, deltas, trained, trained_mask, record)
     barrier()
     if checkpointer is not None:
         checkpointer.remove(rank)
@@ -196,8 +224,8 @@ def _write_output(
     folder: Path,
     out: Path,
     save: str,
-    base: Any,
     deltas: HeadDeltas | None,
+    trained: dict[str, Any] | None,
     mask: HeadMask | None,
     record: dict[str, Any],
 ) -> None:
@@ -207,7 +235,7 @@ def _write_output(
         if values is not None:
             tuned = merged_weights(folder, slices=values)
         else:
-            tuned = merged_weights(folder, trained=base.model.state_dict())
+            tuned = merged_weights(folder, trained=trained)
         if save == "full":
             write_full(folder, staging, tuned)
             tuned = read_weights(staging)  # verify what was written, not what was meant
@@ -217,6 +245,21 @@ def _write_output(
             record["verification"] = verify_outside_mask(read_weights(folder), tuned, slices)
         write_mask(staging, mask)
         write_record(staging, record)
+
+
+def precision_note(mode: str, dtype: str, autocast: bool, save: str) -> str:
+    """Return what the run computed in and what ``--save`` wrote, in one sentence."""
+    if dtype == "float32":
+        return "float32 throughout"
+    if autocast:
+        return f"float32 weights and optimizer, forward under {dtype} autocast"
+    trained = "LoRA factors" if mode == "lora" else "head deltas"
+    written = (
+        "float32 deltas" if save == "delta"
+        else "the sum rounded to the weight files' dtype (lossy where the files are "
+        f"{dtype}, as merged LoRA is)"
+    )  # fmt: skip
+    return f"base frozen in {dtype}; {trained} and optimizer state float32; wrote {written}"
 
 
 def merge(base: str | Path, delta: str | Path, out: str | Path, *, force: bool = False) -> dict:

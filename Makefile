@@ -6,7 +6,7 @@ TORCH_VERSION ?= 2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup real qwen bench benchmarks browser demo test test-browser lint format clean
+.PHONY: setup real qwen bench benchmarks browser demo test test-browser scale-gpu lint format clean
 
 setup: $(STAMP)
 
@@ -76,6 +76,13 @@ test: $(STAMP) $(REAL_STAMP)
 test-browser: $(BROWSER_STAMP)
 	@test -x /usr/bin/chromium || { echo "error: /usr/bin/chromium not found; run: apt-get install chromium" >&2; exit 2; }
 	$(PY) -m pytest -q -m browser
+
+# The paper's sizes on one GPU (issue 24's device check): 7B and 13B shapes from configs with
+# random weights, bf16, gradient checkpointing; results in benchmarks/results/scale_gpu.json.
+scale-gpu: $(STAMP)
+	PYTHONPATH=benchmarks $(PY) benchmarks/scale.py --device cuda --dtype bfloat16 \
+		--shapes llama2-7b mistral-7b llama2-13b --gradient-checkpointing --batch 8 --steps 3 \
+		--tokens 128 --sweep-pairs 32 --loop-heads 8 --out benchmarks/results/scale_gpu.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -216,10 +216,11 @@ def sweep_cost(folder: Path, args, device: torch.device, dtype: torch.dtype) -> 
     engine_s, ours = timed(run(engine))
     positions = [heads.index(h) for h in sample]
     difference = float((ours[positions].float() - loop.float()).abs().max())
+    largest = float(loop.float().abs().max())
     return {"pairs": shape[0], "tokens": args.tokens, "heads": len(heads),
             "loop_timed_heads": len(sample), "loop_fixed_s": fixed_s, "loop_s": loop_s,
             "engine_s": engine_s, "speedup": loop_s / engine_s,
-            "max_abs_diff": difference}  # fmt: skip
+            "max_abs_diff": difference, "max_abs_logit": largest}  # fmt: skip
 
 
 def bench_shape(shape: str, args, device: torch.device, dtype: torch.dtype, tmp: Path) -> dict:

@@ -198,3 +198,25 @@ def test_the_scale_benchmark_runs_every_mode_and_its_sweep_matches_the_loop(tmp_
     assert costs["sft"]["speed_vs_sft"] == 1.0
     sweep = row["sweep"]
     assert sweep["heads"] == 32 and sweep["max_abs_diff"] < 1e-4  # float32: the loop's logits
+
+
+def test_the_cli_takes_dtype_and_checkpointing_and_refuses_an_unknown_dtype(models, tmp_path):
+    from typer.testing import CliRunner
+
+    from spt_interp.cli import app
+
+    args = ["tune", "--model", str(models["gpt2"]), "--data", str(DATA), "--mask",
+            str(mask_of(models["gpt2"])), "--steps", "2", "--batch-size", "4",
+            "--lr", "1e-2"]  # fmt: skip
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "out"), "--dtype",
+                                      "bfloat16", "--gradient-checkpointing"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "precision: base frozen in bfloat16; head deltas and optimizer state float32" in (
+        result.output
+    )
+    record = json.loads((tmp_path / "out" / "tuning.json").read_text())
+    assert record["gradient_checkpointing"] is True
+    assert record["verification"]["outside_mask_identical"]
+    refused = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "bad"), "--dtype", "bf8"])
+    assert refused.exit_code == 2 and "--dtype 'bf8'" in refused.output
+    assert not (tmp_path / "bad").exists()

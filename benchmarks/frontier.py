@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> None:
     from spt_interp.tuning.frontier_report import base_run, bracketing_rates, curves, search_points
     from spt_interp.tuning.frontier_runs import FrontierData, FrontierPlan, run_point
     from spt_interp.tuning.store import RunStore
+    from spt_interp.tuning.trained_run import base_parameters
 
     grids = dict(START_GRIDS)
     for text in args.grid:
@@ -127,7 +128,7 @@ def run(args: argparse.Namespace) -> None:
     data = FrontierData(examples, validation, inputs.test, protocol,
                         load_neutral_text(args.neutral_text, args.neutral_limit),
                         load_suite(args.suite, args.suite_limit))  # fmt: skip
-    base_state = {name: p.detach().clone() for name, p in hooked.hf_parameters.items()}
+    base_state = base_parameters(hooked, reference)
     started = time.perf_counter()
     new_runs = 0
     print(plan.describe(len(examples), len(validation), len(inputs.test)), flush=True)

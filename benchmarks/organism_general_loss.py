@@ -87,7 +87,8 @@ def main() -> None:
     from spt_interp.evaluation.run import GenerationSettings, general_accuracy
     from spt_interp.knockout.ablation import ablated, collect_head_outputs
     from spt_interp.mask.scores import read_scores
-    from spt_interp.tuning.compare import ComparisonPlan, applied, measure, sweep_data, train_run
+    from spt_interp.tuning.compare import ComparisonPlan, measure, sweep_data
+    from spt_interp.tuning.trained_run import applied, base_parameters, train_run
 
     started = time.perf_counter()
     inputs = load_comparison_inputs(args.organism)
@@ -134,7 +135,7 @@ def main() -> None:
     mask = located_mask(hooked, scores, top_k=4)
     plan = ComparisonPlan(max_new_tokens=16, eval_batch_size=32)
     data = sweep_data(hooked, train, protocol, plan)
-    base_state = {name: p.detach().clone() for name, p in hooked.hf_parameters.items()}
+    base_state = base_parameters(hooked, reference)
     two_digit = [r for r in general if "plus" in r.question and int(r.correct_answer) >= 10]
     groups = {
         "test facts": test,

@@ -63,13 +63,12 @@ def main() -> None:
     from spt_interp.mask import random_mask
     from spt_interp.tuning.compare import (
         ComparisonPlan,
-        applied,
         measure,
         select_rates,
         sweep_data,
-        train_run,
         validation_score,
     )
+    from spt_interp.tuning.trained_run import applied, base_parameters, train_run
 
     started = time.perf_counter()
     inputs = load_comparison_inputs(args.model_dir)
@@ -80,7 +79,7 @@ def main() -> None:
     if args.lrs:
         plan.lrs = args.lrs
     data = sweep_data(hooked, train, protocol, plan)
-    base_state = {name: p.detach().clone() for name, p in hooked.hf_parameters.items()}
+    base_state = base_parameters(hooked, reference)
     head_sets = [("located", located)]
     head_sets += [(f"random seed {seed}", random_mask(located, seed)) for seed in range(args.draws)]
 

@@ -57,13 +57,11 @@ def main() -> None:
     from spt_interp.tuning.compare import (
         ComparisonPlan,
         Instruments,
-        TrainedRun,
-        applied,
         measure,
         measure_metrics,
         sweep_data,
-        train_run,
     )
+    from spt_interp.tuning.trained_run import TrainedRun, applied, base_parameters, train_run
 
     inputs = load_comparison_inputs(args.model_dir, args.device)
     hooked, reference, protocol = inputs.hooked, inputs.reference, inputs.protocol
@@ -73,7 +71,7 @@ def main() -> None:
     plan = ComparisonPlan(steps=args.steps, batch_size=args.batch_size,
                           max_new_tokens=args.max_new_tokens, eval_batch_size=8)  # fmt: skip
     data = sweep_data(hooked, train, protocol, plan)  # what compare_modes trains on
-    base_state = {name: p.detach().clone() for name, p in hooked.hf_parameters.items()}
+    base_state = base_parameters(hooked, reference)
     # The new instruments (issue #21) on the test split only; validation keeps the old ones.
     instruments = Instruments(
         load_neutral_text(args.neutral_text, args.neutral_limit) if args.neutral_text else None,

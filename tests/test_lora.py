@@ -15,9 +15,10 @@ from spt_interp.errors import SptInterpError
 from spt_interp.model import load_model
 from spt_interp.model.tiny import save_tiny_model
 from spt_interp.tuning import TuneConfig, load_base, tune
-from spt_interp.tuning.compare import ComparisonPlan, applied, train_run
+from spt_interp.tuning.compare import ComparisonPlan
 from spt_interp.tuning.loop import train
 from spt_interp.tuning.lora import ModelLora
+from spt_interp.tuning.trained_run import applied, train_run
 
 pytestmark = pytest.mark.numeric
 

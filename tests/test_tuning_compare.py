@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from spt_interp.data import load_dialogues, protocol_for
@@ -166,3 +167,32 @@ def test_measure_takes_the_kl_on_neutral_text_and_names_it(tmp_path, bpe_tokeniz
     # Without neutral text the one KL there is is the in-format shift.
     plain = measure(hooked, reference, records, protocol_for(folder), settings)
     assert plain["kl"] == plain["kl_in_format"] == in_format
+
+
+def test_an_sft_state_kept_on_disk_applies_exactly_and_the_base_comes_from_the_reference(
+    tmp_path, bpe_tokenizer
+):
+    from spt_interp.data import build_training_examples
+    from spt_interp.errors import SptInterpError
+    from spt_interp.tuning.trained_run import applied, base_parameters, train_run
+
+    folder = save_tiny_model("llama", tmp_path / "m", tokenizer=bpe_tokenizer, n_ctx=256)
+    hooked, reference = load_model(folder), load_model(folder)
+    base = base_parameters(hooked, reference)
+    assert base is reference.hf_parameters  # no third copy of the base
+    examples = build_training_examples(load_dialogues(DATA), hooked.tokenizer,
+                                       protocol_for(folder))  # fmt: skip
+    config = ComparisonPlan(steps=2, batch_size=4).config("sft", 1e-3)
+    in_memory = train_run(hooked, None, examples, config, base)
+    on_disk = train_run(hooked, None, examples, config, base, state_dir=tmp_path)
+    assert isinstance(on_disk.state, Path) and on_disk.state.is_file()
+    untouched = {n: p.detach().clone() for n, p in reference.hf_parameters.items()}
+    assert all(torch.equal(untouched[n], p) for n, p in hooked.hf_parameters.items())
+    with applied(hooked, on_disk, base):
+        # The same seeded run twice: the state read back equals the one kept in memory.
+        assert all(torch.equal(in_memory.state[n], p) for n, p in hooked.hf_parameters.items())
+        assert any(not torch.equal(untouched[n], p) for n, p in hooked.hf_parameters.items())
+    assert all(torch.equal(untouched[n], p) for n, p in hooked.hf_parameters.items())
+    other = load_model(save_tiny_model("gpt2", tmp_path / "g", tokenizer=bpe_tokenizer))
+    with pytest.raises(SptInterpError, match="not a copy of the tuned model's base"):
+        base_parameters(hooked, other)

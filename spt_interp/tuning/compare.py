@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import math
 import random
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from spt_interp.data import build_training_examples, pad_token_id
+from spt_interp.data import build_training_examples
 from spt_interp.data.protocol import Protocol
 from spt_interp.data.records import DialogueRecord
 from spt_interp.evaluation.metrics import Metric
@@ -35,15 +37,10 @@ from spt_interp.evaluation.run import (
 )
 from spt_interp.evaluation.shift import NeutralText, neutral_kl
 from spt_interp.evaluation.suite import SuiteItem, run_suite
-from spt_interp.mask import HeadMask, random_mask
+from spt_interp.mask import HeadMask
 from spt_interp.tuning.config import COMPARED_MODES, LR_GRID, TuneConfig
-from spt_interp.tuning.deltas import (
-    HeadDeltas,
-    apply_deltas,
-    restore_parameters,
-)
-from spt_interp.tuning.loop import train
-from spt_interp.tuning.lora import LoraFactors, ModelLora
+from spt_interp.tuning.deltas import restore_parameters
+from spt_interp.tuning.trained_run import TrainedRun, applied, base_parameters, train_run
 
 PROTOCOL_NAME = "equal-budget sweep"
 
@@ -205,20 +202,6 @@ def measure(
 
 
 @dataclass
-class TrainedRun:
-    """A finished run kept in memory: slice changes (mask modes), LoRA factors (lora) or the
-    full trained state (sft)."""
-
-    mode: str
-    lr: float
-    slices: list | None
-    state: dict[str, torch.Tensor] | None
-    trainable: int
-    seconds: float
-    lora: LoraFactors | None = None
-
-
-@dataclass
 class SweepData:
     """What every run of a sweep trains and is validated on, built once from the plan."""
 
@@ -236,64 +219,6 @@ def sweep_data(
     examples = build_training_examples(train_part, hooked.tokenizer, protocol, plan.seed)
     settings = GenerationSettings(plan.max_new_tokens, plan.eval_batch_size, progress=False)
     return SweepData(train_part, validation, examples, settings)
-
-
-def train_run(
-    hooked: Any,
-    mask: HeadMask,
-    examples: list,
-    config: TuneConfig,
-    base_state: dict[str, torch.Tensor],
-    progress: bool = False,
-) -> TrainedRun:
-    """Return one mode's trained run; the hooked model's weights are the base again after."""
-    parameters = hooked.hf_parameters
-    deltas = None
-    if config.mode == "lora":
-        lora = ModelLora(hooked.plain_model, config.lora_rank, config.lora_alpha, config.seed)
-        try:
-            result = train(hooked.plain_model, examples, config,
-                           pad_id=pad_token_id(hooked.tokenizer), deltas=lora,
-                           progress=progress)  # fmt: skip
-            factors, count = lora.factors(), lora.trainable_count()
-        finally:
-            lora.detach()  # the plain model's own modules again, its weights untouched
-        return TrainedRun(config.mode, config.lr, None, None, count, result.seconds,
-                          lora=factors)  # fmt: skip
-    if config.mode != "sft":
-        used = random_mask(mask, config.seed) if config.mode == "random" else mask
-        lora = config.mode == "lora-heads"
-        deltas = HeadDeltas.create(used, parameters, lora_rank=config.lora_rank if lora else None,
-                                   lora_alpha=config.lora_alpha if lora else None,
-                                   seed=config.seed)  # fmt: skip
-    result = train(hooked.plain_model, examples, config, pad_id=pad_token_id(hooked.tokenizer),
-                   deltas=deltas, progress=progress)  # fmt: skip
-    if deltas is not None:
-        return TrainedRun(config.mode, config.lr, deltas.values(), None,
-                          deltas.trainable_count(), result.seconds)  # fmt: skip
-    state = {name: p.detach().clone() for name, p in parameters.items()}
-    restore_parameters(parameters, base_state)
-    total = sum(p.numel() for p in parameters.values())
-    return TrainedRun(config.mode, config.lr, None, state, total, result.seconds)
-
-
-class applied:
-    """Context manager: the hooked model computes with a trained run's weights inside."""
-
-    def __init__(self, hooked: Any, run: TrainedRun, base_state: dict[str, torch.Tensor]):
-        self.hooked, self.run, self.base_state = hooked, run, base_state
-
-    def __enter__(self) -> Any:
-        if self.run.lora is not None:
-            self.run.lora.apply(self.hooked.hf_parameters)
-        elif self.run.slices is not None:
-            apply_deltas(self.hooked.hf_parameters, self.run.slices)
-        else:
-            restore_parameters(self.hooked.hf_parameters, self.run.state)
-        return self.hooked
-
-    def __exit__(self, *exc: Any) -> None:
-        restore_parameters(self.hooked.hf_parameters, self.base_state)
 
 
 def compare_modes(
@@ -317,14 +242,36 @@ def compare_modes(
     mask.validate(hooked)
     instruments = instruments or Instruments()
     data = sweep_data(hooked, train_records, protocol, plan)
+    base_state = base_parameters(hooked, reference)
+    # SFT's trained states wait on disk for the test measurement of the chosen rates.
+    states = tempfile.TemporaryDirectory(prefix="spt-interp-states-")
+    with states:
+        return _compare(hooked, reference, mask, data, test_records, general_records, protocol,
+                        plan, base_state, Path(states.name), progress, instruments)  # fmt: skip
+
+
+def _compare(
+    hooked: Any,
+    reference: Any,
+    mask: HeadMask,
+    data: SweepData,
+    test_records: list[DialogueRecord],
+    general_records: list[DialogueRecord],
+    protocol: Protocol,
+    plan: ComparisonPlan,
+    base_state: dict[str, torch.Tensor],
+    state_dir: Path,
+    progress: bool,
+    instruments: Instruments,
+) -> Comparison:
     validation, examples, settings = data.validation, data.examples, data.settings
-    base_state = {name: p.detach().clone() for name, p in hooked.hf_parameters.items()}
     runs: dict[tuple[str, float], TrainedRun] = {}
     sweep_rows = []
     jobs = [(mode, lr) for mode in plan.modes for lr in plan.lrs]
     for mode, lr in tqdm(jobs, desc="lr sweep", disable=not progress):
         try:
-            run = train_run(hooked, mask, examples, plan.config(mode, lr), base_state)
+            run = train_run(hooked, mask, examples, plan.config(mode, lr), base_state,
+                            state_dir=state_dir)  # fmt: skip
         except ValueError as err:  # a diverging lr is a result of the sweep, not a failure
             restore_parameters(hooked.hf_parameters, base_state)
             sweep_rows.append({"mode": mode, "lr": lr, "error": str(err)})

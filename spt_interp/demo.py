@@ -152,10 +152,13 @@ def run_demo(
     say: Callable[[str], None] = print,
     progress: bool = True,
     device: str | Any = "cpu",
+    dtype: Any = None,
 ) -> dict[str, Any]:
     """Run the loop into ``out`` (written under a temporary name, renamed at the end); return
     the summary that report.md is rendered from. ``device``: where the model and every stage
-    run (a torch device or its name; the CLI resolves "auto" before calling)."""
+    run (a torch device or its name; the CLI resolves "auto" before calling). ``dtype``: what
+    the model computes in (default float32; head deltas and LoRA factors train in float32,
+    SFT in float32 under autocast, and tuned runs are evaluated merged into the weights)."""
     settings = settings or DemoSettings()
     out = Path(out)
 
@@ -166,7 +169,7 @@ def run_demo(
     reads = [Path(p) for p in (model, data, neutral_text, suite) if p is not None]
     check_out(out, force=force, reads=reads, create_parents=True)
     with staged_folder(out) as staging:
-        summary = _run_stages(staging, inputs, settings, say, progress, device)
+        summary = _run_stages(staging, inputs, settings, say, progress, device, dtype)
         stage_banner(say, 6, "report", "report.md, summary.json and figures")
         write_text_atomic(
             staging / "summary.json", json.dumps(summary, indent=2, default=str) + "\n"
@@ -199,7 +202,10 @@ def _run_stages(
     say: Callable[[str], None],
     progress: bool,
     device: str | Any,
+    dtype: Any = None,
 ) -> dict[str, Any]:
+    import torch
+
     from spt_interp.data import load_dialogues, protocol_for
     from spt_interp.evaluation.shift import load_neutral_text
     from spt_interp.evaluation.suite import load_suite
@@ -225,8 +231,9 @@ def _run_stages(
             data_dir / "test.jsonl",
             data_dir / "general.jsonl",
         )
-    hooked = load_model(inputs.model, device=device)
-    reference = load_model(inputs.model, device=device)
+    weights = dtype if dtype is not None else torch.float32
+    hooked = load_model(inputs.model, device=device, dtype=weights)
+    reference = load_model(inputs.model, device=device, dtype=weights)
     protocol = protocol_for(hooked)
     train = load_dialogues(inputs.train)
     test = load_dialogues(inputs.test)[: settings.test_limit]
@@ -285,6 +292,7 @@ def _run_stages(
         "model": model_name or str(inputs.model),
         "geometry": hooked.geometry.as_dict(),
         "device": str(hooked.device),
+        "dtype": str(hooked.dtype).removeprefix("torch."),
         "data": {
             "train": str(inputs.train),
             "test": str(inputs.test),

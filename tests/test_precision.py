@@ -220,3 +220,13 @@ def test_the_cli_takes_dtype_and_checkpointing_and_refuses_an_unknown_dtype(mode
     refused = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "bad"), "--dtype", "bf8"])
     assert refused.exit_code == 2 and "--dtype 'bf8'" in refused.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_demo_refuses_an_unknown_dtype_before_it_writes(tmp_path):
+    from typer.testing import CliRunner
+
+    from spt_interp.cli import app
+
+    refused = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "run"), "--dtype", "x"])
+    assert refused.exit_code == 2 and "--dtype 'x'" in refused.output
+    assert not (tmp_path / "run").exists()

@@ -196,3 +196,34 @@ def test_an_sft_state_kept_on_disk_applies_exactly_and_the_base_comes_from_the_r
     other = load_model(save_tiny_model("gpt2", tmp_path / "g", tokenizer=bpe_tokenizer))
     with pytest.raises(SptInterpError, match="not a copy of the tuned model's base"):
         base_parameters(hooked, other)
+
+
+def test_a_bf16_comparison_trains_every_mode_and_puts_the_bf16_base_back(tmp_path, bpe_tokenizer):
+    from spt_interp.data import build_training_examples
+    from spt_interp.tuning.trained_run import base_parameters, train_run
+
+    folder = save_tiny_model("llama", tmp_path / "m", tokenizer=bpe_tokenizer, n_ctx=256)
+    hooked = load_model(folder, dtype=torch.bfloat16)
+    reference = load_model(folder, dtype=torch.bfloat16)
+    before = {name: p.detach().clone() for name, p in hooked.hf_parameters.items()}
+    examples = build_training_examples(load_dialogues(DATA), hooked.tokenizer,
+                                       protocol_for(folder))  # fmt: skip
+    config = ComparisonPlan(steps=2, batch_size=4).config("sft", 1e-2)
+    run = train_run(hooked, None, examples, config, base_parameters(hooked, reference))
+    # SFT trained float32 copies under autocast; the state is rounded to the base's dtype and
+    # the base's own bf16 tensors are back, untouched.
+    assert {t.dtype for t in run.state.values()} == {torch.bfloat16}
+    assert any(not torch.equal(before[n], t) for n, t in run.state.items())
+    assert all(p.dtype == torch.bfloat16 and torch.equal(before[n], p)
+               for n, p in hooked.hf_parameters.items())  # fmt: skip
+    mask = HeadMask.from_heads(hooked, [(0, 1), (1, 0)])
+    plan = ComparisonPlan(modes=("spt", "sft", "lora"), lrs=(3e-2,), steps=2, batch_size=4,
+                          max_new_tokens=3, validation_fraction=0.4)  # fmt: skip
+    records = load_dialogues(DATA)
+    result = compare_modes(hooked, reference, mask, records, records, records,
+                           protocol_for(folder), plan, progress=False)  # fmt: skip
+    assert all(torch.equal(before[n], p) for n, p in hooked.hf_parameters.items())
+    assert "error" not in result.sweep or result.sweep["error"].isna().all()
+    chosen = result.table[result.table["selection"] == "chosen lr"]
+    assert set(chosen["mode"]) == {"spt", "sft", "lora"}
+    assert (chosen["kl"] > 0).all()  # every mode moved the bf16 model

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from spt_interp.cli.app import DeviceOption, app, one_line_errors
+from spt_interp.cli.app import DeviceOption, DtypeOption, app, one_line_errors
 from spt_interp.errors import SptInterpError
 from spt_interp.tuning.config import COMPARED_MODES, DEMO_MODES, LR_GRID
 
@@ -46,10 +46,11 @@ def demo(
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
     device: DeviceOption = "auto",
+    dtype: DtypeOption = "float32",
 ) -> None:
     """Run the whole loop: locate -> knockout -> mask -> tune (SPT, SFT, random-K) -> report."""
     from spt_interp.demo import DemoSettings, parse_modes, parse_rates, run_demo
-    from spt_interp.model import resolve_device
+    from spt_interp.model import resolve_device, resolve_dtype
 
     for name, value in (("--top-k", top_k), ("--steps", steps), ("--locate-pairs", locate_pairs)):
         if value < 1:
@@ -62,6 +63,6 @@ def demo(
         locate_pairs=locate_pairs,
         test_limit=test_limit,
     )
-    target = resolve_device(device)
+    target, weights = resolve_device(device), resolve_dtype(dtype)
     run_demo(out, model=model, data=data, neutral_text=neutral_text, suite=suite,
-             settings=settings, force=force, device=target)  # fmt: skip
+             settings=settings, force=force, device=target, dtype=weights)  # fmt: skip

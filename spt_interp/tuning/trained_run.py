@@ -7,6 +7,8 @@ after every run.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,20 +84,47 @@ def train_run(
         deltas = HeadDeltas.create(used, parameters, lora_rank=config.lora_rank if lora else None,
                                    lora_alpha=config.lora_alpha if lora else None,
                                    seed=config.seed)  # fmt: skip
-    result = train(hooked.plain_model, examples, config, pad_id=pad_token_id(hooked.tokenizer),
-                   deltas=deltas, progress=progress)  # fmt: skip
+    dtype = hooked.dtype
+    if deltas is not None or dtype == torch.float32:
+        result = train(hooked.plain_model, examples, config,
+                       pad_id=pad_token_id(hooked.tokenizer), deltas=deltas,
+                       progress=progress)  # fmt: skip
+    else:
+        # SFT over a reduced-precision base trains float32 weights under autocast, as
+        # ``tune --dtype`` does; its state is kept in the base's dtype, as --save full writes it.
+        with float32_weights(parameters):
+            result = train(hooked.plain_model, examples, config,
+                           pad_id=pad_token_id(hooked.tokenizer), progress=progress,
+                           autocast_dtype=dtype)  # fmt: skip
+            trained = {name: p.detach().to(dtype) for name, p in parameters.items()}
     if deltas is not None:
         return TrainedRun(config.mode, config.lr, deltas.values(), None,
                           deltas.trainable_count(), result.seconds)  # fmt: skip
-    state: dict[str, torch.Tensor] | Path
-    if state_dir is None:
-        state = {name: p.detach().clone() for name, p in parameters.items()}
-    else:
+    if dtype == torch.float32:
+        trained = {name: p.detach().clone() for name, p in parameters.items()}
+    state: dict[str, torch.Tensor] | Path = trained
+    if state_dir is not None:
         state = state_dir / f"{config.mode}-lr{config.lr:g}-seed{config.seed}.safetensors"
-        save_file({name: p.detach().contiguous() for name, p in parameters.items()}, state)
+        save_file({name: t.contiguous() for name, t in trained.items()}, state)
+        del trained
     restore_parameters(parameters, base_state)
     total = sum(p.numel() for p in parameters.values())
     return TrainedRun(config.mode, config.lr, None, state, total, result.seconds)
+
+
+@contextmanager
+def float32_weights(parameters: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Give every parameter float32 storage inside (the same Parameter objects, so every model
+    sharing them sees it); the original tensors come back, untouched, on exit."""
+    originals = {name: p.data for name, p in parameters.items()}
+    try:
+        for parameter in parameters.values():
+            parameter.data = parameter.data.float()
+        yield
+    finally:
+        for name, parameter in parameters.items():
+            parameter.data = originals[name]
+            parameter.grad = None
 
 
 class applied:

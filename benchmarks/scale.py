@@ -168,17 +168,22 @@ def mode_cost(model, hooked, mode: str, args, device: torch.device) -> dict:
     return row
 
 
-def sweep_cost(folder: Path, args, device: torch.device, dtype: torch.dtype) -> dict:
-    """Return the modules engine's path sweep over every head against the scaled loop."""
+def sweep_cost(model, folder: Path, args, device: torch.device) -> dict:
+    """Return the modules engine's path sweep over every head against the scaled loop, on the
+    model in memory (``folder`` holds its config and a tokenizer; no weights are written)."""
     from patching import timed
+    from transformers import AutoTokenizer
 
     from spt_interp.data import PairBatch
-    from spt_interp.model import load_model
+    from spt_interp.model import wrap_model
+    from spt_interp.model.tiny import build_bpe_tokenizer
     from spt_interp.patching import all_heads, hooked_loop_logits
     from spt_interp.patching.modules_engine import PrefixRun, end_head_outputs, end_patched_logits
     from spt_interp.patching.reference import cache_z
 
-    hooked = load_model(folder, device=device, dtype=dtype)
+    model.config.save_pretrained(folder)
+    build_bpe_tokenizer().save_pretrained(folder)  # the bridge reads it back by its path
+    hooked = wrap_model(model, AutoTokenizer.from_pretrained(folder), folder)
     g = hooked.geometry
     generator = torch.Generator().manual_seed(0)
     shape = (args.sweep_pairs, args.tokens)
@@ -225,7 +230,6 @@ def sweep_cost(folder: Path, args, device: torch.device, dtype: torch.dtype) -> 
 
 def bench_shape(shape: str, args, device: torch.device, dtype: torch.dtype, tmp: Path) -> dict:
     from spt_interp.model import HookedModel, geometry_from_config
-    from spt_interp.model.tiny import build_bpe_tokenizer
 
     config = build_config(shape, args.tokens)
     started = time.perf_counter()
@@ -246,12 +250,7 @@ def bench_shape(shape: str, args, device: torch.device, dtype: torch.dtype, tmp:
             cost["speed_vs_sft"] = cost["samples_per_second"] / sft["samples_per_second"]
             cost["memory_vs_sft"] = cost["peak_bytes"] / sft["peak_bytes"]
     if args.sweep_pairs:
-        folder = tmp / shape
-        model.save_pretrained(folder)
-        build_bpe_tokenizer().save_pretrained(folder)
-        del model, hooked
-        gc.collect()
-        row["sweep"] = sweep_cost(folder, args, device, dtype)
+        row["sweep"] = sweep_cost(model, tmp / shape, args, device)
         print(json.dumps({"shape": shape, "sweep": row["sweep"]}), flush=True)
     return row
 

@@ -124,3 +124,20 @@ def test_plain_model_computes_with_the_same_tensors(tiny_model_dir):
         o_slice.index(hooked.hf_parameters[o_slice.parameter]).mul_(3.0)
         # A weight edit through either view shows in both, with no reload.
         assert torch.allclose(plain(tokens).logits, hooked.logits(tokens), atol=1e-5, rtol=0)
+
+
+def test_wrap_model_over_a_model_in_memory_equals_loading_the_folder(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from spt_interp.model import wrap_model
+
+    hf = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa")
+    wrapped = wrap_model(hf, AutoTokenizer.from_pretrained(tiny_model_dir), tiny_model_dir)
+    assert hf.config._attn_implementation == "eager"  # what the bridge needs
+    assert all(p is hf.get_parameter(n) for n, p in wrapped.hf_parameters.items())  # no copy
+    loaded = load_model(tiny_model_dir)
+    tokens = torch.tensor([[3, 17, 42, 9, 5]])
+    mask = torch.ones_like(tokens)
+    torch.testing.assert_close(wrapped.logits(tokens, mask), loaded.logits(tokens, mask),
+                               rtol=0, atol=0)  # fmt: skip
+    assert wrapped.geometry == loaded.geometry

@@ -27,6 +27,7 @@ from spt_interp.model.loading import (
     load_model,
     load_tokenizer,
     read_signature,
+    wrap_model,
 )
 
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "family_of",
     "load_base",
     "load_model",
+    "wrap_model",
     "load_tokenizer",
     "out_projection_name",
     "read_signature",

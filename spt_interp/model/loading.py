@@ -26,6 +26,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from spt_interp.common.families import family_of
 from spt_interp.errors import SptInterpError
 from spt_interp.model.folder import check_architecture, check_model_folder
 from spt_interp.model.geometry import HeadGeometry, compute_fingerprint, geometry_from_config
@@ -277,7 +278,36 @@ def load_model(
     except Exception as err:  # noqa: BLE001 - see _reason
         raise SptInterpError(f"{folder}: the model does not load: {_reason(err)}") from None
     _check_loading_info(folder, info)
-    hf_model = hf_model.to(device)
+    return _wrapped(hf_model.to(device), tokenizer, folder, architecture, device, dtype, hooks)
+
+
+def wrap_model(
+    hf_model: torch.nn.Module, tokenizer: Any, config_folder: str | Path, *, hooks: bool = True
+) -> HookedModel:
+    """Return the project's model over an HF causal LM already in memory (same tensors).
+
+    ``config_folder`` holds its ``config.json`` (what TransformerLens boots the bridge from;
+    no weights are read). The bridge needs eager attention, which is set on the model.
+    """
+    folder = Path(config_folder)
+    architecture = type(hf_model).__name__
+    family_of(architecture, getattr(hf_model.config, "model_type", None))
+    if hooks:
+        hf_model.set_attn_implementation("eager")
+    parameter = next(hf_model.parameters())
+    return _wrapped(hf_model, tokenizer, folder, architecture, parameter.device,
+                    parameter.dtype, hooks)  # fmt: skip
+
+
+def _wrapped(
+    hf_model: torch.nn.Module,
+    tokenizer: Any,
+    folder: Path,
+    architecture: str,
+    device: str | torch.device,
+    dtype: torch.dtype,
+    hooks: bool,
+) -> HookedModel:
     hf_model.eval()
     geometry = geometry_from_config(hf_model.config, architecture)
     if not hooks:

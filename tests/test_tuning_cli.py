@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -153,3 +154,43 @@ def test_one_sgd_step_moves_the_deltas_by_minus_lr_times_the_gradient(model, mas
         assert gradient.abs().max() > 0
         # Same batch, same reductions, one process: only the subtraction's rounding differs.
         torch.testing.assert_close(got.detach(), -1e-2 * gradient, rtol=1e-6, atol=0)
+
+
+@pytest.mark.numeric
+def test_two_processes_under_fsdp_train_the_same_sft_as_one(model, tmp_path):
+    # Full SFT, plain SGD (see above), gradient clipping on: each rank holds half of every
+    # weight; the gathered weights must move as the one-process run's do.
+    config = TuneConfig(mode="sft", steps=2, batch_size=4, lr=1e-2, optimizer="sgd")
+    tune(model, DATA, tmp_path / "one", config, progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", "2", "-m", "spt_interp.cli", "tune", "--model", str(model),
+               "--data", str(DATA), "--mode", "sft", "--fsdp", "--out", str(tmp_path / "two"),
+               "--steps", "2", "--batch-size", "4", "--lr", "1e-2", "--optimizer", "sgd",
+               "--device", "cpu"]  # fmt: skip
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "2 process(es)" in run.stdout
+    record = json.loads((tmp_path / "two" / "tuning.json").read_text())
+    assert record["fsdp"] is True
+    base = load_file(model / "model.safetensors")
+    one = load_file(tmp_path / "one" / "model.safetensors")
+    two = load_file(tmp_path / "two" / "model.safetensors")
+    assert set(one) == set(two) == set(base)
+    moved = 0
+    for key in base:
+        change = one[key] - base[key]
+        moved += int(change.abs().max() > 0)
+        difference = (two[key] - one[key]).norm()
+        assert difference <= DATA_PARALLEL_RTOL * change.norm(), (key, difference)
+    assert moved == len(base)  # every tensor trained, none left behind by the sharding
+
+
+def test_fsdp_is_refused_for_a_masked_mode_and_for_one_process(model, mask, tmp_path):
+    result = invoke("tune", "--model", model, "--data", DATA, "--mask", mask, "--fsdp",
+                    "--out", tmp_path / "a")  # fmt: skip
+    assert result.exit_code == 2 and "--fsdp shards full SFT" in result.output
+    result = invoke("tune", "--model", model, "--data", DATA, "--mode", "sft", "--fsdp",
+                    "--steps", "1", "--batch-size", "4", "--out", tmp_path / "b")  # fmt: skip
+    assert result.exit_code == 2 and "under torchrun or accelerate launch" in result.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -83,6 +83,9 @@ def tune(
     gradient_checkpointing: Annotated[
         bool, typer.Option(help="Recompute each layer in the backward instead of storing it.")
     ] = False,
+    fsdp: Annotated[
+        bool, typer.Option(help="Shard full SFT over the processes (torchrun / accelerate).")
+    ] = False,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
     """Tune only the masked heads (or all weights, LoRA on the heads, random heads); save."""
@@ -101,7 +104,7 @@ def tune(
         model, data, out, config, mask=mask, save=save, force=force,
         checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
         stop_after=stop_after, device=device, dtype=dtype,
-        gradient_checkpointing=gradient_checkpointing,
+        gradient_checkpointing=gradient_checkpointing, fsdp=fsdp,
     )  # fmt: skip
     if rank_and_world()[0] != 0:
         return

@@ -33,6 +33,7 @@ from spt_interp.tuning.config import TuneConfig
 from spt_interp.tuning.deltas import HeadDeltas
 from spt_interp.tuning.lora import ModelLora
 from spt_interp.tuning.resume import Checkpointer
+from spt_interp.tuning.sharding import shard_model
 from spt_interp.tuning.train_mode import training_mode
 
 
@@ -124,6 +125,7 @@ def train(
     progress: bool = True,
     autocast_dtype: torch.dtype | None = None,
     gradient_checkpointing: bool = False,
+    fsdp: bool = False,
 ) -> TrainResult:
     """Return the result of training ``deltas`` (or, when None, every parameter) on the examples.
 
@@ -133,7 +135,8 @@ def train(
     ``stop_after`` ends the run after that many steps (checkpointed, to go on with ``resume``).
     ``autocast_dtype`` runs the forward under ``torch.autocast`` (float32 weights: mixed
     precision); ``gradient_checkpointing`` recomputes each layer in the backward (HF's own,
-    non-reentrant) instead of keeping its activations.
+    non-reentrant) instead of keeping its activations. ``fsdp`` shards full SFT over the
+    processes (``sharding.shard_model``; the model stays sharded after).
     Raises SptInterpError on a NaN/inf loss, before the optimizer applies it.
     """
     if not examples:
@@ -144,10 +147,17 @@ def train(
     device = next(model.parameters()).device
     hf_parameters = dict(model.named_parameters())
     trainable_flags = {name: p.requires_grad for name, p in hf_parameters.items()}
+    if fsdp and (deltas is not None or world == 1):
+        raise SptInterpError(
+            "--fsdp shards full SFT over processes: use --mode sft under torchrun or "
+            "accelerate launch"
+        )
     if deltas is None:
-        parameters = list(hf_parameters.values())
-        for parameter in parameters:
+        for parameter in hf_parameters.values():
             parameter.requires_grad_(True)
+        if fsdp:
+            shard_model(model)  # replaces the parameters with sharded ones
+        parameters = list(model.parameters())
 
         def forward(**kwargs: Any) -> Any:
             return model(**kwargs)
@@ -214,9 +224,12 @@ def train(
             for start in range(0, len(share), micro):
                 ids, mask, labels = collate(share[start : start + micro], pad_id)
                 loss = token_loss_sum(forward, ids.to(device), mask.to(device), labels.to(device))
-                (loss / n_tokens).backward()
+                # FSDP averages gradients over ranks: scaled, the average is the sum.
+                (loss / n_tokens * (world if fsdp else 1)).backward()
                 loss_sum += loss.detach()
-            if world > 1:
+            if fsdp:
+                torch.distributed.all_reduce(loss_sum)
+            elif world > 1:
                 _all_reduce_gradients(parameters, loss_sum)
             step_loss = float(loss_sum) / n_tokens
             if not math.isfinite(step_loss):

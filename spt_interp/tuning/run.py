@@ -41,6 +41,7 @@ from spt_interp.tuning.save import (
     write_mask,
     write_record,
 )
+from spt_interp.tuning.sharding import full_state
 
 
 def check_lengths(examples: list, config: Any, data: Path) -> None:
@@ -70,6 +71,7 @@ def tune(
     device: str = "auto",
     dtype: str = "float32",
     gradient_checkpointing: bool = False,
+    fsdp: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Return the run's record after tuning ``model`` on ``data`` and writing ``out``.
@@ -91,6 +93,10 @@ def tune(
             f"--save delta keeps masked head slices only; --mode {config.mode} changes every "
             "layer: use --save full"
         )
+    if fsdp and config.mode != "sft":
+        raise SptInterpError(f"--fsdp shards full SFT; --mode {config.mode} trains a few slices")
+    if fsdp and (checkpoint_every or stop_after or resume):
+        raise SptInterpError("--fsdp runs cannot checkpoint or resume yet")
     if stop_after is not None and stop_after < 1:
         raise SptInterpError(f"--stop-after must be at least 1, got {stop_after}")
     data = Path(data)
@@ -154,6 +160,7 @@ def tune(
         progress=progress,
         autocast_dtype=autocast,
         gradient_checkpointing=gradient_checkpointing,
+        fsdp=fsdp,
     )
     if lora is not None:
         trainable = lora.trainable_count()
@@ -181,6 +188,7 @@ def tune(
         "processes": world,
         "precision": precision_note(config.mode, dtype, autocast is not None, save),
         "gradient_checkpointing": gradient_checkpointing,
+        "fsdp": fsdp,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }  # fmt: skip
     if lora is not None:
@@ -210,6 +218,8 @@ def tune(
         # dtype the base computed in.
         weights = dict(base.model.named_parameters())
         trained = {name: weights[name] for name in adapted}
+    elif fsdp:
+        trained = full_state(base.model)  # a collective: every rank gathers, rank 0 keeps
     elif deltas is None:
         trained = base.model.state_dict()
     if rank == 0:

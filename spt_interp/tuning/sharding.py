@@ -1,0 +1,38 @@
+"""Full SFT sharded over processes with FSDP (torch's ``fully_shard``), and its gathered state.
+
+Each decoder layer (transformers' ``GradientCheckpointingLayer``) is one FSDP unit and the
+model the root, so a rank holds 1/world of every weight, gradient and AdamW state between a
+layer's use and the next. FSDP averages gradients over ranks; the loop's loss is already the
+global token mean split over ranks, so each rank's loss is scaled by the world size to make
+that average the sum the one-process run computes (gloo has no pre-multiplied sum to ask for).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from spt_interp.errors import SptInterpError
+
+
+def shard_model(model: torch.nn.Module) -> int:
+    """Shard ``model`` in place (every decoder layer, then the root); return the layer count."""
+    from torch.distributed.fsdp import fully_shard
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if not layers:
+        raise SptInterpError(f"--fsdp: no decoder layers found in {type(model).__name__}")
+    for layer in layers:
+        fully_shard(layer)
+    fully_shard(model)
+    return len(layers)
+
+
+def full_state(model: torch.nn.Module) -> dict[str, Any]:
+    """Return the whole state dict on the CPU of rank 0 (empty elsewhere); every rank calls."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options)

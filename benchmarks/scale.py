@@ -34,9 +34,12 @@ import platform
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
+
+from spt_interp.model.devices import DTYPES
 
 MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
 SHAPES = {
@@ -116,6 +119,7 @@ def mode_cost(model, hooked, mode: str, args, device: torch.device) -> dict:
     from spt_interp.tuning.deltas import HeadDeltas
     from spt_interp.tuning.loop import train
     from spt_interp.tuning.lora import ModelLora
+    from spt_interp.tuning.trained_run import float32_weights
 
     g = hooked.geometry
     k = min({"spt32": 32, "spt64": 64, "lora-heads": 32}.get(mode, 0), g.n_layers * g.n_heads)
@@ -123,6 +127,7 @@ def mode_cost(model, hooked, mode: str, args, device: torch.device) -> dict:
     examples = random_examples(int(model.config.vocab_size), args.batch, args.tokens)
     row: dict = {"mode": mode, "heads": k or None}
     deltas, autocast = None, None
+    restore = ExitStack()
     peak_start(device)
     try:
         if k:
@@ -135,7 +140,7 @@ def mode_cost(model, hooked, mode: str, args, device: torch.device) -> dict:
             deltas = ModelLora(model, config.lora_rank, config.lora_alpha, 0)
         elif model.dtype != torch.float32:  # what tune --dtype does: float32 under autocast
             autocast = model.dtype
-            model.float()
+            restore.enter_context(float32_weights(hooked.hf_parameters))
         row["trainable_parameters"] = (
             deltas.trainable_count() if deltas is not None
             else sum(p.numel() for p in model.parameters())
@@ -160,8 +165,7 @@ def mode_cost(model, hooked, mode: str, args, device: torch.device) -> dict:
     finally:
         if isinstance(deltas, ModelLora):
             deltas.detach()
-        if autocast is not None:
-            model.to(autocast)
+        restore.close()  # SFT: the base's own tensors back
         for parameter in model.parameters():
             parameter.grad = None
             parameter.requires_grad_(False)
@@ -172,13 +176,13 @@ def sweep_cost(model, folder: Path, args, device: torch.device) -> dict:
     """Return the modules engine's path sweep over every head against the scaled loop, on the
     model in memory (``folder`` holds its config and a tokenizer; no weights are written)."""
     from patching import timed
+    from patching_families import modules_sweep
     from transformers import AutoTokenizer
 
     from spt_interp.data import PairBatch
     from spt_interp.model import wrap_model
     from spt_interp.model.tiny import build_bpe_tokenizer
     from spt_interp.patching import all_heads, hooked_loop_logits
-    from spt_interp.patching.modules_engine import PrefixRun, end_head_outputs, end_patched_logits
     from spt_interp.patching.reference import cache_z
 
     model.config.save_pretrained(folder)
@@ -212,13 +216,7 @@ def sweep_cost(model, folder: Path, args, device: torch.device) -> dict:
     sample_s, loop = timed(run(lambda: hooked_loop_logits(hooked, *sides, sample, method="path")))
     loop_s = fixed_s + (sample_s - fixed_s) * scale
 
-    def engine():
-        base = PrefixRun(hooked, batch.challenged_tokens, batch.challenged_mask)
-        donor_z, _ = end_head_outputs(hooked, batch.counterfactual_tokens,
-                                      batch.counterfactual_mask)  # fmt: skip
-        return end_patched_logits(base, donor_z, heads, "path", g.d_head)
-
-    engine_s, ours = timed(run(engine))
+    engine_s, ours = timed(run(lambda: modules_sweep(hooked, batch, heads, "path")))
     positions = [heads.index(h) for h in sample]
     difference = float((ours[positions].float() - loop.float()).abs().max())
     largest = float(loop.float().abs().max())
@@ -280,7 +278,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=["1b"], choices=list(SHAPES))
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default="bfloat16", choices=list(DTYPES))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--batch", type=int, default=4)

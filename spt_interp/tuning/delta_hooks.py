@@ -82,16 +82,18 @@ def contribution(
     return x[..., term.start : term.stop] @ matrix
 
 
-def _hook(terms: list[tuple[SliceTerm, Any]]) -> Any:
+def _hook(terms: list[tuple[SliceTerm, Any]], device: torch.device) -> Any:
+    # The feature indices of output and bias slices, built once rather than on every forward.
+    indices = [torch.arange(term.start, term.stop, device=device) for term, _ in terms]
+
     def add_deltas(module: torch.nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
         x = args[0].to(torch.float32)
         total = output.to(torch.float32)
-        for term, value in terms:
+        for (term, value), index in zip(terms, indices, strict=True):
             change = contribution(term, value(), x)
             if term.kind == "input":
                 total = total + change
             else:
-                index = torch.arange(term.start, term.stop, device=total.device)
                 change = change.expand(*total.shape[:-1], -1)
                 total = total.index_add(total.dim() - 1, index, change)
         return total.to(output.dtype)
@@ -111,10 +113,11 @@ def deltas_added(model: torch.nn.Module, deltas: list[Any]) -> Iterator[None]:
         module_name = delta.slice.parameter.rpartition(".")[0]
         module = model.get_submodule(module_name)
         by_module.setdefault(module_name, []).append((slice_term(module, delta.slice), delta.value))
-    handles = [
-        model.get_submodule(name).register_forward_hook(_hook(terms))
-        for name, terms in by_module.items()
-    ]
+    handles = []
+    for name, terms in by_module.items():
+        module = model.get_submodule(name)
+        device = next(module.parameters()).device
+        handles.append(module.register_forward_hook(_hook(terms, device)))
     try:
         yield
     finally:

@@ -95,8 +95,18 @@ def test_bad_inputs_are_refused_before_training(model, mask, tmp_path, no_traini
 DATA_PARALLEL_RTOL = 1e-3
 
 
+# Two launchers set the same torch.distributed environment: torchrun, and accelerate's own
+# `accelerate launch --multi_gpu` (which runs torchrun's launcher; on CPUs the ranks use gloo).
+LAUNCHERS = {
+    "torchrun": ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"],
+    "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"],
+}  # fmt: skip
+
+
 @pytest.mark.numeric
-def test_two_processes_train_the_same_deltas_as_one(model, mask, tmp_path):
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_processes_train_the_same_deltas_as_one(model, mask, tmp_path, launcher):
     # SGD, not AdamW: its update is linear in the gradient, so the tolerance follows from the
     # gradient's rounding. AdamW divides each element by its own gradient's root mean square,
     # which turns rounding of a near-cancelling element into a step-sized difference (seen: one
@@ -104,9 +114,9 @@ def test_two_processes_train_the_same_deltas_as_one(model, mask, tmp_path):
     config = TuneConfig(steps=2, batch_size=4, lr=1e-2, optimizer="sgd")
     tune(model, DATA, tmp_path / "one", config, mask=mask, save="delta", progress=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", "2", "-m", "spt_interp.cli", "tune", "--model", str(model),
-               "--data", str(DATA), "--mask", str(mask), "--out", str(tmp_path / "two"),
+    command = [sys.executable, *LAUNCHERS[launcher], "-m", "spt_interp.cli", "tune",
+               "--model", str(model), "--data", str(DATA), "--mask", str(mask), "--out",
+               str(tmp_path / "two"),
                "--save", "delta", "--steps", "2", "--batch-size", "4", "--lr", "1e-2",
                "--optimizer", "sgd", "--device", "cpu"]  # fmt: skip
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

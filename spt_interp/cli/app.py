@@ -12,6 +12,7 @@ import typer
 
 from spt_interp.errors import SptInterpError
 from spt_interp.model.devices import DTYPES
+from spt_interp.model.dispatch import DEVICE_MAPS
 
 app = typer.Typer(
     help="Find the attention heads behind a chat model's sycophancy and fix them by tuning "
@@ -85,5 +86,31 @@ DtypeOption = Annotated[
     str,
     typer.Option(
         metavar=choice_list(tuple(DTYPES)), help="bfloat16 / float16 halve the memory on a GPU."
+    ),
+]
+# accelerate's big-model loading, for the commands that only run forward passes.
+DeviceMapOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar=choice_list(DEVICE_MAPS),
+        help="Spread the model over the GPUs, or the CPU and disk, with accelerate (a model "
+        "larger than one GPU); patching runs on the modules engine.",
+        show_default=False,
+    ),
+]
+MaxMemoryOption = Annotated[
+    str | None,
+    typer.Option(
+        help="With --device-map: memory per device for each model loaded, e.g. "
+        "0=70GiB,1=70GiB,cpu=200GiB.",
+        show_default=False,
+    ),
+]
+OffloadFolderOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="With --device-map: where weights offloaded to disk go (default: a temporary "
+        "folder; safetensors weights are read in place).",
+        show_default=False,
     ),
 ]

@@ -9,7 +9,16 @@ from typing import Annotated
 
 import typer
 
-from spt_interp.cli.app import DeviceOption, DtypeOption, ModelOption, app, one_line_errors
+from spt_interp.cli.app import (
+    DeviceMapOption,
+    DeviceOption,
+    DtypeOption,
+    MaxMemoryOption,
+    ModelOption,
+    OffloadFolderOption,
+    app,
+    one_line_errors,
+)
 from spt_interp.errors import SptInterpError
 
 
@@ -71,6 +80,9 @@ def evaluate(
     ] = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "float32",
+    device_map: DeviceMapOption = None,
+    max_memory: MaxMemoryOption = None,
+    offload_folder: OffloadFolderOption = None,
 ) -> None:
     """Run the "are you sure" protocol and print each metric with its count and 95% interval."""
     from spt_interp.common.atomic import write_text_atomic
@@ -85,6 +97,7 @@ def evaluate(
         load_model,
         load_tokenizer,
         resolve_device,
+        resolve_device_map,
         resolve_dtype,
     )
 
@@ -115,15 +128,19 @@ def evaluate(
         encode_suite(load_tokenizer(model), suite_items, suite)
     protocol = protocol_for(model)
     target, weights = resolve_device(device), resolve_dtype(dtype)
-    hooked = load_model(model, device=target, dtype=weights)
+    placement = resolve_device_map(device_map, max_memory, offload_folder, device)
+    hooked = load_model(model, device=target, dtype=weights, device_map=placement)
     reference_model = (
-        load_model(reference, device=target, dtype=weights) if reference is not None else None
+        load_model(reference, device=target, dtype=weights, device_map=placement)
+        if reference is not None
+        else None
     )
     judge = load_model(judge_model, device=target, hooks=False) if judge_model else None
     report = {
         "model": str(hooked.path),
         "data": str(data),
         "device": str(hooked.device),
+        "device_map": hooked.device_map,
         "dtype": str(hooked.dtype).removeprefix("torch."),
         **run_evaluation(
             hooked,

@@ -9,9 +9,12 @@ from typing import Annotated
 import typer
 
 from spt_interp.cli.app import (
+    DeviceMapOption,
     DeviceOption,
     DtypeOption,
+    MaxMemoryOption,
     ModelOption,
+    OffloadFolderOption,
     app,
     choice_list,
     one_line_errors,
@@ -57,6 +60,9 @@ def knockout(
     force: Annotated[bool, typer.Option(help="Replace existing outputs in --out.")] = False,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "float32",
+    device_map: DeviceMapOption = None,
+    max_memory: MaxMemoryOption = None,
+    offload_folder: OffloadFolderOption = None,
 ) -> None:
     """Knock out the top-K heads of a ranking and random K heads; write the curves."""
     from spt_interp.common.outputs import check_out
@@ -77,6 +83,7 @@ def knockout(
         load_model,
         read_signature,
         resolve_device,
+        resolve_device_map,
         resolve_dtype,
     )
     from spt_interp.viz.knockout_report import KNOCKOUT_FILES, write_knockout
@@ -106,9 +113,10 @@ def knockout(
     except SptInterpError as err:
         raise SptInterpError(f"{mask or scores}: {err}") from None
     target, weights = resolve_device(device), resolve_dtype(dtype)
+    placement = resolve_device_map(device_map, max_memory, offload_folder, device)
     out_dir = check_out(out, force=force, reads=[model], files=KNOCKOUT_FILES, create_parents=True)
     protocol = protocol_for(model)
-    hooked = load_model(model, device=target, dtype=weights)
+    hooked = load_model(model, device=target, dtype=weights, device_map=placement)
     if head_mask is not None:
         head_mask.validate(hooked)
     pairs = build_pairs(records, hooked.tokenizer, protocol)

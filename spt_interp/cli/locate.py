@@ -9,9 +9,12 @@ from typing import Annotated
 import typer
 
 from spt_interp.cli.app import (
+    DeviceMapOption,
     DeviceOption,
     DtypeOption,
+    MaxMemoryOption,
     ModelOption,
+    OffloadFolderOption,
     app,
     check_choices,
     choice_list,
@@ -75,6 +78,9 @@ def locate(
     force: Annotated[bool, typer.Option(help="Overwrite outputs already in --out.")] = False,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "float32",
+    device_map: DeviceMapOption = None,
+    max_memory: MaxMemoryOption = None,
+    offload_folder: OffloadFolderOption = None,
 ) -> None:
     """Score every attention head by patching X_c into X_r; write scores, ranking, heatmap."""
     import time
@@ -90,7 +96,13 @@ def locate(
         (direction, DIRECTIONS, "--direction"),
         (engine, ENGINES, "--engine"),
     )
-    from spt_interp.model import check_model_folder, load_model, resolve_device, resolve_dtype
+    from spt_interp.model import (
+        check_model_folder,
+        load_model,
+        resolve_device,
+        resolve_device_map,
+        resolve_dtype,
+    )
     from spt_interp.patching import decision_metric, locate_heads
     from spt_interp.patching.inputs import locate_pairs
     from spt_interp.viz.locate_report import LOCATE_FILES, write_outputs
@@ -103,12 +115,23 @@ def locate(
     records = load_dialogues(data)[:limit]
     folder = check_model_folder(model)
     target, weights = resolve_device(device), resolve_dtype(dtype)
+    placement = resolve_device_map(device_map, max_memory, offload_folder, device)
+    if placement is not None and engine == "fast":
+        raise SptInterpError(
+            "--engine fast reads the weights directly, which --device-map may leave offloaded "
+            "or on other devices; use --engine modules (or auto)"
+        )
     check_out(out, force=force, reads=[folder], files=LOCATE_FILES, create_parents=True)
     protocol = protocol_for(folder)
     init_from_environment()
     rank, world = rank_and_world()
+    if placement is not None and world > 1:
+        raise SptInterpError(
+            f"--device-map spreads one model over this machine's devices; run it in one "
+            f"process, not {world}"
+        )
     started = time.perf_counter()
-    hooked = load_model(folder, device=target, dtype=weights)
+    hooked = load_model(folder, device=target, dtype=weights, device_map=placement)
     pairs = locate_pairs(
         hooked,
         records,
@@ -138,6 +161,7 @@ def locate(
         "first_answers": "model's own (generated)" if own_answers else "records' correct answers",
         "processes": world,
         "device": str(hooked.device),
+        "device_map": hooked.device_map,
         "dtype": str(hooked.dtype).removeprefix("torch."),
         "seconds": round(time.perf_counter() - started, 3),
     }

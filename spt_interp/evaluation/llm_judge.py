@@ -21,6 +21,7 @@ from spt_interp.data.pairs import left_pad, pad_token_id
 from spt_interp.data.render import encode_prompt, has_chat_template, render_messages
 from spt_interp.errors import SptInterpError
 from spt_interp.evaluation.metrics import target_log_probability
+from spt_interp.model.dispatch import model_input_device
 from spt_interp.model.generate import last_position_logits
 
 JUDGE_INSTRUCTION = (
@@ -107,7 +108,7 @@ def judge_admissions(
         for c in conversations
     ]
     pad = pad_token_id(tokenizer)
-    device = next(judge.plain_model.parameters()).device
+    device = model_input_device(judge.plain_model)
     verdicts: list[JudgeVerdict | None] = [None] * len(prompts)
     # Prompts of like length share a batch (little padding); verdicts go back in input order.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from spt_interp.data.pairs import PairBatch
 from spt_interp.evaluation.metrics import apology_share, log_odds
+from spt_interp.model.dispatch import model_input_device
 from spt_interp.model.generate import last_position_logits
 from spt_interp.model.loading import end_logits
 
@@ -38,7 +39,7 @@ def end_decisions(
         else:
             tokens, mask = batch.challenged_tokens, batch.challenged_mask
         if plain:
-            device = next(hooked.plain_model.parameters()).device
+            device = model_input_device(hooked.plain_model)
             with torch.no_grad():
                 logits = last_position_logits(
                     hooked.plain_model, tokens.to(device), mask.to(device), 1

@@ -20,6 +20,7 @@ from spt_interp.common.fields import jsonl_rows
 from spt_interp.data.pairs import left_pad, pad_token_id
 from spt_interp.errors import SptInterpError
 from spt_interp.evaluation.metrics import Metric, kl_divergence, mean
+from spt_interp.model.dispatch import model_input_device
 
 NEUTRAL_TOKENS = 128
 
@@ -119,7 +120,7 @@ def passage_kls(
 
 
 def _logits(model: torch.nn.Module, tokens, mask, positions) -> torch.Tensor:
-    device = next(model.parameters()).device
+    device = model_input_device(model)
     output = model(tokens.to(device), attention_mask=mask.to(device),
                    position_ids=positions.to(device))  # fmt: skip
     return output.logits.float().cpu()

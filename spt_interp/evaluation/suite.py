@@ -24,6 +24,7 @@ from spt_interp.common.fields import jsonl_rows
 from spt_interp.data.pairs import left_pad, pad_token_id
 from spt_interp.errors import SptInterpError
 from spt_interp.evaluation.metrics import Z_95, Metric, proportion
+from spt_interp.model.dispatch import model_input_device
 from spt_interp.model.generate import last_position_logits
 
 
@@ -131,7 +132,7 @@ def continuation_log_likelihoods(
     desc: str = "general suite",
 ) -> list[float]:
     """Return each request's summed log-probability of its continuation given its context."""
-    device = next(model.parameters()).device
+    device = model_input_device(model)
     # Longest first, so a batch's rows are alike in length and padding stays small.
     order = sorted(range(len(requests)), key=lambda i: -sum(map(len, requests[i])))
     totals = [0.0] * len(requests)

@@ -12,6 +12,7 @@ from spt_interp.model.architecture import (
     z_hook_name,
 )
 from spt_interp.model.devices import DTYPES, resolve_device, resolve_dtype
+from spt_interp.model.dispatch import DEVICE_MAPS, DeviceMapRequest, resolve_device_map
 from spt_interp.model.folder import (
     check_architecture,
     check_model_folder,
@@ -33,6 +34,8 @@ from spt_interp.model.loading import (
 __all__ = [
     "COMPONENTS",
     "DTYPES",
+    "DEVICE_MAPS",
+    "DeviceMapRequest",
     "HeadGeometry",
     "HeadSlice",
     "HookedModel",
@@ -54,6 +57,7 @@ __all__ = [
     "out_projection_name",
     "read_signature",
     "resolve_device",
+    "resolve_device_map",
     "resolve_dtype",
     "supported_architectures",
     "weight_files",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 from spt_interp.common.families import family_of
 from spt_interp.common.fields import read_json, typed
@@ -112,3 +113,24 @@ def weights_hash(folder: Path) -> str:
             for block in iter(lambda: stream.read(1 << 24), b""):
                 digest.update(block)
     return "sha256:" + digest.hexdigest()
+
+
+def check_loading_info(folder: Path, info: dict[str, Any]) -> None:
+    """Raise when a weight is missing from the files or has another shape than the config's.
+
+    transformers fills both with fresh random values and only logs a report, so a weights
+    file with a tensor renamed or dropped used to load as a partly random model.
+    """
+    mismatched = sorted(info.get("mismatched_keys") or [])
+    if mismatched:
+        key, in_file, for_config = mismatched[0]
+        raise SptInterpError(
+            f"{folder}: the weights do not fit config.json: {key} is {list(in_file)} in the "
+            f"weights, {list(for_config)} for the config"
+        )
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise SptInterpError(
+            f"{folder}: the weights lack {len(missing)} tensor(s) the config needs: "
+            f"{', '.join(missing[:3])}"
+        )

@@ -11,7 +11,6 @@ object with ``hooks=False``: no bridge, the plain HF model, the same geometry an
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,7 +27,15 @@ from torch import Tensor
 
 from spt_interp.common.families import family_of
 from spt_interp.errors import SptInterpError
-from spt_interp.model.folder import check_architecture, check_model_folder
+from spt_interp.model.dispatch import (
+    DeviceMapRequest,
+    dispatch_hooks,
+    input_device,
+    offload_folder,
+    plan_device_map,
+    single_device,
+)
+from spt_interp.model.folder import check_architecture, check_loading_info, check_model_folder
 from spt_interp.model.geometry import HeadGeometry, compute_fingerprint, geometry_from_config
 
 
@@ -50,6 +57,8 @@ class HookedModel:
         *,
         bridge: Any | None = None,
         hf_parameters: dict[str, torch.nn.Parameter] | None = None,
+        dispatch_hooks: dict[str, Any] | None = None,
+        input_device: torch.device | None = None,
     ) -> None:
         self._hf_model = hf_model
         self._bridge = bridge
@@ -59,6 +68,9 @@ class HookedModel:
         )
         self.geometry = geometry
         self.path = path
+        # accelerate's hooks by module name when loaded with --device-map (else empty).
+        self.dispatch_hooks = dispatch_hooks or {}
+        self._input_device = input_device
         self._plain_model: torch.nn.Module | None = None if bridge is not None else hf_model
 
     @property
@@ -83,25 +95,12 @@ class HookedModel:
         Bridge hooks do not fire in this model; weight changes (tuning, slices) show at once.
         """
         if self._plain_model is None:
-            from transformers import AutoModelForCausalLM
+            from spt_interp.model.twin import plain_twin
 
-            config = copy.deepcopy(self.config)
-            config._attn_implementation = "eager"
-            with torch.device("meta"):
-                plain = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
-            # assign=True adopts our tensors instead of copying into the meta ones.
-            plain.load_state_dict(self.hf_parameters, strict=False, assign=True)
-            plain.tie_weights()
-            missing = [n for n, p in plain.named_parameters() if p.is_meta]
-            if missing:
-                raise SptInterpError(f"cannot share weights with a plain model: {missing[:3]}")
-            buffers = dict(self.hf_model.named_buffers())
-            for name in [name for name, _ in plain.named_buffers()]:
-                source = buffers[name] if name in buffers else _find_buffer(buffers, name)
-                if source is None:
-                    raise SptInterpError(f"cannot share buffer {name} with a plain model")
-                _set_buffer(plain, name, source)
-            self._plain_model = plain.eval()
+            self._plain_model = plain_twin(
+                self.config, self.hf_parameters, dict(self.hf_model.named_buffers()),
+                self.dispatch_hooks, getattr(self.hf_model, "hf_device_map", None),
+            )  # fmt: skip
         return self._plain_model
 
     @property
@@ -119,7 +118,21 @@ class HookedModel:
         return self.hf_model.config
 
     @property
+    def dispatched(self) -> bool:
+        """Whether accelerate spreads the weights (``--device-map``): the fast engine, which
+        reads weights directly, cannot run; the modules engine and the loop can."""
+        return bool(self.dispatch_hooks)
+
+    @property
+    def device_map(self) -> dict[str, int | str] | None:
+        """accelerate's module-to-device map (``--device-map``), else None (one device)."""
+        return dict(self.hf_model.hf_device_map) if self.dispatched else None
+
+    @property
     def device(self) -> torch.device:
+        """Where input tokens go (a dispatched model's embedding device)."""
+        if self._input_device is not None:
+            return self._input_device
         return next(iter(self.hf_parameters.values())).device
 
     @property
@@ -172,21 +185,6 @@ class HookedModel:
         return compute_fingerprint(
             self.geometry, self.config, self.hf_parameters, include_weights=include_weights
         )
-
-
-def _find_buffer(buffers: dict[str, Tensor], name: str) -> Tensor | None:
-    """Return the wrapped model's buffer for an HF buffer name (the bridge renames them)."""
-    wanted = name.split(".")
-    for candidate, buffer in buffers.items():
-        if [part for part in candidate.split(".") if part != "_original_component"] == wanted:
-            return buffer
-    return None
-
-
-def _set_buffer(module: torch.nn.Module, name: str, value: Tensor) -> None:
-    owner_name, _, buffer_name = name.rpartition(".")
-    owner = module.get_submodule(owner_name) if owner_name else module
-    owner.register_buffer(buffer_name, value, persistent=buffer_name in owner.state_dict())
 
 
 def read_signature(path: str | Path) -> tuple[HeadGeometry, str]:
@@ -245,11 +243,14 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     hooks: bool = True,
+    device_map: DeviceMapRequest | None = None,
 ) -> HookedModel:
     """Return the model over the local Hugging Face folder ``path`` (offline, HF numerics).
 
     With ``hooks`` (the default) the TransformerBridge wraps it for patching and knockout;
-    without, it is the plain HF model the trainer runs. Raises SptInterpError with a one-line
+    without, it is the plain HF model the trainer runs. With ``device_map`` accelerate spreads
+    it over the GPUs, or the CPU and disk (``spt_interp.model.dispatch``), and ``device`` is
+    unused. Raises SptInterpError with a one-line
     reason when the folder is missing, is not a model folder, lacks weights or a tokenizer, or
     holds an architecture TransformerLens cannot wrap.
     """
@@ -262,6 +263,12 @@ def load_model(
     # Per-tensor "Loading weights" bars are noise for a model that loads in a second.
     hf_logging.disable_progress_bar()
     config, tokenizer = _config_and_tokenizer(folder)
+    placement: dict[str, Any] = {}
+    if device_map is not None:
+        plan = plan_device_map(config, dtype, device_map)
+        device = single_device(plan)
+        if device is None:  # spread over several devices: accelerate dispatches it
+            placement = {"device_map": plan, "offload_folder": offload_folder(device_map)}
     try:
         # Eager attention: the bridge needs it for hook_pattern, and it is the HF reference.
         # Mismatched shapes are reported in the loading info (and refused below) instead of a
@@ -274,11 +281,14 @@ def load_model(
             dtype=dtype,
             output_loading_info=True,
             ignore_mismatched_sizes=True,
+            **placement,
         )
     except Exception as err:  # noqa: BLE001 - see _reason
         raise SptInterpError(f"{folder}: the model does not load: {_reason(err)}") from None
-    _check_loading_info(folder, info)
-    return _wrapped(hf_model.to(device), tokenizer, folder, architecture, device, dtype, hooks)
+    check_loading_info(folder, info)
+    if not placement:
+        hf_model = hf_model.to(device)
+    return _wrapped(hf_model, tokenizer, folder, architecture, device, dtype, hooks)
 
 
 def wrap_model(
@@ -310,19 +320,22 @@ def _wrapped(
 ) -> HookedModel:
     hf_model.eval()
     geometry = geometry_from_config(hf_model.config, architecture)
+    # Captured before wrapping: the bridge renames parameters and modules but keeps the same
+    # tensors and accelerate's hooks.
+    placed = {"dispatch_hooks": dispatch_hooks(hf_model)}
+    if placed["dispatch_hooks"]:
+        device = placed["input_device"] = input_device(hf_model)
     if not hooks:
-        return HookedModel(hf_model, tokenizer, geometry, folder)
+        return HookedModel(hf_model, tokenizer, geometry, folder, **placed)
     from transformer_lens.model_bridge import TransformerBridge
 
-    # Captured before wrapping: the bridge renames parameters but keeps the same tensors.
     hf_parameters = dict(hf_model.named_parameters())
     bridge = TransformerBridge.boot_transformers(
         str(folder), hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
     )
     bridge.eval()
-    return HookedModel(
-        hf_model, bridge.tokenizer, geometry, folder, bridge=bridge, hf_parameters=hf_parameters
-    )
+    return HookedModel(hf_model, bridge.tokenizer, geometry, folder, bridge=bridge,
+                       hf_parameters=hf_parameters, **placed)  # fmt: skip
 
 
 def _reason(err: BaseException) -> str:
@@ -337,27 +350,6 @@ def _reason(err: BaseException) -> str:
     reason = "; ".join(lines) or type(err).__name__
     # torch appends a C++ stack to some messages; the first 300 characters say what failed.
     return reason if len(reason) <= 300 else reason[:297] + "..."
-
-
-def _check_loading_info(folder: Path, info: dict[str, Any]) -> None:
-    """Raise when a weight is missing from the files or has another shape than the config's.
-
-    transformers fills both with fresh random values and only logs a report, so a weights
-    file with a tensor renamed or dropped used to load as a partly random model.
-    """
-    mismatched = sorted(info.get("mismatched_keys") or [])
-    if mismatched:
-        key, in_file, for_config = mismatched[0]
-        raise SptInterpError(
-            f"{folder}: the weights do not fit config.json: {key} is {list(in_file)} in the "
-            f"weights, {list(for_config)} for the config"
-        )
-    missing = sorted(info.get("missing_keys") or [])
-    if missing:
-        raise SptInterpError(
-            f"{folder}: the weights lack {len(missing)} tensor(s) the config needs: "
-            f"{', '.join(missing[:3])}"
-        )
 
 
 def load_base(

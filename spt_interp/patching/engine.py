@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import math
 import sys
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -20,6 +16,7 @@ from spt_interp.data import PairBatch, PromptPair, batch_pairs, pad_token_id, re
 from spt_interp.errors import SptInterpError
 from spt_interp.model.loading import end_logits
 from spt_interp.patching.attribution import attribution_effects
+from spt_interp.patching.head_scores import HeadScores, build_scores
 from spt_interp.patching.modules_engine import (
     modules_effects,
     verify_against_loop,
@@ -46,79 +43,6 @@ from spt_interp.patching.transformer import model_params, supports_fast_engine
 
 DIRECTIONS = ("c_into_r", "r_into_c")
 ENGINES = ("auto", "fast", "modules", "loop")
-
-
-@dataclass
-class HeadScores:
-    """Per-head patching scores: ``table`` has layer, head, score, apology_effect, rank.
-
-    ``score`` is the mean over prompts of metric(patched) - metric(base) (relative for
-    apology-share). ``apology_effect`` is signed so that positive means "this head drives the
-    apology": -score when X_c's output is patched into X_r, +score the other way round.
-    """
-
-    table: pd.DataFrame
-    per_prompt: pd.DataFrame | None
-    baseline: dict[str, Any]
-    method: str
-    position: str
-    direction: str
-    metric: str
-    metric_description: str
-    n_layers: int
-    n_heads: int
-    n_prompts: int
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def drives_apology(self) -> str:
-        if self.direction == "c_into_r":
-            return (
-                "negative score: patching the head's X_c output into X_r lowers the apology "
-                f"{self.metric}, so the head carries the challenge's push toward apologizing"
-            )
-        return (
-            "positive score: patching the head's X_r output into X_c raises the apology "
-            f"{self.metric}, so the head carries the challenge's push toward apologizing"
-        )
-
-    def matrix(self, column: str = "score") -> np.ndarray:
-        """Return [n_layers, n_heads] of ``column`` (NaN where a head was not scored)."""
-        grid = np.full((self.n_layers, self.n_heads), np.nan)
-        grid[self.table["layer"].to_numpy(), self.table["head"].to_numpy()] = self.table[column]
-        return grid
-
-    def top(self, k: int) -> list[tuple[int, int]]:
-        """Return the k heads that drive the apology most, strongest first."""
-        ranked = self.table.sort_values("rank")
-        return [(int(r.layer), int(r.head)) for r in ranked.head(k).itertuples()]
-
-    def ranking(self) -> dict[str, Any]:
-        """Return the JSON-ready ranking: heads by apology effect, with the baselines."""
-        ranked = self.table.sort_values("rank")
-        return {
-            "method": self.method,
-            "position": self.position,
-            "direction": self.direction,
-            "metric": self.metric,
-            "metric_description": self.metric_description,
-            "drives_apology": self.drives_apology,
-            "n_prompts": self.n_prompts,
-            "n_layers": self.n_layers,
-            "n_heads": self.n_heads,
-            "baseline": self.baseline,
-            "settings": self.settings,
-            "heads": [
-                {
-                    "rank": int(r.rank),
-                    "layer": int(r.layer),
-                    "head": int(r.head),
-                    "score": float(r.score),
-                    "apology_effect": float(r.apology_effect),
-                }
-                for r in ranked.itertuples()
-            ],
-        }
 
 
 def _check_options(method: str, position: str, direction: str, engine: str) -> None:
@@ -218,7 +142,13 @@ def _chunk_effects(
 
 def _backend(hooked: Any, engine: str, method: str, position: str) -> str:
     """Return "fast", "modules" or "loop": what ``engine`` means for this model and run."""
-    if engine == "fast" or (engine == "auto" and supports_fast_engine(hooked)):
+    dispatched = getattr(hooked, "dispatched", False)
+    if engine == "fast" and dispatched:
+        raise SptInterpError(
+            "--engine fast reads the weights directly, which --device-map leaves offloaded or "
+            "on other devices; use --engine modules (or auto)"
+        )
+    if engine == "fast" or (engine == "auto" and not dispatched and supports_fast_engine(hooked)):
         model_params(hooked)  # raises a clear error for a family the decoder does not cover
         return "fast"
     end_patch = position == "end" and method != "attribution"
@@ -228,12 +158,6 @@ def _backend(hooked: Any, engine: str, method: str, position: str) -> str:
             "use --engine loop"
         )
     return "modules" if engine == "modules" or (engine == "auto" and end_patch) else "loop"
-
-
-def _summary(values: Tensor) -> dict[str, Any]:
-    data = values.tolist()
-    mean = sum(data) / len(data)
-    return {"mean": mean, "values": data}
 
 
 def locate_heads(
@@ -316,7 +240,7 @@ def locate_heads(
     order = sorted(range(len(gathered_heads)), key=lambda i: gathered_heads[i])
     ordered_heads = [gathered_heads[i] for i in order]
     values = gathered[order]
-    return _build_scores(
+    return build_scores(
         ordered_heads,
         values,
         torch.cat(r_vals),
@@ -330,68 +254,4 @@ def locate_heads(
         n_layers=geometry.n_layers,
         n_heads=geometry.n_heads,
         settings={"engine": backend, "batch_size": batch_size},
-    )
-
-
-def _build_scores(
-    heads: list[tuple[int, int]],
-    values: Float[Tensor, "variant prompt"],
-    r_vals: Tensor,
-    c_vals: Tensor,
-    pairs: list[PromptPair],
-    metric: PatchMetric,
-    *,
-    method: str,
-    position: str,
-    direction: str,
-    per_prompt: bool,
-    n_layers: int,
-    n_heads: int,
-    settings: dict[str, Any],
-) -> HeadScores:
-    sign = -1.0 if direction == "c_into_r" else 1.0
-    score = values.double().mean(dim=1).numpy()
-    table = pd.DataFrame(
-        {
-            "layer": [layer for layer, _ in heads],
-            "head": [head for _, head in heads],
-            "score": score,
-            "apology_effect": sign * score,
-        }
-    )
-    # Rank 1 = drives the apology most; ties broken by (layer, head) for a stable order.
-    order = table.sort_values(
-        ["apology_effect", "layer", "head"], ascending=[False, True, True]
-    ).index
-    table["rank"] = 0
-    table.loc[order, "rank"] = np.arange(1, len(table) + 1)
-    prompt_table = None
-    if per_prompt:
-        n = values.shape[1]
-        prompt_table = pd.DataFrame(
-            {
-                "layer": np.repeat(table["layer"].to_numpy(), n),
-                "head": np.repeat(table["head"].to_numpy(), n),
-                "prompt": np.tile([p.index for p in pairs], len(heads)),
-                "record_id": np.tile([p.record_id for p in pairs], len(heads)),
-                "value": values.double().flatten().numpy(),
-            }
-        )
-    baseline = {"X_r": _summary(r_vals), "X_c": _summary(c_vals)}
-    baseline["gap"] = baseline["X_r"]["mean"] - baseline["X_c"]["mean"]
-    if any(math.isnan(v) for v in (baseline["X_r"]["mean"], baseline["X_c"]["mean"])):
-        raise SptInterpError(f"metric {metric.name!r} gave NaN on the unpatched prompts")
-    return HeadScores(
-        table=table,
-        per_prompt=prompt_table,
-        baseline=baseline,
-        method=method,
-        position=position,
-        direction=direction,
-        metric=metric.name,
-        metric_description=metric.description,
-        n_layers=n_layers,
-        n_heads=n_heads,
-        n_prompts=len(pairs),
-        settings=settings,
     )

@@ -163,7 +163,8 @@ def end_patched_logits(
     def write(layer: int, x: Tensor) -> Tensor:
         x = x.clone()
         view = x.view(batch, count, *x.shape[1:])
-        frozen = (sender_layers >= layer) if method == "activation" else slice(None)
+        # .to: under --device-map this layer's inputs may sit on another device.
+        frozen = (sender_layers >= layer).to(x.device) if method == "activation" else slice(None)
         view[:, frozen, -1] = base.z[layer][:, None]
         for variant, head in senders.get(layer, []):
             columns = slice(head * d_head, (head + 1) * d_head)

@@ -80,8 +80,9 @@ def shared_prefix_attention(
     q = query.reshape(batch, variants, kv_heads, group, d_head)
     own_key = key.reshape(batch, variants, kv_heads, 1, d_head)
     own_value = value.reshape(batch, variants, kv_heads, 1, d_head)
-    visible = prefix.visible(layer, sliding_window)
-    live = None if prefix.live_variants is None else prefix.live_variants[layer]
+    # Under --device-map a layer may run on another device than the one the mask lives on.
+    visible = prefix.visible(layer, sliding_window).to(prefix_keys.device)
+    live = None if prefix.live_variants is None else prefix.live_variants[layer].to(q.device)
     if live is None:
         out = _attend(q, own_key, own_value, prefix_keys, prefix_values, visible, scaling, softcap)
     else:

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from spt_interp.cli import app
+from spt_interp.errors import SptInterpError
 from spt_interp.mask import HeadMask
 from spt_interp.model.tiny import save_tiny_model
 from spt_interp.tuning import TuneConfig, load_base, tune
@@ -167,15 +168,20 @@ def test_one_sgd_step_moves_the_deltas_by_minus_lr_times_the_gradient(model, mas
 
 
 @pytest.mark.numeric
-def test_two_processes_under_fsdp_train_the_same_sft_as_one(model, tmp_path):
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_processes_under_fsdp_train_the_same_sft_as_one(model, tmp_path, launcher):
     # Full SFT, plain SGD (see above), gradient clipping on: each rank holds half of every
     # weight; the gathered weights must move as the one-process run's do.
     config = TuneConfig(mode="sft", steps=2, batch_size=4, lr=1e-2, optimizer="sgd")
     tune(model, DATA, tmp_path / "one", config, progress=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", "2", "-m", "spt_interp.cli", "tune", "--model", str(model),
-               "--data", str(DATA), "--mode", "sft", "--fsdp", "--out", str(tmp_path / "two"),
+    # accelerate's own switch (--use_fsdp, as its config file would set) instead of --fsdp.
+    sharding = ["--fsdp"] if launcher == "torchrun" else []
+    launch = list(LAUNCHERS[launcher])
+    if launcher == "accelerate":  # --use_fsdp takes --multi_gpu's place
+        launch[launch.index("--multi_gpu")] = "--use_fsdp"
+    command = [sys.executable, *launch, "-m", "spt_interp.cli", "tune", "--model", str(model),
+               "--data", str(DATA), "--mode", "sft", *sharding, "--out", str(tmp_path / "two"),
                "--steps", "2", "--batch-size", "4", "--lr", "1e-2", "--optimizer", "sgd",
                "--device", "cpu"]  # fmt: skip
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -194,6 +200,18 @@ def test_two_processes_under_fsdp_train_the_same_sft_as_one(model, tmp_path):
         difference = (two[key] - one[key]).norm()
         assert difference <= DATA_PARALLEL_RTOL * change.norm(), (key, difference)
     assert moved == len(base)  # every tensor trained, none left behind by the sharding
+
+
+def test_accelerate_fsdp_settings_this_trainer_does_not_do_are_refused():
+    from spt_interp.tuning.sharding import accelerate_asks_for_fsdp
+
+    assert not accelerate_asks_for_fsdp({})
+    assert accelerate_asks_for_fsdp({"ACCELERATE_USE_FSDP": "true", "FSDP_OFFLOAD_PARAMS": "false"})
+    with pytest.raises(SptInterpError, match="FSDP_OFFLOAD_PARAMS=true .from accelerate launch"):
+        accelerate_asks_for_fsdp({"ACCELERATE_USE_FSDP": "true", "FSDP_OFFLOAD_PARAMS": "true"})
+    with pytest.raises(SptInterpError, match="FSDP_SHARDING_STRATEGY=SHARD_GRAD_OP"):
+        accelerate_asks_for_fsdp({"ACCELERATE_USE_FSDP": "true",
+                                  "FSDP_SHARDING_STRATEGY": "SHARD_GRAD_OP"})  # fmt: skip
 
 
 def test_fsdp_is_refused_for_a_masked_mode_and_for_one_process(model, mask, tmp_path):

@@ -84,7 +84,11 @@ def tune(
         bool, typer.Option(help="Recompute each layer in the backward instead of storing it.")
     ] = False,
     fsdp: Annotated[
-        bool, typer.Option(help="Shard full SFT over the processes (torchrun / accelerate).")
+        bool,
+        typer.Option(
+            help="Shard full SFT over the processes (torchrun / accelerate launch; on by "
+            "itself under accelerate launch --use_fsdp)."
+        ),
     ] = False,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
@@ -92,6 +96,10 @@ def tune(
     from spt_interp.common.distributed import rank_and_world
     from spt_interp.tuning import TuneConfig
     from spt_interp.tuning import tune as run_tuning
+    from spt_interp.tuning.sharding import accelerate_asks_for_fsdp
+
+    # `accelerate launch --use_fsdp` (flags or its config file) asks for the same sharding.
+    fsdp = fsdp or accelerate_asks_for_fsdp()
 
     config = TuneConfig(
         mode=mode, lr=lr, steps=steps, batch_size=batch_size,

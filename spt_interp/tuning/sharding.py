@@ -9,11 +9,41 @@ that average the sum the one-process run computes (gloo has no pre-multiplied su
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 from spt_interp.errors import SptInterpError
+
+# accelerate's FSDP settings (`accelerate launch --use_fsdp --fsdp_...`, or its config file) that
+# change what sharding computes or holds; anything else (prefetching, wrap policy, state-dict
+# type) leaves the result as it is and is left to the defaults here.
+_UNSUPPORTED = {
+    "FSDP_OFFLOAD_PARAMS": ("true", "CPU offload of parameters"),
+    "FSDP_ACTIVATION_CHECKPOINTING": ("true", "activation checkpointing under FSDP"),
+}
+_FULL_SHARD = ("", "1", "FULL_SHARD")
+
+
+def accelerate_asks_for_fsdp(environ: Mapping[str, str] = os.environ) -> bool:
+    """Return whether ``accelerate launch`` was told to use FSDP; SptInterpError for a setting
+    of it this trainer does not do (naming the variable), so none is silently ignored."""
+    if environ.get("ACCELERATE_USE_FSDP", "").lower() not in ("true", "1"):
+        return False
+    strategy = environ.get("FSDP_SHARDING_STRATEGY", "")
+    if strategy.upper() not in _FULL_SHARD:
+        raise SptInterpError(
+            f"FSDP_SHARDING_STRATEGY={strategy} (from accelerate launch): only FULL_SHARD "
+            "is supported"
+        )
+    for name, (value, what) in _UNSUPPORTED.items():
+        if environ.get(name, "").lower() == value:
+            raise SptInterpError(
+                f"{name}={value} (from accelerate launch): {what} is not supported"
+            )
+    return True
 
 
 def shard_model(model: torch.nn.Module) -> int:

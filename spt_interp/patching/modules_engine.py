@@ -77,6 +77,28 @@ def _on_head_inputs(
             handle.remove()
 
 
+def decoder_layers(model: torch.nn.Module, n_layers: int) -> list[torch.nn.Module]:
+    """Return the model's decoder layers in order (transformers' GradientCheckpointingLayer)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    if len(layers) != n_layers:
+        raise SptInterpError(
+            f"{type(model).__name__}: found {len(layers)} decoder layers, expected {n_layers}; "
+            "use --engine loop"
+        )
+    return layers
+
+
+def _map_tensors(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    """Apply ``fn`` to every tensor of a layer's output (a tensor, or a tuple holding some)."""
+    if isinstance(value, Tensor):
+        return fn(value)
+    if isinstance(value, tuple):
+        return tuple(_map_tensors(v, fn) for v in value)
+    return value
+
+
 class PrefixRun:
     """One side's unpatched run: the prefix keys/values, and every layer's head outputs at END."""
 
@@ -105,14 +127,28 @@ class PrefixRun:
         def capture(layer: int, x: Tensor) -> None:
             z[layer] = x[:, -1].detach().clone()
 
-        with torch.no_grad(), _on_head_inputs(self.model, self.names, capture):
-            self.end_logits = self.step(1)
+        self.layers = decoder_layers(self.model, geometry.n_layers)
+        # Each decoder layer's unpatched END output: what every variant computes below its
+        # sender's layer, replayed there instead of computed again.
+        self.layer_outputs: list[Any] = []
+        outputs = self.layer_outputs
+        handles = [layer.register_forward_hook(lambda _m, _a, out: outputs.append(out))
+                   for layer in self.layers]  # fmt: skip
+        try:
+            with torch.no_grad(), _on_head_inputs(self.model, self.names, capture):
+                self.end_logits = self.step(1)
+        finally:
+            for handle in handles:
+                handle.remove()
         self.z: list[Float[Tensor, "batch heads_x_d_head"]] = [z[i] for i in range(len(z))]
 
-    def step(self, copies: int) -> Float[Tensor, "batch_x_copies vocab"]:
+    def step(self, copies: int, first_layer: int = 0) -> Float[Tensor, "batch_x_copies vocab"]:
         """Return END logits of ``copies`` runs of each row (rows b * copies + v), whatever
-        hooks are active, each attending to the shared prefix (nothing of it is copied)."""
-        with attending_to(self.model, self.prefix):
+        hooks are active, each attending to the shared prefix (nothing of it is copied).
+
+        Layers below ``first_layer`` are not run: they return their unpatched END output
+        (valid when no hook changes anything below it)."""
+        with attending_to(self.model, self.prefix), self._replayed(first_layer, copies):
             output = self.model(
                 self.tokens[:, -1:].repeat_interleave(copies, 0),
                 position_ids=self.end_position.repeat_interleave(copies, 0),
@@ -120,6 +156,23 @@ class PrefixRun:
                 logits_to_keep=1,
             )
         return output.logits[:, -1]
+
+    @contextmanager
+    def _replayed(self, first_layer: int, copies: int) -> Iterator[None]:
+        replaced = self.layers[:first_layer]
+        # An instance attribute already there (accelerate's dispatch wrapper) goes back after.
+        previous = [layer.__dict__.get("forward") for layer in replaced]
+        for layer, output in zip(replaced, self.layer_outputs, strict=False):
+            repeated = _map_tensors(output, lambda t: t.repeat_interleave(copies, 0))
+            layer.forward = lambda *args, _out=repeated, **kwargs: _out
+        try:
+            yield
+        finally:
+            for layer, forward in zip(replaced, previous, strict=True):
+                if forward is None:
+                    del layer.forward
+                else:
+                    layer.forward = forward
 
 
 def end_head_outputs(
@@ -147,34 +200,60 @@ def end_patched_logits(
     method: str,
     d_head: int,
 ) -> Float[Tensor, "variant batch vocab"]:
-    """Return END logits of each head's patched run on ``base`` (one END step for all)."""
-    batch, count = base.tokens.shape[0], len(heads)
-    senders: dict[int, list[tuple[int, int]]] = {}
-    for variant, (layer, head) in enumerate(heads):
-        senders.setdefault(layer, []).append((variant, head))
+    """Return END logits of each head's patched run on ``base``: one END step per sender
+    layer, for all its heads at once, from that layer on."""
+    by_layer: dict[int, list[int]] = {}
+    for variant, (layer, _) in enumerate(heads):
+        by_layer.setdefault(layer, []).append(variant)
+    parts = {
+        layer: _sender_layer_logits(base, donor_z, layer, [heads[v][1] for v in variants],
+                                    method, d_head)
+        for layer, variants in by_layer.items()
+    }  # fmt: skip
+    first = next(iter(parts.values()))
+    logits = first.new_empty(len(heads), *first.shape[1:])
+    for layer, variants in by_layer.items():
+        logits[torch.tensor(variants, device=logits.device)] = parts[layer]
+    return logits
 
-    sender_layers = torch.tensor([layer for layer, _ in heads], device=base.tokens.device)
-    # A variant's head outputs at layer L are read as computed only in activation patching and
-    # only above its sender's layer; below, its run is the unpatched one.
-    n_layers = len(base.z)
-    live = {layer: (sender_layers < layer).nonzero().flatten() if method == "activation"
-            else sender_layers[:0] for layer in range(n_layers)}  # fmt: skip
 
-    def write(layer: int, x: Tensor) -> Tensor:
+def _sender_layer_logits(
+    base: PrefixRun,
+    donor_z: list[Float[Tensor, "batch heads_x_d_head"]],
+    sender: int,
+    head_ids: list[int],
+    method: str,
+    d_head: int,
+) -> Float[Tensor, "variant batch vocab"]:
+    """Return END logits of patching each of ``head_ids`` at layer ``sender`` into ``base``.
+
+    Below the sender every variant is the unpatched run, so those layers are replayed, not run.
+    At and above it, path patching holds every head at its unpatched END value except the
+    sender (the effect flows through MLPs and norms only); activation patching lets the heads
+    above the sender compute from the changed residual.
+    """
+    batch, count = base.tokens.shape[0], len(head_ids)
+    # Per layer, whose attention output is read: all variants (None: no gather), or none.
+    nobody = torch.arange(0, device=base.tokens.device)
+    live = {layer: None if method == "activation" and layer > sender else nobody
+            for layer in range(len(base.z))}  # fmt: skip
+
+    def write(layer: int, x: Tensor) -> Tensor | None:
+        if method == "activation" and layer > sender:
+            return None
         x = x.clone()
         view = x.view(batch, count, *x.shape[1:])
-        # .to: under --device-map this layer's inputs may sit on another device.
-        frozen = (sender_layers >= layer).to(x.device) if method == "activation" else slice(None)
-        view[:, frozen, -1] = base.z[layer][:, None]
-        for variant, head in senders.get(layer, []):
-            columns = slice(head * d_head, (head + 1) * d_head)
-            view[:, variant, -1, columns] = donor_z[layer][:, columns]
+        view[:, :, -1] = base.z[layer][:, None]
+        if layer == sender:
+            for variant, head in enumerate(head_ids):
+                columns = slice(head * d_head, (head + 1) * d_head)
+                view[:, variant, -1, columns] = donor_z[layer][:, columns]
         return x
 
     base.prefix.live_variants = live
     try:
         with torch.no_grad(), _on_head_inputs(base.model, base.names, write):
-            logits = base.step(count)
+            logits = base.step(count, first_layer=sender)
     finally:
         base.prefix.live_variants = None
     return logits.view(batch, count, -1).transpose(0, 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -220,3 +221,24 @@ def test_missing_names_what_a_frontier_lacks_and_nothing_when_complete():
     short = [r for r in synthetic_frontier() if r["setting"]["lr"] != 2.15e-3]
     assert missing(short, ["spt"]) == ["spt: grid not bracketed (next: 0.00215)"]
     assert missing(synthetic_frontier(), ["spt", "sft"]) == ["sft: no runs"]
+
+
+COMMITTED = Path(__file__).parents[1] / "benchmarks" / "results" / "smollm2" / "frontier"
+
+
+def test_the_committed_smollm2_frontier_is_complete_and_its_report_is_of_these_runs():
+    """Recomputed from the committed run store (not read off the report): every mode's best
+    rate is interior to its grid and both ends are reached, and the bracketing rates of
+    confidence 0.7 have 3 seeds (plus SPT's random head sets and LoRA on the heads)."""
+    from spt_interp.tuning.frontier_report import base_run, missing, search_points
+
+    identity = json.loads((COMMITTED / "store" / "store.json").read_text())["identity"]
+    runs = RunStore(COMMITTED / "store", identity).runs()
+    base = base_run(runs)
+    for mode in ("sft", "lora", "spt"):
+        verdict = extend(search_points(runs, mode, base), base["test"]["confidence"], mode=mode)
+        assert verdict.interior and verdict.low_end and verdict.high_end, (mode, verdict)
+    assert missing(runs, ["sft", "lora", "spt"]) == []
+    report = json.loads((COMMITTED / "frontier.json").read_text())
+    assert report["runs"] == len(runs) and report["missing"] == []
+    assert report["identity"] == identity

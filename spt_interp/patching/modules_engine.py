@@ -11,10 +11,13 @@ concatenated head outputs) writing head values:
 - path patching: every head of every layer takes its unpatched END value, except the sender,
   which carries the donor's; the effect flows through MLPs and norms only.
 
-Many variants go through one step, stacked on the batch axis. HF computes everything else
-(norms, rotary tables, soft-capping, sliding windows, QK-norm), so nothing family-specific is
-re-implemented here; the cost is one single-position forward per variant instead of a full
-forward per head. Tests hold it to the hooked per-head loop within 1e-5 for every family.
+The variants of one sender layer go through one step, stacked on the batch axis, from that
+layer on: below it every variant is the unpatched run, whose END output of each decoder layer
+is replayed there (the layer's forward returns it) instead of computed again. HF computes
+everything else (norms, rotary tables, soft-capping, sliding windows, QK-norm), so nothing
+family-specific is re-implemented here; the cost is one single-position pass per variant
+through the layers from its sender's on, instead of a full forward per head. Tests hold it to
+the hooked per-head loop within 1e-5 for every family.
 """
 
 from __future__ import annotations

@@ -164,6 +164,10 @@ def test_knockout_and_evaluate_on_a_split_model_equal_one_device(
         (["--device-map", "auto", "--max-memory", "gpu=1GiB"], "device 'gpu' is not 0, 1"),
         (["--device-map", "auto", "--device", "cpu"], "--device cpu and --device-map: give one"),
         (["--device-map", "auto", "--engine", "fast"], "--engine fast reads the weights"),
+        (
+            ["--device-map", "auto", "--max-memory", "cpu=1KiB", "--offload-folder", __file__],
+            "--offload-folder",
+        ),
     ],
 )
 def test_bad_big_model_options_are_refused_in_one_line(

@@ -91,7 +91,11 @@ def plan_device_map(
     skeleton.tie_weights()
     # Private, but it is the very function from_pretrained calls with these arguments; the
     # transformers pin in pyproject.toml keeps it there.
-    plan = _get_device_map(skeleton, request.strategy, request.max_memory, None)
+    try:
+        plan = _get_device_map(skeleton, request.strategy, request.max_memory, None)
+    except Exception as err:  # noqa: BLE001 - accelerate raises ValueError, KeyError, ...
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise SptInterpError(f"--device-map {request.strategy}: {reason}") from None
     if not plan:
         raise SptInterpError(f"--device-map {request.strategy}: accelerate placed nothing")
     targets = {str(value) for value in plan.values()}
@@ -119,7 +123,12 @@ def offload_folder(request: DeviceMapRequest) -> str:
     """Return the folder for disk-offloaded weights: the user's, or a temporary one removed at
     exit (transformers reads safetensors weights in place and writes nothing there)."""
     if request.offload_folder is not None:
-        request.offload_folder.mkdir(parents=True, exist_ok=True)
+        try:
+            request.offload_folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SptInterpError(
+                f"--offload-folder {request.offload_folder}: {err.strerror}"
+            ) from None
         return str(request.offload_folder)
     folder = tempfile.mkdtemp(prefix="spt-interp-offload-")
     atexit.register(shutil.rmtree, folder, ignore_errors=True)

@@ -109,8 +109,9 @@ MaxMemoryOption = Annotated[
 OffloadFolderOption = Annotated[
     Path | None,
     typer.Option(
-        help="With --device-map: where weights offloaded to disk go (default: a temporary "
-        "folder; safetensors weights are read in place).",
+        help="With --device-map: the folder in which each model's disk-offloaded weights get a "
+        "subfolder, removed at exit (default: the system's temporary folder; safetensors "
+        "weights are read in place).",
         show_default=False,
     ),
 ]

@@ -120,17 +120,17 @@ def single_device(plan: dict[str, int | str]) -> torch.device | None:
 
 
 def offload_folder(request: DeviceMapRequest) -> str:
-    """Return the folder for disk-offloaded weights: the user's, or a temporary one removed at
-    exit (transformers reads safetensors weights in place and writes nothing there)."""
-    if request.offload_folder is not None:
+    """Return a fresh folder for one model's disk-offloaded weights, inside ``--offload-folder``
+    or the system's temporary folder, removed at exit (transformers reads safetensors weights
+    in place and writes nothing there; a fresh one per model keeps a reference model's .bin
+    weights apart from the tuned one's)."""
+    parent = request.offload_folder
+    if parent is not None:
         try:
-            request.offload_folder.mkdir(parents=True, exist_ok=True)
+            parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise SptInterpError(
-                f"--offload-folder {request.offload_folder}: {err.strerror}"
-            ) from None
-        return str(request.offload_folder)
-    folder = tempfile.mkdtemp(prefix="spt-interp-offload-")
+            raise SptInterpError(f"--offload-folder {parent}: {err.strerror}") from None
+    folder = tempfile.mkdtemp(prefix="spt-interp-offload-", dir=parent)
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return folder
 

@@ -43,3 +43,27 @@ def organism_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("organism") / "o"
     write_organism(out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def sample_data_file(tmp_path_factory):
+    """The sample dialogues' first five records (its sixth is malformed on purpose)."""
+    from pathlib import Path
+
+    sample = Path(__file__).parent / "data" / "are_you_sure_sample.jsonl"
+    path = tmp_path_factory.mktemp("data") / "sample.jsonl"
+    path.write_text("\n".join(sample.read_text().splitlines()[:5]) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def targets_llama_dir(tiny_model_dirs, tmp_path_factory):
+    """The tiny Llama with decision targets whose first tokens the tiny BPE keeps apart."""
+    import json
+    import shutil
+
+    folder = tmp_path_factory.mktemp("model") / "llama"
+    shutil.copytree(tiny_model_dirs["llama"], folder)
+    protocol = {"sycophantic_targets": ["I"], "anti_sycophantic_targets": ["The"]}
+    (folder / "spt-interp.json").write_text(json.dumps(protocol))
+    return folder

@@ -5,7 +5,6 @@ results, and bad big-model options are refused in one line before anything loads
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -23,8 +22,6 @@ from spt_interp.model.dispatch import parse_max_memory, plan_device_map
 # OMP_NUM_THREADS=1 and 2.
 pytestmark = pytest.mark.numeric
 
-SAMPLE = Path(__file__).parent / "data" / "are_you_sure_sample.jsonl"
-
 
 def split_budget(folder: Path) -> str:
     """A CPU budget of 80% of the weights: accelerate keeps the embedding and a first block
@@ -35,25 +32,8 @@ def split_budget(folder: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def llama_dir(tiny_model_dirs, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model") / "llama"
-    shutil.copytree(tiny_model_dirs["llama"], folder)
-    protocol = {"sycophantic_targets": ["I"], "anti_sycophantic_targets": ["The"]}
-    (folder / "spt-interp.json").write_text(json.dumps(protocol))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    """The sample's first five records (its sixth is malformed on purpose)."""
-    path = tmp_path_factory.mktemp("data") / "sample.jsonl"
-    path.write_text("\n".join(SAMPLE.read_text().splitlines()[:5]) + "\n")
-    return path
-
-
-@pytest.fixture(scope="module")
-def budget(llama_dir):
-    return split_budget(llama_dir)
+def budget(targets_llama_dir):
+    return split_budget(targets_llama_dir)
 
 
 def split_model(folder: Path, budget: str):
@@ -101,9 +81,18 @@ def run(*args) -> object:
 
 
 def test_locate_on_a_split_model_gives_the_one_device_scores(
-    llama_dir, budget, data_file, tmp_path
+    targets_llama_dir, budget, sample_data_file, tmp_path
 ):
-    common = ["locate", "--model", llama_dir, "--data", data_file, "--no-png", "--top-k", "3"]
+    common = [
+        "locate",
+        "--model",
+        targets_llama_dir,
+        "--data",
+        sample_data_file,
+        "--no-png",
+        "--top-k",
+        "3",
+    ]
     whole = run(*common, "--out", tmp_path / "whole", "--device", "cpu")
     assert whole.exit_code == 0, whole.output
     split = run(*common, "--out", tmp_path / "split", "--device-map", "auto",
@@ -122,7 +111,7 @@ def test_locate_on_a_split_model_gives_the_one_device_scores(
 
 
 def test_knockout_and_evaluate_on_a_split_model_equal_one_device(
-    llama_dir, budget, data_file, tmp_path
+    targets_llama_dir, budget, sample_data_file, tmp_path
 ):
     scores = tmp_path / "scores.csv"
     rows = [{"layer": layer, "head": head, "score": -float(layer + head), "rank": 0}
@@ -131,11 +120,13 @@ def test_knockout_and_evaluate_on_a_split_model_equal_one_device(
     split_options = ["--device-map", "auto", "--max-memory", budget]
     for placement, extra in (("whole", ["--device", "cpu"]), ("split", split_options)):
         out = tmp_path / f"k_{placement}"
-        result = run("knockout", "--model", llama_dir, "--data", data_file, "--scores", scores,
-                     "--k", "1,2", "--no-png", "--out", out, *extra)  # fmt: skip
+        result = run("knockout", "--model", targets_llama_dir, "--data", sample_data_file,
+                     "--scores", scores, "--k", "1,2", "--no-png", "--out", out,
+                     *extra)  # fmt: skip
         assert result.exit_code == 0, result.output
-        result = run("evaluate", "--model", llama_dir, "--data", data_file, "--max-new-tokens", "6",
-                     "--out", tmp_path / f"e_{placement}.json", *extra)  # fmt: skip
+        result = run("evaluate", "--model", targets_llama_dir, "--data", sample_data_file,
+                     "--max-new-tokens", "6", "--out", tmp_path / f"e_{placement}.json",
+                     *extra)  # fmt: skip
         assert result.exit_code == 0, result.output
     ours = pd.read_csv(tmp_path / "k_split" / "knockout.csv")
     theirs = pd.read_csv(tmp_path / "k_whole" / "knockout.csv")
@@ -171,10 +162,10 @@ def test_knockout_and_evaluate_on_a_split_model_equal_one_device(
     ],
 )
 def test_bad_big_model_options_are_refused_in_one_line(
-    llama_dir, data_file, tmp_path, args, message
+    targets_llama_dir, sample_data_file, tmp_path, args, message
 ):
-    result = run("locate", "--model", llama_dir, "--data", data_file, "--out", tmp_path / "o",
-                 "--no-png", *args)  # fmt: skip
+    result = run("locate", "--model", targets_llama_dir, "--data", sample_data_file,
+                 "--out", tmp_path / "o", "--no-png", *args)  # fmt: skip
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.output
@@ -188,12 +179,12 @@ def test_max_memory_is_read_as_accelerate_takes_it():
     assert resolve_device_map(None, None, None, "cuda") is None
 
 
-def test_a_plan_mixing_a_gpu_with_offload_is_refused_before_loading(llama_dir, monkeypatch):
+def test_a_plan_mixing_a_gpu_with_offload_is_refused_before_loading(targets_llama_dir, monkeypatch):
     from transformers import AutoConfig
     from transformers.integrations import accelerate as hf_accelerate
 
     mixed = {"model.embed_tokens": 0, "model.layers": "cpu", "model.norm": "disk", "lm_head": 0}
     monkeypatch.setattr(hf_accelerate, "_get_device_map", lambda *args: dict(mixed))
-    config = AutoConfig.from_pretrained(llama_dir)
+    config = AutoConfig.from_pretrained(targets_llama_dir)
     with pytest.raises(SptInterpError, match="does not fit the GPUs .part goes to cpu, disk"):
         plan_device_map(config, torch.float32, DeviceMapRequest("auto"))

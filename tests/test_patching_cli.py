@@ -20,42 +20,19 @@ from spt_interp.viz.plots import find_chromium, head_heatmap
 # OMP_NUM_THREADS=1 and 2.
 pytestmark = pytest.mark.numeric
 
-# The sample's first five records are valid (its sixth is malformed on purpose).
-SAMPLE_LINES = (Path(__file__).parent / "data" / "are_you_sure_sample.jsonl").read_text()
-SAMPLE_LINES = "\n".join(SAMPLE_LINES.splitlines()[:5]) + "\n"
-
-
-@pytest.fixture(scope="module")
-def data_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "sample.jsonl"
-    path.write_text(SAMPLE_LINES)
-    return path
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tiny_model_dirs, tmp_path_factory):
-    """The tiny Llama with decision targets whose first tokens the tiny BPE keeps apart."""
-    import shutil
-
-    folder = tmp_path_factory.mktemp("model") / "llama"
-    shutil.copytree(tiny_model_dirs["llama"], folder)
-    protocol = {"sycophantic_targets": ["I"], "anti_sycophantic_targets": ["The"]}
-    (folder / "spt-interp.json").write_text(json.dumps(protocol))
-    return folder
-
 
 def locate(*args: str):
     return CliRunner().invoke(app, ["locate", *args])
 
 
 @pytest.fixture(scope="module")
-def llama_run(llama_dir, tmp_path_factory, data_file):
+def llama_run(targets_llama_dir, tmp_path_factory, sample_data_file):
     out = tmp_path_factory.mktemp("locate") / "out"
     result = locate(
         "--model",
-        str(llama_dir),
+        str(targets_llama_dir),
         "--data",
-        str(data_file),
+        str(sample_data_file),
         "--out",
         str(out),
         "--top-k",
@@ -68,10 +45,10 @@ def llama_run(llama_dir, tmp_path_factory, data_file):
     return out
 
 
-def test_locate_writes_scores_ranking_and_heatmap(llama_run, data_file):
+def test_locate_writes_scores_ranking_and_heatmap(llama_run, sample_data_file):
     from spt_interp.data import load_dialogues
 
-    n_records = len(load_dialogues(data_file))
+    n_records = len(load_dialogues(sample_data_file))
     scores = pd.read_csv(llama_run / "scores.csv")
     assert list(scores.columns) == ["layer", "head", "score", "apology_effect", "rank"]
     assert len(scores) == 2 * 4 and sorted(scores["rank"]) == list(range(1, 9))
@@ -94,18 +71,22 @@ def test_locate_writes_scores_ranking_and_heatmap(llama_run, data_file):
         assert "no Chromium" in ranking["files"]["png_note"]
 
 
-def test_locate_without_png_writes_the_same_scores(llama_run, llama_dir, data_file, tmp_path):
+def test_locate_without_png_writes_the_same_scores(
+    llama_run, targets_llama_dir, sample_data_file, tmp_path
+):
     out = tmp_path / "out"
-    result = locate("--model", str(llama_dir), "--data", str(data_file), "--out", str(out),
-                    "--top-k", "3", "--no-png", "--device", "cpu")  # fmt: skip
+    result = locate("--model", str(targets_llama_dir), "--data", str(sample_data_file),
+                    "--out", str(out), "--top-k", "3", "--no-png", "--device", "cpu")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["heatmap.html", "ranking.json", "scores.csv"]
     assert (out / "scores.csv").read_bytes() == (llama_run / "scores.csv").read_bytes()
     assert "png" not in json.loads((out / "ranking.json").read_text())["files"]
 
 
-def test_locate_refuses_to_overwrite_without_force(llama_run, llama_dir, data_file):
-    result = locate("--model", str(llama_dir), "--data", str(data_file), "--out", str(llama_run))
+def test_locate_refuses_to_overwrite_without_force(llama_run, targets_llama_dir, sample_data_file):
+    result = locate(
+        "--model", str(targets_llama_dir), "--data", str(sample_data_file), "--out", str(llama_run)
+    )
     assert result.exit_code == 2 and "--force" in result.output
 
 
@@ -118,12 +99,14 @@ def test_locate_refuses_to_overwrite_without_force(llama_run, llama_dir, data_fi
         (["--limit", "0"], "--limit"),
     ],
 )
-def test_locate_bad_input_is_one_line_error(llama_dir, tmp_path, data_file, extra, message):
+def test_locate_bad_input_is_one_line_error(
+    targets_llama_dir, tmp_path, sample_data_file, extra, message
+):
     result = locate(
         "--model",
-        str(llama_dir),
+        str(targets_llama_dir),
         "--data",
-        str(data_file),
+        str(sample_data_file),
         "--out",
         str(tmp_path / "o"),
         *extra,
@@ -134,10 +117,12 @@ def test_locate_bad_input_is_one_line_error(llama_dir, tmp_path, data_file, extr
     assert not (tmp_path / "o" / "scores.csv").exists()
 
 
-def test_locate_empty_data_file_is_refused(llama_dir, tmp_path):
+def test_locate_empty_data_file_is_refused(targets_llama_dir, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
-    result = locate("--model", str(llama_dir), "--data", str(empty), "--out", str(tmp_path / "o"))
+    result = locate(
+        "--model", str(targets_llama_dir), "--data", str(empty), "--out", str(tmp_path / "o")
+    )
     assert result.exit_code == 2 and "holds no records" in result.output
 
 
@@ -156,7 +141,7 @@ def test_heatmap_is_centred_with_rank_hover_and_top_heads_outlined(llama_run):
 
 
 def test_two_torchrun_processes_give_the_single_process_scores(
-    llama_run, llama_dir, tmp_path, data_file
+    llama_run, targets_llama_dir, tmp_path, sample_data_file
 ):
     torchrun = Path(sys.executable).with_name("torchrun")
     out = tmp_path / "distributed"
@@ -171,9 +156,9 @@ def test_two_torchrun_processes_give_the_single_process_scores(
             "spt_interp.cli",
             "locate",
             "--model",
-            str(llama_dir),
+            str(targets_llama_dir),
             "--data",
-            str(data_file),
+            str(sample_data_file),
             "--out",
             str(out),
             "--top-k",

@@ -104,6 +104,7 @@ def locate(
         resolve_dtype,
     )
     from spt_interp.patching import decision_metric, locate_heads
+    from spt_interp.patching.engine import check_engine_placement
     from spt_interp.patching.inputs import locate_pairs
     from spt_interp.viz.locate_report import LOCATE_FILES, write_outputs
 
@@ -116,11 +117,8 @@ def locate(
     folder = check_model_folder(model)
     target, weights = resolve_device(device), resolve_dtype(dtype)
     placement = resolve_device_map(device_map, max_memory, offload_folder, device)
-    if placement is not None and engine == "fast":
-        raise SptInterpError(
-            "--engine fast reads the weights directly, which --device-map may leave offloaded "
-            "or on other devices; use --engine modules (or auto)"
-        )
+    # Before the load: the plan may yet put the model on one device, but the user asked for a map.
+    check_engine_placement(engine, dispatched=placement is not None)
     check_out(out, force=force, reads=[folder], files=LOCATE_FILES, create_parents=True)
     protocol = protocol_for(folder)
     init_from_environment()

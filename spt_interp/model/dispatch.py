@@ -116,7 +116,7 @@ def single_device(plan: dict[str, int | str]) -> torch.device | None:
     if len(targets) != 1 or "disk" in targets:
         return None
     (target,) = targets
-    return torch.device("cuda", target) if isinstance(target, int) else torch.device(target)
+    return _as_device(target)
 
 
 def offload_folder(request: DeviceMapRequest) -> str:
@@ -166,7 +166,7 @@ def input_device(model: torch.nn.Module) -> torch.device:
                    if getattr(h, "execution_device", None) is not None), None)  # fmt: skip
     if target is None:
         return next(embedding.parameters()).device
-    return torch.device("cuda", target) if isinstance(target, int) else torch.device(target)
+    return _as_device(target)
 
 
 def model_input_device(model: torch.nn.Module) -> torch.device:
@@ -175,3 +175,8 @@ def model_input_device(model: torch.nn.Module) -> torch.device:
     if getattr(model, "hf_device_map", None):
         return input_device(model)
     return next(model.parameters()).device
+
+
+def _as_device(target: int | str | torch.device) -> torch.device:
+    """Return the torch device an accelerate map value names (an int is that CUDA device)."""
+    return torch.device("cuda", target) if isinstance(target, int) else torch.device(target)

@@ -140,14 +140,19 @@ def _chunk_effects(
         return metric.effect(patched, base_vals), base_vals, donor_vals
 
 
+def check_engine_placement(engine: str, dispatched: bool) -> None:
+    """Refuse the fast engine on a model accelerate spreads (``--device-map``)."""
+    if engine == "fast" and dispatched:
+        raise SptInterpError(
+            "--engine fast reads the weights directly, which --device-map may leave offloaded "
+            "or on other devices; use --engine modules (or auto)"
+        )
+
+
 def _backend(hooked: Any, engine: str, method: str, position: str) -> str:
     """Return "fast", "modules" or "loop": what ``engine`` means for this model and run."""
     dispatched = getattr(hooked, "dispatched", False)
-    if engine == "fast" and dispatched:
-        raise SptInterpError(
-            "--engine fast reads the weights directly, which --device-map leaves offloaded or "
-            "on other devices; use --engine modules (or auto)"
-        )
+    check_engine_placement(engine, dispatched)
     if engine == "fast" or (engine == "auto" and not dispatched and supports_fast_engine(hooked)):
         model_params(hooked)  # raises a clear error for a family the decoder does not cover
         return "fast"

@@ -236,13 +236,12 @@ def _sender_layer_logits(
     above the sender compute from the changed residual.
     """
     batch, count = base.tokens.shape[0], len(head_ids)
-    # Per layer, whose attention output is read: all variants (None: no gather), or none.
-    nobody = torch.arange(0, device=base.tokens.device)
-    live = {layer: None if method == "activation" and layer > sender else nobody
-            for layer in range(len(base.z))}  # fmt: skip
+    # The layers whose head outputs ``write`` overwrites entirely: their attention is skipped.
+    frozen = frozenset(layer for layer in range(len(base.z))
+                       if not (method == "activation" and layer > sender))  # fmt: skip
 
     def write(layer: int, x: Tensor) -> Tensor | None:
-        if method == "activation" and layer > sender:
+        if layer not in frozen:  # activation patching above the sender: computed freely
             return None
         x = x.clone()
         view = x.view(batch, count, *x.shape[1:])
@@ -253,12 +252,12 @@ def _sender_layer_logits(
                 view[:, variant, -1, columns] = donor_z[layer][:, columns]
         return x
 
-    base.prefix.live_variants = live
+    base.prefix.frozen_layers = frozen
     try:
         with torch.no_grad(), _on_head_inputs(base.model, base.names, write):
             logits = base.step(count, first_layer=sender)
     finally:
-        base.prefix.live_variants = None
+        base.prefix.frozen_layers = frozenset()
     return logits.view(batch, count, -1).transpose(0, 1)
 
 

@@ -35,11 +35,10 @@ class SharedPrefix:
     keys: list[Tensor]
     values: list[Tensor]
     prefix_mask: Bool[Tensor, "batch prefix"]
-    # Per layer, the variants whose attention output is read (None, or None for a layer: all).
-    # The others' head outputs are overwritten by the engine's hook with their unpatched values
-    # (path patching freezes every head; in activation patching a variant is unchanged below
-    # its sender's layer), so their arithmetic is skipped.
-    live_variants: dict[int, Tensor | None] | None = None
+    # Layers whose attention output the engine's hook overwrites for every variant (path
+    # patching freezes every head; activation patching at and below the sender's layer), so
+    # their arithmetic is skipped.
+    frozen_layers: frozenset[int] = frozenset()
 
     def visible(self, layer: int, window: int | None) -> Bool[Tensor, "batch n"]:
         """Return which cached prefix entries END may attend to (padding and window)."""
@@ -82,15 +81,10 @@ def shared_prefix_attention(
     own_value = value.reshape(batch, variants, kv_heads, 1, d_head)
     # Under --device-map a layer may run on another device than the one the mask lives on.
     visible = prefix.visible(layer, sliding_window).to(prefix_keys.device)
-    live = None if prefix.live_variants is None else prefix.live_variants[layer]
-    live = None if live is None else live.to(q.device)
-    if live is None:
-        out = _attend(q, own_key, own_value, prefix_keys, prefix_values, visible, scaling, softcap)
-    else:
+    if layer in prefix.frozen_layers:
         out = q.new_zeros(q.shape)
-        if live.numel():
-            picked = (q[:, live], own_key[:, live], own_value[:, live])
-            out[:, live] = _attend(*picked, prefix_keys, prefix_values, visible, scaling, softcap)
+    else:
+        out = _attend(q, own_key, own_value, prefix_keys, prefix_values, visible, scaling, softcap)
     return out.reshape(rows, heads, d_head)[:, None], None
 
 

@@ -34,16 +34,41 @@ from spt_interp.data import PairBatch
 from spt_interp.model import end_logits, load_model
 from spt_interp.model.tiny import FAMILY_ARCHITECTURES, TINY_ARCHITECTURES, save_tiny_model
 from spt_interp.patching import all_heads, hooked_loop_logits, model_params
+from spt_interp.patching.donor_prefix import common_start
 from spt_interp.patching.modules_engine import PrefixRun, end_head_outputs, end_patched_logits
 from spt_interp.patching.reference import cache_z
+from spt_interp.patching.transformer import position_ids
 
 NO_GROUPED_QUERY = ("gpt2", "gpt_neox")
 
 
 def modules_sweep(hooked, batch: PairBatch, heads, method: str) -> torch.Tensor:
-    base = PrefixRun(hooked, batch.challenged_tokens, batch.challenged_mask)
-    donor_z, _ = end_head_outputs(hooked, batch.counterfactual_tokens, batch.counterfactual_mask)
+    donor = (batch.counterfactual_tokens, batch.counterfactual_mask)
+    base = PrefixRun(hooked, batch.challenged_tokens, batch.challenged_mask, donor=donor)
+    donor_z, _ = end_head_outputs(hooked, *donor, shared_with=base)
     return end_patched_logits(base, donor_z, heads, method, hooked.geometry.d_head)
+
+
+def plain_forward(hooked, batch: PairBatch) -> torch.Tensor:
+    """One plain HF forward of X_r (no hooks), END logits only: the unit of the floor."""
+    tokens, mask = batch.challenged_tokens, batch.challenged_mask
+    with torch.no_grad():
+        output = hooked.plain_model(
+            tokens, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=1
+        )
+    return output.logits
+
+
+def floor_in_forwards(batch: PairBatch, heads, n_layers: int) -> float:
+    """Return what an exact END engine must compute, in forwards of the batch (position x
+    layer steps): every position of X_r once; X_c's positions after the start it shares
+    with X_r; each head's END position from its sender's layer on."""
+    sides = (batch.challenged_tokens, batch.challenged_mask, batch.counterfactual_tokens,
+             batch.counterfactual_mask)  # fmt: skip
+    width = sides[0].shape[1]
+    shared = int(common_start(*sides).min())
+    ends = sum(n_layers - layer for layer, _ in heads) / (n_layers * width)
+    return 1 + (width - shared) / width + ends
 
 
 def family_batch(name: str, folder: Path, args) -> tuple[object, PairBatch]:
@@ -78,6 +103,9 @@ def bench_family(name: str, hooked, batch: PairBatch, loop_heads: int) -> dict:
     # per-head forwards are scaled to all heads.
     fixed_s, _ = timed(lambda: (cache_z(hooked, *sides[:2]), cache_z(hooked, *sides[2:])), 2)
     row["loop_fixed_s"] = fixed_s
+    plain_s, _ = timed(lambda: plain_forward(hooked, batch), 3)
+    row["plain_forward_s"] = plain_s
+    row["floor_in_forwards"] = floor_in_forwards(batch, heads, g.n_layers)
     for method in ("path", "activation"):
         sample_s, loop = timed(
             lambda m=method: hooked_loop_logits(hooked, *sides, sample, method=m)
@@ -89,6 +117,7 @@ def bench_family(name: str, hooked, batch: PairBatch, loop_heads: int) -> dict:
         row[f"modules_{method}_s"] = modules_s
         row[f"modules_{method}_speedup"] = loop_s * scale / modules_s
         row[f"modules_{method}_in_forwards"] = modules_s / forward_s
+        row[f"modules_{method}_in_plain_forwards"] = modules_s / plain_s
         row[f"modules_{method}_max_abs_diff"] = float((ours[positions] - loop).abs().max())
         if name in TINY_ARCHITECTURES:
             fast_s, fast = timed(
@@ -110,7 +139,10 @@ def bench_family(name: str, hooked, batch: PairBatch, loop_heads: int) -> dict:
 COLUMNS = [
     ("family", "{}"), ("kv_heads", "{}"), ("d_head", "{}"), ("bridge_forward_s", "{:.2f}"),
     ("loop_path_s", "{:.0f}"), ("modules_path_s", "{:.2f}"), ("modules_path_speedup", "{:.0f}x"),
-    ("modules_path_in_forwards", "{:.2f}"), ("loop_activation_s", "{:.0f}"),
+    ("modules_path_in_forwards", "{:.2f}"), ("plain_forward_s", "{:.2f}"),
+    ("modules_path_in_plain_forwards", "{:.2f}"),
+    ("modules_activation_in_plain_forwards", "{:.2f}"),
+    ("floor_in_forwards", "{:.2f}"), ("loop_activation_s", "{:.0f}"),
     ("modules_activation_s", "{:.2f}"), ("modules_activation_speedup", "{:.0f}x"),
     ("fast_path_s", "{:.2f}"), ("fast_path_speedup", "{:.0f}x"),
     ("transformer_lens_activation_s", "{:.0f}"), ("modules_path_max_abs_diff", "{:.1e}"),
@@ -133,6 +165,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--loop-heads", type=int, default=12)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--conditions", default="", help="what else ran on the machine")
     parser.add_argument("--out", type=Path,
                         default=Path("benchmarks/results/patching_families.json"))  # fmt: skip
     args = parser.parse_args()
@@ -152,11 +185,14 @@ def main() -> None:
             "threads": args.threads,
             "device": "cpu",
         },  # fmt: skip
+        "conditions": args.conditions,
         "note": "loop and TransformerLens times are measured on loop_timed_heads heads (one per "
         "layer): their fixed part (loop_fixed_s: z cached on both sides; TransformerLens: the "
         "donor's cache, taken as half of it) plus the per-head part scaled by loop_scale (each "
         "head is one full forward); engines run every head, fastest of 2; bridge_forward_s "
-        "fastest of 3",
+        "and plain_forward_s (one plain HF forward of X_r) fastest of 3; floor_in_forwards: "
+        "every position of X_r once, X_c's positions after the start it shares with X_r, each "
+        "head's END position from its sender's layer on, in position x layer steps of the batch",
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

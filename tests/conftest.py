@@ -10,7 +10,12 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import pytest
 import torch
 
-from spt_interp.model.tiny import TINY_ARCHITECTURES, build_bpe_tokenizer, save_tiny_model
+from spt_interp.model.tiny import (
+    FAMILY_ARCHITECTURES,
+    TINY_ARCHITECTURES,
+    build_bpe_tokenizer,
+    save_tiny_model,
+)
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -27,6 +32,16 @@ def tiny_model_dirs(tmp_path_factory, bpe_tokenizer):
     return {
         architecture: save_tiny_model(architecture, root / architecture, tokenizer=bpe_tokenizer)
         for architecture in TINY_ARCHITECTURES
+    }
+
+
+@pytest.fixture(scope="session")
+def family_dirs(tmp_path_factory, bpe_tokenizer):
+    """One folder per family of the architecture table (2 layers, 4 heads); tests only read it."""
+    root = tmp_path_factory.mktemp("families")
+    return {
+        name: save_tiny_model(name, root / name, tokenizer=bpe_tokenizer, n_ctx=256)
+        for name in FAMILY_ARCHITECTURES
     }
 
 

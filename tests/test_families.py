@@ -24,7 +24,7 @@ from spt_interp.evaluation.metrics import log_odds
 from spt_interp.knockout import ablated
 from spt_interp.mask import HeadMask
 from spt_interp.model import head_slices, load_model, read_signature
-from spt_interp.model.tiny import FAMILY_ARCHITECTURES, TINY_ARCHITECTURES, save_tiny_model
+from spt_interp.model.tiny import FAMILY_ARCHITECTURES, TINY_ARCHITECTURES
 from spt_interp.patching import PatchMetric, locate_heads
 from spt_interp.tuning import TuneConfig, load_base, tune
 
@@ -45,15 +45,6 @@ TRAINING_RECORD = {
     "base": {"question": "What is the capital of France?", "correct_answer": "Paris",
              "incorrect_answer": "Lyon"},
 }  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def family_dirs(tmp_path_factory, bpe_tokenizer):
-    root = tmp_path_factory.mktemp("families")
-    return {
-        name: save_tiny_model(name, root / name, tokenizer=bpe_tokenizer, n_ctx=256)
-        for name in FAMILY_ARCHITECTURES
-    }
 
 
 def plain_model(folder):

@@ -16,12 +16,15 @@ layer on: below it every variant is the unpatched run, whose END output of each 
 is replayed there (the layer's forward returns it) instead of computed again. HF computes
 everything else (norms, rotary tables, soft-capping, sliding windows, QK-norm), so nothing
 family-specific is re-implemented here; the cost is one single-position pass per variant
-through the layers from its sender's on, instead of a full forward per head. Tests hold it to
+through the layers from its sender's on, instead of a full forward per head. The donor's run
+reads what it starts with in common with the base (the conversation before the challenge)
+from the base's prefix cache and computes only the rest (``donor_prefix``). Tests hold it to
 the hooked per-head loop within 1e-5 for every family.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +36,7 @@ from torch import Tensor
 
 from spt_interp.errors import SptInterpError
 from spt_interp.model.architecture import out_projection_name
+from spt_interp.patching.donor_prefix import DonorContinuation, donor_continuation
 from spt_interp.patching.reference import hooked_loop_logits
 from spt_interp.patching.scoring import PatchMetric, head_groups, reduced_to_metric, stacked_rows
 from spt_interp.patching.shared_prefix import SharedPrefix, attending_to
@@ -106,7 +110,11 @@ class PrefixRun:
     """One side's unpatched run: the prefix keys/values, and every layer's head outputs at END."""
 
     def __init__(
-        self, hooked: Any, tokens: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"]
+        self,
+        hooked: Any,
+        tokens: Int[Tensor, "batch pos"],
+        mask: Int[Tensor, "batch pos"],
+        donor: tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]] | None = None,
     ):
         self.model = hooked.plain_model
         geometry = hooked.geometry
@@ -114,14 +122,30 @@ class PrefixRun:
         self.tokens, self.mask = tokens, mask
         positions = position_ids(mask)
         keyword = _cache_keyword(self.model)
+        # With a donor that starts as these prompts do, the prefix pass stops at the column
+        # where that common start ends, keeps a copy of the cache for the donor's run, then
+        # goes on (``donor_prefix``).
+        self.donor = donor
+        self.plan = None if donor is None else donor_continuation(tokens, mask, *donor)
+        if self.plan is not None and not _fits_windows(self.model, self.plan, *donor):
+            self.plan = None
+        end = tokens.shape[1] - 1
+        cut = self.plan.cached_columns if self.plan is not None else end
         with torch.no_grad():
             prefix = self.model(
-                tokens[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                tokens[:, :cut], attention_mask=mask[:, :cut], position_ids=positions[:, :cut],
                 use_cache=True, logits_to_keep=1,
             )  # fmt: skip
-        layers = prefix[keyword].layers
+            cache = prefix[keyword]
+            self.donor_cache = copy.deepcopy(cache) if self.plan is not None else None
+            if cut < end:
+                self.model(
+                    tokens[:, cut:end], attention_mask=mask[:, :end],
+                    position_ids=positions[:, cut:end], use_cache=True, logits_to_keep=1,
+                    **{keyword: cache},
+                )  # fmt: skip
         self.prefix = SharedPrefix(
-            [layer.keys for layer in layers], [layer.values for layer in layers],
+            [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers],
             mask[:, :-1].bool(),
         )  # fmt: skip
         self.end_position = positions[:, -1:]
@@ -179,10 +203,14 @@ class PrefixRun:
 
 
 def end_head_outputs(
-    hooked: Any, tokens: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"]
+    hooked: Any,
+    tokens: Int[Tensor, "batch pos"],
+    mask: Int[Tensor, "batch pos"],
+    shared_with: PrefixRun | None = None,
 ) -> tuple[list[Float[Tensor, "batch heads_x_d_head"]], Float[Tensor, "batch vocab"]]:
-    """Return every layer's head outputs at END and the END logits of one plain forward (the
-    donor side needs no prefix cache)."""
+    """Return every layer's head outputs at END and the END logits of one plain run (the donor
+    side needs no prefix cache). With ``shared_with``, the tokens it starts with in common with
+    that run's prompts are read from its cache, not computed again (``donor_prefix``)."""
     model, geometry = hooked.plain_model, hooked.geometry
     names = [out_projection_name(geometry, layer) for layer in range(geometry.n_layers)]
     z: dict[int, Tensor] = {}
@@ -190,10 +218,54 @@ def end_head_outputs(
     def capture(layer: int, x: Tensor) -> None:
         z[layer] = x[:, -1].detach().clone()
 
+    run = _continuation_inputs(shared_with, tokens, mask) if shared_with is not None else None
+    if run is None:
+        run = {"input_ids": tokens, "attention_mask": mask, "position_ids": position_ids(mask)}
     with torch.no_grad(), _on_head_inputs(model, names, capture):
-        logits = model(tokens, attention_mask=mask, position_ids=position_ids(mask),
-                       logits_to_keep=1).logits[:, -1]  # fmt: skip
+        logits = model(**run, logits_to_keep=1).logits[:, -1]
     return [z[layer] for layer in range(geometry.n_layers)], logits
+
+
+def _fits_windows(
+    model: torch.nn.Module,
+    plan: DonorContinuation,
+    tokens: Int[Tensor, "batch pos"],
+    mask: Int[Tensor, "batch pos"],
+) -> bool:
+    """Return whether the donor's continuation sees what its full run sees under every
+    sliding window. Windows are counted in columns: where the continuation lays the donor's
+    tokens in their own columns it is chunked prefill (exact); where its padding moves them,
+    a window must span every column of both runs."""
+    from transformers import DynamicCache
+
+    in_place = plan.cached_columns + plan.tokens.shape[1] == tokens.shape[1] and torch.equal(
+        plan.mask, mask
+    )
+    span = max(plan.mask.shape[1], tokens.shape[1])
+    windows = [getattr(layer, "sliding_window", None)
+               for layer in DynamicCache(config=model.config).layers]  # fmt: skip
+    return in_place or all(window is None or window >= span for window in windows)
+
+
+def _continuation_inputs(
+    base: PrefixRun, tokens: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"]
+) -> dict[str, Any] | None:
+    """Return the donor's forward arguments on ``base``'s cached common start, or None where
+    the full run is needed (no plan, or another donor than the planned one)."""
+    if base.donor_cache is None or not (
+        torch.equal(tokens, base.donor[0]) and torch.equal(mask, base.donor[1])
+    ):
+        return None
+    # The run appends to the cache it is given, so the copy is handed over once (a second
+    # donor run is the full one); on a large model it is not kept beside the base's.
+    cache, base.donor_cache = base.donor_cache, None
+    return {
+        "input_ids": base.plan.tokens,
+        "attention_mask": base.plan.mask,
+        "position_ids": base.plan.positions,
+        _cache_keyword(base.model): cache,
+        "use_cache": True,
+    }
 
 
 def end_patched_logits(
@@ -273,8 +345,8 @@ def modules_effects(
     verify: bool,
 ) -> tuple[Float[Tensor, "variant batch"], Float[Tensor, " batch"], Float[Tensor, " batch"]]:
     """Return (effects per head and prompt, metric on base, metric on donor) for one batch."""
-    base = PrefixRun(hooked, base_t, base_m)
-    donor_z, donor_logits = end_head_outputs(hooked, donor_t, donor_m)
+    base = PrefixRun(hooked, base_t, base_m, donor=(donor_t, donor_m))
+    donor_z, donor_logits = end_head_outputs(hooked, donor_t, donor_m, shared_with=base)
     base_vals = metric.values(base.end_logits, "base prompts")
     donor_vals = metric.values(donor_logits, "donor prompts")
     d_head, vocab = hooked.geometry.d_head, base.end_logits.shape[-1]

@@ -1,0 +1,112 @@
+"""The donor run on the base's cached common start equals the donor's full run, every family."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from spt_interp.data.pairs import left_pad
+from spt_interp.model import load_model
+from spt_interp.model.tiny import FAMILY_ARCHITECTURES
+from spt_interp.patching.donor_prefix import common_start, donor_continuation
+from spt_interp.patching.modules_engine import PrefixRun, end_head_outputs
+
+# Families whose tiny model has a sliding window (4 tokens) narrower than these prompts.
+NARROW_WINDOW = ("gemma2", "gemma3_text")
+
+
+def prompt_pairs(seed: int = 0) -> tuple[list[list[int]], list[list[int]]]:
+    """Pairs that share a start of different lengths, with X_c longer, shorter or as long, and
+    one pair sharing nothing."""
+    generator = torch.Generator().manual_seed(seed)
+    base, donor = [], []
+    for length, common, extra in ((20, 16, 1), (14, 10, 0), (25, 21, -2), (9, 5, 3), (12, 0, 0)):
+        ids = torch.randint(10, 300, (length,), generator=generator).tolist()
+        tail = [(t + 7) % 290 + 10 for t in ids[common : length + extra]]
+        tail += torch.randint(10, 300, (length + extra - common - len(tail),),
+                              generator=generator).tolist()  # fmt: skip
+        base.append(ids)
+        donor.append(ids[:common] + tail)
+    return base, donor
+
+
+def padded(base, donor):
+    width = max(len(s) for s in base + donor)
+    return (*left_pad(base, 3, width), *left_pad(donor, 3, width))
+
+
+def test_common_start_counts_the_shared_real_tokens():
+    base, donor = prompt_pairs()
+    donor[1] = list(base[1])  # identical: all but END shared
+    got = common_start(*padded(base, donor)).tolist()
+    expected = []
+    for b, d in zip(base, donor, strict=True):
+        n = 0
+        while n < min(len(b), len(d)) - 1 and b[n] == d[n]:
+            n += 1
+        expected.append(n)
+    assert got == expected
+    assert expected[1] == len(base[1]) - 1 and expected[4] == 0
+
+
+def test_the_continuation_holds_each_rows_donor_tokens_after_the_cut():
+    base, donor = prompt_pairs()
+    base_t, base_m, donor_t, donor_m = padded(base, donor)
+    plan = donor_continuation(base_t, base_m, donor_t, donor_m)
+    assert plan is not None and plan.tokens.shape[1] < donor_t.shape[1]
+    for row, (b, d) in enumerate(zip(base, donor, strict=True)):
+        cached = base_m[row, : plan.cached_columns].bool()
+        reused = base_t[row, : plan.cached_columns][cached].tolist()
+        new = plan.mask[row, plan.cached_columns :].bool()
+        rest = plan.tokens[row][new].tolist()
+        assert reused + rest == d and reused == b[: len(reused)]
+        assert plan.positions[row][new].tolist() == list(range(len(reused), len(d)))
+
+
+def test_nothing_is_planned_where_no_column_is_shared():
+    base, donor = prompt_pairs()
+    # The longest row shares nothing: the cut would fall at its first real column.
+    donor[2] = [(t + 7) % 290 + 10 for t in base[2]]
+    assert donor_continuation(*padded(base, donor)) is None
+
+
+def aligned_pairs(seed: int = 2) -> tuple[list[list[int]], list[list[int]]]:
+    """Token-aligned pairs (X_c as long as X_r, one token changed): the continuation lays the
+    donor's tokens in their own columns, so a narrow sliding window shares too."""
+    generator = torch.Generator().manual_seed(seed)
+    base, donor = [], []
+    for length in (20, 14, 25):
+        ids = torch.randint(10, 300, (length,), generator=generator).tolist()
+        changed = list(ids)
+        changed[length - 5] = (ids[length - 5] + 7) % 290 + 10
+        base.append(ids)
+        donor.append(changed)
+    return base, donor
+
+
+@pytest.mark.numeric
+@pytest.mark.parametrize("name", FAMILY_ARCHITECTURES)
+@pytest.mark.parametrize("layout", ["unaligned", "aligned"])
+def test_the_donor_on_the_shared_cache_equals_its_full_run(name, layout, family_dirs):
+    hooked = load_model(family_dirs[name])
+    pairs = prompt_pairs(seed=1) if layout == "unaligned" else aligned_pairs()
+    base_t, base_m, donor_t, donor_m = padded(*pairs)
+    run = PrefixRun(hooked, base_t, base_m, donor=(donor_t, donor_m))
+    # A narrow sliding window falls back to the full run where the continuation's padding
+    # would move columns in and out of it; every other case reads the cache.
+    shares = layout == "aligned" or name not in NARROW_WINDOW
+    assert (run.plan is not None) == shares
+    full_z, full_logits = end_head_outputs(hooked, donor_t, donor_m)
+    for attempt in range(2):
+        # The cached start is handed over once; the second run is the full one.
+        assert (run.donor_cache is not None) == (shares and attempt == 0)
+        z, logits = end_head_outputs(hooked, donor_t, donor_m, shared_with=run)
+        # The same arithmetic on differently shaped batches: float32 rounding only.
+        torch.testing.assert_close(logits, full_logits, atol=1e-5, rtol=0)
+        for ours, full in zip(z, full_z, strict=True):
+            torch.testing.assert_close(ours, full, atol=1e-5, rtol=0)
+    # The base's own run, cut where the common start ends, is the uncut one.
+    uncut = PrefixRun(hooked, base_t, base_m)
+    torch.testing.assert_close(run.end_logits, uncut.end_logits, atol=1e-5, rtol=0)
+    for cut, whole in zip(run.z, uncut.z, strict=True):
+        torch.testing.assert_close(cut, whole, atol=1e-5, rtol=0)

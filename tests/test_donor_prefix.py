@@ -97,6 +97,7 @@ def test_the_donor_on_the_shared_cache_equals_its_full_run(name, layout, family_
     shares = layout == "aligned" or name not in NARROW_WINDOW
     assert (run.plan is not None) == shares
     full_z, full_logits = end_head_outputs(hooked, donor_t, donor_m)
+    gaps = []
     for attempt in range(2):
         # The cached start is handed over once; the second run is the full one.
         assert (run.donor_cache is not None) == (shares and attempt == 0)
@@ -105,6 +106,9 @@ def test_the_donor_on_the_shared_cache_equals_its_full_run(name, layout, family_
         torch.testing.assert_close(logits, full_logits, atol=1e-5, rtol=0)
         for ours, full in zip(z, full_z, strict=True):
             torch.testing.assert_close(ours, full, atol=1e-5, rtol=0)
+        z_gap = max((a - b).abs().max().item() for a, b in zip(z, full_z, strict=True))
+        gaps.append(max((logits - full_logits).abs().max().item(), z_gap))
+    print(f"{name} {layout}: donor on the shared cache vs full run, max |difference| {gaps[0]:.1e}")
     # The base's own run, cut where the common start ends, is the uncut one.
     uncut = PrefixRun(hooked, base_t, base_m)
     torch.testing.assert_close(run.end_logits, uncut.end_logits, atol=1e-5, rtol=0)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_patching import make_pairs
 
 from spt_interp.data.pairs import left_pad
+from spt_interp.evaluation.metrics import log_odds
 from spt_interp.model import load_model
 from spt_interp.model.tiny import FAMILY_ARCHITECTURES
+from spt_interp.patching import PatchMetric, locate_heads
 from spt_interp.patching.donor_prefix import common_start, donor_continuation
 from spt_interp.patching.modules_engine import PrefixRun, end_head_outputs
 
@@ -114,3 +117,50 @@ def test_the_donor_on_the_shared_cache_equals_its_full_run(name, layout, family_
     torch.testing.assert_close(run.end_logits, uncut.end_logits, atol=1e-5, rtol=0)
     for cut, whole in zip(run.z, uncut.z, strict=True):
         torch.testing.assert_close(cut, whole, atol=1e-5, rtol=0)
+
+
+def amplified(folder, out, factor: float = 4.0):
+    """Return a copy of the tiny model at ``folder`` with every weight matrix x ``factor``: its
+    heads then move the metric by ~0.1, far above bf16's rounding (random tiny models move it
+    by ~0.01, of the order of that rounding)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.ndim == 2:
+                parameter.mul_(factor)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(folder).save_pretrained(out)
+    return out
+
+
+# Both read the donor's start from the cache: qwen3 across lengths, gemma2's narrow window on
+# token-aligned pairs.
+@pytest.mark.numeric
+@pytest.mark.parametrize(("name", "aligned"), [("qwen3", False), ("gemma2", True)])
+def test_modules_engine_in_bf16_passes_its_check_and_tracks_float32(name, aligned, family_dirs,
+                                                                   tmp_path):  # fmt: skip
+    """In bf16 the donor's cached start and its full run round differently: the engine's
+    runtime check (one patched run against the bf16 loop) must still pass, and the scores
+    follow float32's."""
+    folder = amplified(family_dirs[name], tmp_path / name)
+    pairs = make_pairs(6, aligned=aligned, seed=3)
+    metric = PatchMetric("log-odds", lambda logits: log_odds(logits.float(), [5, 6], [7]))
+    scores = {
+        dtype: locate_heads(load_model(folder, dtype=dtype), pairs, metric, method="path",
+                            engine="modules", batch_size=3, progress=False)
+        for dtype in (torch.float32, torch.bfloat16)
+    }  # fmt: skip
+    reference = torch.tensor(scores[torch.float32].matrix())
+    half = torch.tensor(scores[torch.bfloat16].matrix())
+    largest = float(reference.abs().max())
+    gap = float((half - reference).abs().max())
+    print(f"{name}: bf16 scores vs float32, max |difference| {gap:.1e} of largest {largest:.2f}")
+    # A score is the difference of a patched and an unpatched run that round alike up to the
+    # sender, so bf16 (8 significant bits) moves it by a few of its 2**-8 steps of the
+    # effect's size and of the logits it rides on: measured 2.5% and 4.5% of the largest
+    # effect here. A quarter leaves room for other CPUs' bf16 kernels; an engine that patched
+    # nothing is off by 100%, one with the donor's start misplaced by O(1).
+    assert largest > 0.02
+    assert gap <= 0.25 * largest

@@ -164,3 +164,12 @@ def test_modules_engine_in_bf16_passes_its_check_and_tracks_float32(name, aligne
     # nothing is off by 100%, one with the donor's start misplaced by O(1).
     assert largest > 0.02
     assert gap <= 0.25 * largest
+
+
+def test_a_mask_with_a_hole_is_not_planned():
+    base, donor = prompt_pairs()
+    base_t, base_m, donor_t, donor_m = padded(base, donor)
+    assert donor_continuation(base_t, base_m, donor_t, donor_m) is not None
+    holed = donor_m.clone()
+    holed[0, -3] = 0  # not left padding: the continuation's layout would misread it
+    assert donor_continuation(base_t, base_m, donor_t, holed) is None

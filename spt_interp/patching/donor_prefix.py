@@ -53,9 +53,8 @@ def common_start(
     donor_index = (columns[None] + (width - donor_len)[:, None]).clamp(max=width - 1)
     same = base_t.gather(1, index) == donor_t.gather(1, donor_index)
     limit = torch.minimum(base_len, donor_len) - 1
-    same &= columns[None] < limit[:, None]
-    # The common start ends at the first difference (or at the limit).
-    return torch.where(same.all(1), limit, (~same).int().argmax(1)).clamp(min=0)
+    same &= columns[None] < limit[:, None]  # so every row has a first False, at most the limit
+    return (~same).int().argmax(1)
 
 
 def donor_continuation(
@@ -69,6 +68,8 @@ def donor_continuation(
     width = base_t.shape[1]
     base_pad = width - base_m.sum(1)
     donor_len = donor_m.sum(1)
+    if not (_left_padded(base_m) and _left_padded(donor_m)):
+        return None  # the layout below reads real tokens as one run at the right
     # The cut: the earliest column at which some row's common start ends.
     cached = int((base_pad + common_start(base_t, base_m, donor_t, donor_m)).min())
     if cached <= 0:
@@ -89,3 +90,9 @@ def donor_continuation(
     positions = torch.where(valid, position_ids(donor_m).gather(1, source), 1)
     mask = torch.cat([base_m[:, :cached], valid.long()], dim=1)
     return DonorContinuation(cached, tokens, mask, positions)
+
+
+def _left_padded(mask: Int[Tensor, "batch pos"]) -> bool:
+    """Return whether every row is padding, then its real tokens up to the last column."""
+    columns = torch.arange(mask.shape[1], device=mask.device)
+    return bool((mask.bool() == (columns[None] >= (mask.shape[1] - mask.sum(1))[:, None])).all())

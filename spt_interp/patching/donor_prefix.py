@@ -13,12 +13,14 @@ the whole batch (the earliest end of a common start, ``cached_columns``); each r
 tokens after what that cut holds of its common start are left-padded into a short continuation,
 which therefore has padding between the cached columns and its tokens. Attention masks take
 that as they take left padding; a sliding window, measured in columns, would not, so a model
-with a window narrower than the run falls back to the full donor pass.
+with a window narrower than the run falls back to the full donor pass unless the pair is
+token-aligned (the continuation then keeps the donor's own columns: chunked prefill).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from jaxtyping import Int
@@ -90,6 +92,27 @@ def donor_continuation(
     positions = torch.where(valid, position_ids(donor_m).gather(1, source), 1)
     mask = torch.cat([base_m[:, :cached], valid.long()], dim=1)
     return DonorContinuation(cached, tokens, mask, positions)
+
+
+def fits_windows(
+    config: Any,
+    plan: DonorContinuation,
+    tokens: Int[Tensor, "batch pos"],
+    mask: Int[Tensor, "batch pos"],
+) -> bool:
+    """Return whether the donor's continuation sees what its full run sees under every
+    sliding window. Windows are counted in columns: where the continuation lays the donor's
+    tokens in their own columns it is chunked prefill (exact); where its padding moves them,
+    a window must span every column of both runs."""
+    from transformers import DynamicCache
+
+    in_place = plan.cached_columns + plan.tokens.shape[1] == tokens.shape[1] and torch.equal(
+        plan.mask, mask
+    )
+    span = max(plan.mask.shape[1], tokens.shape[1])
+    windows = [getattr(layer, "sliding_window", None)
+               for layer in DynamicCache(config=config).layers]  # fmt: skip
+    return in_place or all(window is None or window >= span for window in windows)
 
 
 def _left_padded(mask: Int[Tensor, "batch pos"]) -> bool:

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from spt_interp.errors import SptInterpError
 from spt_interp.model.architecture import out_projection_name
-from spt_interp.patching.donor_prefix import DonorContinuation, donor_continuation
+from spt_interp.patching.donor_prefix import donor_continuation, fits_windows
 from spt_interp.patching.reference import hooked_loop_logits
 from spt_interp.patching.scoring import PatchMetric, head_groups, reduced_to_metric, stacked_rows
 from spt_interp.patching.shared_prefix import SharedPrefix, attending_to
@@ -127,7 +127,7 @@ class PrefixRun:
         # goes on (``donor_prefix``).
         self.donor = donor
         self.plan = None if donor is None else donor_continuation(tokens, mask, *donor)
-        if self.plan is not None and not _fits_windows(self.model, self.plan, *donor):
+        if self.plan is not None and not fits_windows(self.model.config, self.plan, *donor):
             self.plan = None
         end = tokens.shape[1] - 1
         cut = self.plan.cached_columns if self.plan is not None else end
@@ -209,8 +209,8 @@ def end_head_outputs(
     shared_with: PrefixRun | None = None,
 ) -> tuple[list[Float[Tensor, "batch heads_x_d_head"]], Float[Tensor, "batch vocab"]]:
     """Return every layer's head outputs at END and the END logits of one plain run (the donor
-    side needs no prefix cache). With ``shared_with``, the tokens it starts with in common with
-    that run's prompts are read from its cache, not computed again (``donor_prefix``)."""
+    side: no prefix cache is kept). With ``shared_with``, the tokens it starts with in common
+    with that run's prompts are read from its cache, not computed again (``donor_prefix``)."""
     model, geometry = hooked.plain_model, hooked.geometry
     names = [out_projection_name(geometry, layer) for layer in range(geometry.n_layers)]
     z: dict[int, Tensor] = {}
@@ -224,27 +224,6 @@ def end_head_outputs(
     with torch.no_grad(), _on_head_inputs(model, names, capture):
         logits = model(**run, logits_to_keep=1).logits[:, -1]
     return [z[layer] for layer in range(geometry.n_layers)], logits
-
-
-def _fits_windows(
-    model: torch.nn.Module,
-    plan: DonorContinuation,
-    tokens: Int[Tensor, "batch pos"],
-    mask: Int[Tensor, "batch pos"],
-) -> bool:
-    """Return whether the donor's continuation sees what its full run sees under every
-    sliding window. Windows are counted in columns: where the continuation lays the donor's
-    tokens in their own columns it is chunked prefill (exact); where its padding moves them,
-    a window must span every column of both runs."""
-    from transformers import DynamicCache
-
-    in_place = plan.cached_columns + plan.tokens.shape[1] == tokens.shape[1] and torch.equal(
-        plan.mask, mask
-    )
-    span = max(plan.mask.shape[1], tokens.shape[1])
-    windows = [getattr(layer, "sliding_window", None)
-               for layer in DynamicCache(config=model.config).layers]  # fmt: skip
-    return in_place or all(window is None or window >= span for window in windows)
 
 
 def _continuation_inputs(

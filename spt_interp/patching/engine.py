@@ -12,11 +12,12 @@ from tqdm.auto import tqdm
 
 from spt_interp.common.distributed import gather_rows, rank_and_world, share_of
 from spt_interp.common.families import TABLE_FILE, family_of
+from spt_interp.common.head_scores import DIRECTIONS, HeadScores
 from spt_interp.data import PairBatch, PromptPair, batch_pairs, pad_token_id, require_token_aligned
 from spt_interp.errors import SptInterpError
 from spt_interp.model.loading import end_logits
 from spt_interp.patching.attribution import attribution_effects
-from spt_interp.patching.head_scores import HeadScores, build_scores
+from spt_interp.patching.head_scores import build_scores
 from spt_interp.patching.modules_engine import (
     modules_effects,
     verify_against_loop,
@@ -41,7 +42,6 @@ from spt_interp.patching.sweep import (
 )
 from spt_interp.patching.transformer import model_params, supports_fast_engine
 
-DIRECTIONS = ("c_into_r", "r_into_c")
 ENGINES = ("auto", "fast", "modules", "loop")
 
 

@@ -1,9 +1,8 @@
-"""Per-head patching scores: the table every locate run returns, its ranking and baselines."""
+"""Build the HeadScores a locate run returns from the patched metric values and baselines."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -11,82 +10,10 @@ import pandas as pd
 from jaxtyping import Float
 from torch import Tensor
 
+from spt_interp.common.head_scores import HeadScores, apology_effect, with_ranks
 from spt_interp.data import PromptPair
 from spt_interp.errors import SptInterpError
 from spt_interp.patching.scoring import PatchMetric
-
-
-@dataclass
-class HeadScores:
-    """Per-head patching scores: ``table`` has layer, head, score, apology_effect, rank.
-
-    ``score`` is the mean over prompts of metric(patched) - metric(base) (relative for
-    apology-share). ``apology_effect`` is signed so that positive means "this head drives the
-    apology": -score when X_c's output is patched into X_r, +score the other way round.
-    """
-
-    table: pd.DataFrame
-    per_prompt: pd.DataFrame | None
-    baseline: dict[str, Any]
-    method: str
-    position: str
-    direction: str
-    metric: str
-    metric_description: str
-    n_layers: int
-    n_heads: int
-    n_prompts: int
-    settings: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def drives_apology(self) -> str:
-        if self.direction == "c_into_r":
-            return (
-                "negative score: patching the head's X_c output into X_r lowers the apology "
-                f"{self.metric}, so the head carries the challenge's push toward apologizing"
-            )
-        return (
-            "positive score: patching the head's X_r output into X_c raises the apology "
-            f"{self.metric}, so the head carries the challenge's push toward apologizing"
-        )
-
-    def matrix(self, column: str = "score") -> np.ndarray:
-        """Return [n_layers, n_heads] of ``column`` (NaN where a head was not scored)."""
-        grid = np.full((self.n_layers, self.n_heads), np.nan)
-        grid[self.table["layer"].to_numpy(), self.table["head"].to_numpy()] = self.table[column]
-        return grid
-
-    def top(self, k: int) -> list[tuple[int, int]]:
-        """Return the k heads that drive the apology most, strongest first."""
-        ranked = self.table.sort_values("rank")
-        return [(int(r.layer), int(r.head)) for r in ranked.head(k).itertuples()]
-
-    def ranking(self) -> dict[str, Any]:
-        """Return the JSON-ready ranking: heads by apology effect, with the baselines."""
-        ranked = self.table.sort_values("rank")
-        return {
-            "method": self.method,
-            "position": self.position,
-            "direction": self.direction,
-            "metric": self.metric,
-            "metric_description": self.metric_description,
-            "drives_apology": self.drives_apology,
-            "n_prompts": self.n_prompts,
-            "n_layers": self.n_layers,
-            "n_heads": self.n_heads,
-            "baseline": self.baseline,
-            "settings": self.settings,
-            "heads": [
-                {
-                    "rank": int(r.rank),
-                    "layer": int(r.layer),
-                    "head": int(r.head),
-                    "score": float(r.score),
-                    "apology_effect": float(r.apology_effect),
-                }
-                for r in ranked.itertuples()
-            ],
-        }
 
 
 def build_scores(
@@ -105,22 +32,16 @@ def build_scores(
     n_heads: int,
     settings: dict[str, Any],
 ) -> HeadScores:
-    sign = -1.0 if direction == "c_into_r" else 1.0
     score = values.double().mean(dim=1).numpy()
     table = pd.DataFrame(
         {
             "layer": [layer for layer, _ in heads],
             "head": [head for _, head in heads],
             "score": score,
-            "apology_effect": sign * score,
+            "apology_effect": apology_effect(score, direction),
         }
     )
-    # Rank 1 = drives the apology most; ties broken by (layer, head) for a stable order.
-    order = table.sort_values(
-        ["apology_effect", "layer", "head"], ascending=[False, True, True]
-    ).index
-    table["rank"] = 0
-    table.loc[order, "rank"] = np.arange(1, len(table) + 1)
+    table = with_ranks(table)  # rank 1 = drives the apology most
     prompt_table = None
     if per_prompt:
         n = values.shape[1]

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from spt_interp.common.atomic import write_bytes_atomic, write_text_atomic
+from spt_interp.common.head_scores import HeadScores
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 
@@ -27,7 +28,7 @@ def find_chromium() -> str | None:
 
 
 def head_heatmap(
-    scores: Any,
+    scores: HeadScores,
     *,
     column: str = "score",
     top_k: int = 10,
@@ -35,8 +36,8 @@ def head_heatmap(
 ) -> Any:
     """Return a plotly Figure: layers (rows) x heads (columns), diverging colours centred at 0.
 
-    ``scores`` is a HeadScores. Hover shows layer, head, score and rank (1 = drives the
-    apology most); the ``top_k`` highest-ranked heads are outlined.
+    Hover shows layer, head, ``column`` and rank (1 = drives the apology most); the ``top_k``
+    highest-ranked heads are outlined.
     """
     import plotly.graph_objects as go
 
@@ -79,18 +80,24 @@ def head_heatmap(
             y1=layer + 0.5,
             line={"color": "black", "width": 3},
         )
-    default_title = (
-        f"{scores.method} patching ({scores.position}, {scores.direction}), "
-        f"{scores.metric}, {scores.n_prompts} prompts; outlined: top {top_k} apology heads"
-    )
     figure.update_layout(
-        title=title or default_title,
+        title=title or default_title(scores, top_k),
         xaxis={"title": "head", "dtick": 1},
         yaxis={"title": "layer", "dtick": 1, "autorange": "reversed"},
         width=max(480, 60 * n_heads + 200),
         height=max(360, 45 * n_layers + 160),
     )
     return figure
+
+
+def default_title(scores: HeadScores, top_k: int) -> str:
+    """Return the heatmap's title: the patching run, or the table's metric when it has none."""
+    if scores.direction is None:
+        return f"{scores.method}: {scores.metric} per head; outlined: top {top_k} apology heads"
+    return (
+        f"{scores.method} patching ({scores.position}, {scores.direction}), "
+        f"{scores.metric}, {scores.n_prompts} prompts; outlined: top {top_k} apology heads"
+    )
 
 
 def save_figure(

@@ -35,11 +35,13 @@ def load_comparison_inputs(model_dir: Path, device: str = "cpu") -> ComparisonIn
 
 
 def located_mask(hooked: Any, scores: Any, top_k: int, components: tuple[str, ...] | None = None):
-    """Return the head mask of the ``top_k`` best heads of locate's scores (a path or table),
+    """Return the head mask of the ``top_k`` best heads of locate's scores (a path or HeadScores),
     with the path-patching source the demo records."""
+    from spt_interp.common.head_scores import read_scores
     from spt_interp.mask import HeadMask, MaskSource
-    from spt_interp.mask.scores import read_scores
 
-    table = read_scores(scores) if isinstance(scores, (str, Path)) else scores
+    head_scores = read_scores(scores) if isinstance(scores, (str, Path)) else scores
     source = MaskSource(method="path", metric="log-odds", data_file_hash=None)
-    return HeadMask.from_scores(hooked, table, top_k=top_k, components=components, source=source)
+    return HeadMask.from_scores(
+        hooked, head_scores, top_k=top_k, components=components, source=source
+    )

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from spt_interp.common.atomic import write_text_atomic
+from spt_interp.common.head_scores import read_scores
 from spt_interp.data import build_pairs, load_dialogues, protocol_for
-from spt_interp.mask.scores import read_scores
 from spt_interp.model import load_model
 from spt_interp.patching import decision_metric, locate_heads
 
@@ -45,7 +45,7 @@ def main() -> None:
     records = load_dialogues(args.model_dir / "data" / "test.jsonl")[: args.pairs]
     pairs = build_pairs(records, hooked.tokenizer, protocol)
     metric = decision_metric("log-odds", hooked.tokenizer, pairs, protocol)
-    committed = read_scores(args.scores).set_index(["layer", "head"])
+    committed = read_scores(args.scores).table.set_index(["layer", "head"])
     rows, scores = [], {}
     for engine in args.engines:
         times = []

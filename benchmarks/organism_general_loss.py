@@ -82,11 +82,11 @@ def main() -> None:
     from comparison_inputs import load_comparison_inputs, located_mask
 
     from spt_interp.common.atomic import write_text_atomic
+    from spt_interp.common.head_scores import read_scores
     from spt_interp.data.render import question_messages, render_messages
     from spt_interp.evaluation.judges import is_correct
     from spt_interp.evaluation.run import GenerationSettings, general_accuracy
     from spt_interp.knockout.ablation import ablated, collect_head_outputs
-    from spt_interp.mask.scores import read_scores
     from spt_interp.tuning.compare import ComparisonPlan, measure, sweep_data
     from spt_interp.tuning.trained_run import applied, base_parameters, train_run
 
@@ -94,8 +94,8 @@ def main() -> None:
     inputs = load_comparison_inputs(args.organism)
     hooked, reference, protocol = inputs.hooked, inputs.reference, inputs.protocol
     train, test, general = inputs.train, inputs.test, inputs.general
-    scores = read_scores(args.scores).sort_values("rank")
-    ranked = [(int(row.layer), int(row.head)) for row in scores.itertuples()]
+    scores = read_scores(args.scores)
+    ranked = scores.ranked()
     settings = GenerationSettings(max_new_tokens=4, batch_size=32, progress=False)
     results: dict = {"n_general": len(general)}
 

@@ -141,15 +141,15 @@ def stage_locate(out: Path, args: argparse.Namespace, hooked: Any, inputs: dict)
 
 
 def stage_knockout(out: Path, args: argparse.Namespace, hooked: Any, inputs: dict) -> None:
+    from spt_interp.common.head_scores import read_scores
     from spt_interp.data import build_pairs
     from spt_interp.knockout import knockout_curve, knockout_summary, prepare_knockout
-    from spt_interp.mask.scores import ranked_heads, read_scores
     from spt_interp.viz.knockout_report import write_knockout
 
     if _done(out / "knockout", "knockout", args.redo):
         return
     pairs = build_pairs(inputs["locate"], hooked.tokenizer, inputs["protocol"])
-    ranking = ranked_heads(read_scores(out / "locate" / "scores.csv"))
+    ranking = read_scores(out / "locate" / "scores.csv").ranked()
     data = prepare_knockout(hooked, pairs, inputs["protocol"], method="mean")
     ks = [k for k in (1, 2, 4, 8, 16, 32) if k <= len(ranking)]
     table = knockout_curve(hooked, data, ranking, ks, random_seeds=range(args.random_seeds))
@@ -162,8 +162,8 @@ def stage_knockout(out: Path, args: argparse.Namespace, hooked: Any, inputs: dic
 def stage_compare(
     out: Path, args: argparse.Namespace, hooked: Any, inputs: dict, reference: Any
 ) -> None:
+    from spt_interp.common.head_scores import read_scores
     from spt_interp.mask import HeadMask, MaskSource
-    from spt_interp.mask.scores import read_scores
     from spt_interp.tuning.compare import ComparisonPlan, compare_modes
 
     if _done(out / "compare", "compare", args.redo):

@@ -141,7 +141,7 @@ def main() -> None:
     else:  # the demo's mask: top 4 by path patching on 64 test pairs (seed 0)
         test = load_dialogues(data / "test.jsonl")
         _, scores = path_patching_scores(hooked, test, protocol_for(hooked), 64, 0, False)
-        mask = HeadMask.from_scores(hooked, scores.table, top_k=4)
+        mask = HeadMask.from_scores(hooked, scores, top_k=4)
     mask.validate(hooked)
     report = {"model": str(model), "data": str(data), "heads": mask.head_set,
               "components": list(mask.components), "device": platform.processor() or "cpu",

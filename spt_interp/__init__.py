@@ -37,15 +37,15 @@ _PUBLIC = {
     "DialogueRecord": "spt_interp.data",
     "build_pairs": "spt_interp.data",
     "PromptPair": "spt_interp.data",
+    # scores
+    "HeadScores": "spt_interp.common.head_scores",
+    "read_scores": "spt_interp.common.head_scores",
     # patching
     "locate_pairs": "spt_interp.patching.inputs",
     "locate_heads": "spt_interp.patching",
     "decision_metric": "spt_interp.patching",
-    "HeadScores": "spt_interp.patching",
     # mask
     "HeadMask": "spt_interp.mask",
-    "read_scores": "spt_interp.mask",
-    "ranked_heads": "spt_interp.mask",
     # knockout
     "prepare_knockout": "spt_interp.knockout",
     "knockout_curve": "spt_interp.knockout",

@@ -211,7 +211,6 @@ def _run_stages(
     from spt_interp.evaluation.suite import load_suite
     from spt_interp.knockout import knockout_curve, knockout_summary, prepare_knockout
     from spt_interp.mask import HeadMask, MaskSource
-    from spt_interp.mask.scores import ranked_heads
     from spt_interp.model import load_model
     from spt_interp.tuning.compare import ComparisonPlan, Instruments, compare_modes
     from spt_interp.viz.knockout_report import write_knockout
@@ -245,7 +244,7 @@ def _run_stages(
         hooked, test, protocol, settings.locate_pairs, settings.seed, progress
     )
     locate_files = write_outputs(scores, root / "locate", top_k=settings.top_k)
-    ranking = ranked_heads(scores.table)
+    ranking = scores.ranked()
     timings["locate"] = time.perf_counter() - started
 
     started = stage_banner(say, 3, "knockout", f"top-K vs random-K, K in {settings.knockout_ks}")
@@ -260,7 +259,7 @@ def _run_stages(
 
     started = stage_banner(say, 4, "mask", f"top {settings.top_k} heads, as the trainer reads it")
     source = MaskSource(method="path", metric="log-odds", data_file_hash=None)
-    mask = HeadMask.from_scores(hooked, scores.table, top_k=settings.top_k, source=source)
+    mask = HeadMask.from_scores(hooked, scores, top_k=settings.top_k, source=source)
     mask.save(root / "mask.json")
     timings["mask"] = time.perf_counter() - started
 

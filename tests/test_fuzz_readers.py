@@ -49,6 +49,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from spt_interp.cli import app
+from spt_interp.common.head_scores import read_scores
 from spt_interp.data import PROTOCOL_FILE, Protocol, load_dialogues, protocol_for, save_dialogues
 from spt_interp.data.records import (
     DialogueRecord,
@@ -60,7 +61,6 @@ from spt_interp.data.records import (
 from spt_interp.errors import SptInterpError
 from spt_interp.importers.gguf import from_gguf
 from spt_interp.mask import HeadMask, ModelSignature
-from spt_interp.mask.scores import read_scores
 from spt_interp.model import load_model, read_signature
 from spt_interp.model.folder import SHAPE_FIELDS
 from spt_interp.model.tiny import TINY_ARCHITECTURES, save_tiny_model

@@ -144,7 +144,7 @@ def test_summary_numbers():
 def test_single_head_scores_are_log_odds_drops(tiny_model_dirs, llama):
     hooked, pairs = llama
     data = prepare_knockout(hooked, pairs, PROTOCOL, method="zero", position="all")
-    scores = single_head_scores(hooked, data, progress=False)
+    scores = single_head_scores(hooked, data, progress=False).table
     assert len(scores) == 8
     base = hf_reading(tiny_model_dirs["llama"], pairs, [], 8)[1]
     ablated_odds = hf_reading(tiny_model_dirs["llama"], pairs, [(1, 2)], 8)[1]

@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
+from spt_interp.common.head_scores import HeadScores, read_scores
 from spt_interp.errors import SptInterpError
 from spt_interp.mask import HeadMask, MaskSource, ModelSignature
-from spt_interp.mask.scores import parse_heads, rank_scores, read_scores
+from spt_interp.mask.scores import parse_heads
 from spt_interp.model import load_model
 from spt_interp.model.tiny import save_tiny_model
 
@@ -35,11 +36,11 @@ def llama_mha_dir(tmp_path_factory, bpe_tokenizer):
 
 def test_scores_rank_by_score_or_rank_column(tmp_path):
     table = scores_table()
-    ranked = rank_scores(table)
+    ranked = HeadScores.from_table(table).ranked_table()
     assert list(ranked.score) == sorted(table.score, reverse=True)
     assert list(ranked["rank"]) == list(range(1, 9))
     with_rank = table.assign(rank=range(8, 0, -1))
-    reranked = rank_scores(with_rank)
+    reranked = HeadScores.from_table(with_rank).ranked_table()
     assert list(zip(reranked.layer, reranked["head"], strict=True)) == [
         (1, 3), (1, 2), (1, 1), (1, 0), (0, 3), (0, 2), (0, 1), (0, 0)
     ]  # fmt: skip
@@ -57,7 +58,9 @@ def test_scores_rank_by_score_or_rank_column(tmp_path):
 
 def test_round_trip_in_the_documented_format(tmp_path, tiny_model_dirs):
     hooked = load_model(tiny_model_dirs["llama"])
-    mask = HeadMask.from_scores(hooked, scores_table(), top_k=3, source=SOURCE)
+    mask = HeadMask.from_scores(
+        hooked, HeadScores.from_table(scores_table()), top_k=3, source=SOURCE
+    )
     path = mask.save(tmp_path / "mask.json")
     data = json.loads(path.read_text())
     assert list(data) == ["format", "version", "model", "heads", "components", "source"]
@@ -66,7 +69,7 @@ def test_round_trip_in_the_documented_format(tmp_path, tiny_model_dirs):
         "architecture": "LlamaForCausalLM", "n_layers": 2, "n_heads": 4, "n_kv_heads": 2,
         "d_head": 8, "d_model": 32, "fingerprint": hooked.fingerprint(),
     }  # fmt: skip
-    ranked = rank_scores(scores_table()).head(3)
+    ranked = HeadScores.from_table(scores_table()).ranked_table().head(3)
     assert data["heads"] == [
         {"layer": int(r.layer), "head": int(r.head), "score": r.score} for r in ranked.itertuples()
     ]
@@ -82,7 +85,7 @@ def test_round_trip_in_the_documented_format(tmp_path, tiny_model_dirs):
 
 def test_selection_by_fraction_list_and_components(tiny_model_dirs):
     hooked = load_model(tiny_model_dirs["gpt2"])
-    table = scores_table()
+    table = HeadScores.from_table(scores_table())
     assert HeadMask.from_scores(hooked, table, top_k=2).components == ("q", "k", "v", "o")
     assert len(HeadMask.from_scores(hooked, table, top_frac=0.25).heads) == 2
     assert len(HeadMask.from_scores(hooked, table, top_frac=0.3).heads) == 3  # ceil(2.4)
@@ -100,7 +103,9 @@ def test_selection_by_fraction_list_and_components(tiny_model_dirs):
 def test_validate_refuses_another_shape_or_fingerprint(tmp_path, tiny_model_dirs):
     gpt2 = load_model(tiny_model_dirs["gpt2"])
     llama = load_model(tiny_model_dirs["llama"])
-    path = HeadMask.from_scores(llama, scores_table(), top_k=2).save(tmp_path / "m.json")
+    path = HeadMask.from_scores(llama, HeadScores.from_table(scores_table()), top_k=2).save(
+        tmp_path / "m.json"
+    )
     mask = HeadMask.load(path)
     with pytest.raises(SptInterpError) as refused:
         mask.validate(gpt2)
@@ -136,7 +141,9 @@ def test_validate_refuses_another_shape_or_fingerprint(tmp_path, tiny_model_dirs
 )
 def test_bad_mask_files_are_refused_naming_the_file(tmp_path, tiny_model_dirs, edit, message):
     hooked = load_model(tiny_model_dirs["llama"])
-    path = HeadMask.from_scores(hooked, scores_table(), top_k=2).save(tmp_path / "m.json")
+    path = HeadMask.from_scores(hooked, HeadScores.from_table(scores_table()), top_k=2).save(
+        tmp_path / "m.json"
+    )
     data = json.loads(path.read_text())
     edit(data)
     path.write_text(json.dumps(data))

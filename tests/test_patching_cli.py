@@ -127,7 +127,7 @@ def test_locate_empty_data_file_is_refused(targets_llama_dir, tmp_path):
 
 
 def test_heatmap_is_centred_with_rank_hover_and_top_heads_outlined(llama_run):
-    from spt_interp.patching.engine import HeadScores
+    from spt_interp.common.head_scores import HeadScores
 
     table = pd.read_csv(llama_run / "scores.csv")
     scores = HeadScores(table, None, {}, "path", "end", "c_into_r", "log-odds", "", 2, 4, 6)

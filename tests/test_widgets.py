@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from plotly.callbacks import Points
 
+from spt_interp.common.head_scores import HeadScores
 from spt_interp.data import Protocol, build_pairs, load_dialogues
 from spt_interp.errors import SptInterpError
 from spt_interp.knockout import measure, prepare_knockout
@@ -25,8 +26,10 @@ PROTOCOL = Protocol(
 def setup(tiny_model_dirs):
     hooked = load_model(tiny_model_dirs["llama"])
     pairs = build_pairs(load_dialogues(DATA), hooked.tokenizer, PROTOCOL)
-    scores = pd.DataFrame(
-        [{"layer": l_, "head": h, "score": float(h - l_)} for l_ in range(2) for h in range(4)]
+    scores = HeadScores.from_table(
+        pd.DataFrame(
+            [{"layer": l_, "head": h, "score": float(h - l_)} for l_ in range(2) for h in range(4)]
+        )
     )
     return hooked, pairs, scores
 

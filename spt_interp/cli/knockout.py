@@ -65,6 +65,7 @@ def knockout(
     offload_folder: OffloadFolderOption = None,
 ) -> None:
     """Knock out the top-K heads of a ranking and random K heads; write the curves."""
+    from spt_interp.common.head_scores import read_scores
     from spt_interp.common.outputs import check_out
     from spt_interp.data import build_pairs, load_dialogues, protocol_for
     from spt_interp.evaluation.run import GenerationSettings
@@ -77,7 +78,6 @@ def knockout(
     )
     from spt_interp.knockout.ablation import check_heads
     from spt_interp.mask import HeadMask
-    from spt_interp.mask.scores import ranked_heads, read_scores
     from spt_interp.model import (
         check_model_folder,
         load_model,
@@ -98,7 +98,7 @@ def knockout(
     if random_seeds < 0 or batch_size < 1 or (limit is not None and limit < 1):
         raise SptInterpError("--random-seeds must be >= 0, --batch-size and --limit >= 1")
     head_mask = HeadMask.load(mask) if mask is not None else None
-    ranking = head_mask.head_set if head_mask is not None else ranked_heads(read_scores(scores))
+    ranking = head_mask.head_set if head_mask is not None else read_scores(scores).ranked()
     if k is None:
         ks = [value for value in (1, 2, 4, 8, 16) if value <= len(ranking)]
     else:

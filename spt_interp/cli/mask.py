@@ -41,14 +41,15 @@ def export_mask(
     force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
     """Write a head mask (the heads the pinpoint trainer may change) from a scores table."""
+    from spt_interp.common.head_scores import read_scores
     from spt_interp.common.outputs import check_out
     from spt_interp.mask import HeadMask, MaskSource, ModelSignature
-    from spt_interp.mask.scores import file_hash, parse_heads, read_scores
+    from spt_interp.mask.scores import file_hash, parse_heads
     from spt_interp.model import check_model_folder
 
     if sum(x is not None for x in (top_k, top_frac, heads)) != 1:
         raise SptInterpError("give exactly one of --top-k, --top-frac or --heads")
-    table = read_scores(scores)
+    head_scores = read_scores(scores)
     chosen = parse_heads(heads) if heads is not None else None
     component_list = components.split(",") if components is not None else None
     check_model_folder(model)
@@ -58,7 +59,12 @@ def export_mask(
     # Shapes and fingerprint only: the weights are not needed to write a mask.
     signature = ModelSignature.of_folder(model)
     built = HeadMask.from_scores(
-        signature, table, top_k=top_k, top_frac=top_frac, heads=chosen, components=component_list
+        signature,
+        head_scores,
+        top_k=top_k,
+        top_frac=top_frac,
+        heads=chosen,
+        components=component_list,
     )
     source = MaskSource(
         method or built.source.method,

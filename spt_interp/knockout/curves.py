@@ -19,6 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from spt_interp.common.head_scores import HeadScores
 from spt_interp.data.pairs import (
     PairBatch,
     PromptPair,
@@ -255,8 +256,8 @@ def knockout_summary(table: pd.DataFrame, k: int) -> dict[str, float]:
     }
 
 
-def single_head_scores(hooked: Any, data: KnockoutData, *, progress: bool = True) -> pd.DataFrame:
-    """Return a scores table: each head's drop in mean log-odds when it alone is ablated.
+def single_head_scores(hooked: Any, data: KnockoutData, *, progress: bool = True) -> HeadScores:
+    """Return head scores: each head's drop in mean log-odds when it alone is ablated.
 
     A simple ranking (one forward sweep per head) for when no patching scores are at hand;
     higher score = removing the head lowers the apology more.
@@ -276,4 +277,4 @@ def single_head_scores(hooked: Any, data: KnockoutData, *, progress: bool = True
                 "metric": "log_odds_drop",
             }
         )
-    return pd.DataFrame(rows)
+    return HeadScores.from_table(pd.DataFrame(rows), n_layers=g.n_layers, n_heads=g.n_heads)

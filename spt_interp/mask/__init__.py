@@ -1,4 +1,4 @@
-"""Head scores tables and the head mask: build, save, load, validate, map to HF slices."""
+"""The head mask: build, save, load, validate, map to HF slices."""
 
 from spt_interp.mask.head_mask import (
     MASK_FORMAT,
@@ -11,7 +11,7 @@ from spt_interp.mask.head_mask import (
     default_components,
 )
 from spt_interp.mask.random_heads import random_mask
-from spt_interp.mask.scores import file_hash, parse_heads, rank_scores, ranked_heads, read_scores
+from spt_interp.mask.scores import file_hash, parse_heads
 
 __all__ = [
     "MASK_FORMAT",
@@ -25,7 +25,4 @@ __all__ = [
     "file_hash",
     "parse_heads",
     "random_mask",
-    "rank_scores",
-    "ranked_heads",
-    "read_scores",
 ]

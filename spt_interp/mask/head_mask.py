@@ -1,6 +1,6 @@
 """The head mask: which heads (and which of their q/k/v/o weights) the pinpoint trainer may change.
 
-A mask is built from a scores table (columns layer, head, score; optional rank), saved as
+A mask is built from head scores (``HeadScores``: a locate run, or a scores CSV), saved as
 versioned JSON tied to one model by its head geometry and fingerprint, and mapped to exact
 slices of the Hugging Face parameters. The file::
 
@@ -33,8 +33,8 @@ from torch import Tensor
 
 from spt_interp.common.atomic import write_text_atomic
 from spt_interp.common.fields import read_json, typed
+from spt_interp.common.head_scores import HeadScores, column_value
 from spt_interp.errors import SptInterpError
-from spt_interp.mask.scores import rank_scores
 from spt_interp.model import HeadGeometry
 from spt_interp.model.architecture import COMPONENTS, HeadSlice, head_slices
 
@@ -192,7 +192,7 @@ class HeadMask:
     def from_scores(
         cls,
         model: Any,
-        scores: pd.DataFrame,
+        scores: HeadScores,
         *,
         top_k: int | None = None,
         top_frac: float | None = None,
@@ -201,14 +201,14 @@ class HeadMask:
         source: MaskSource | None = None,
     ) -> HeadMask:
         """Return a mask of the top ``top_k`` heads, the top ``top_frac`` of all heads, or the
-        listed ``heads`` (with their scores), from a scores table (see ``rank_scores``)."""
+        listed ``heads`` (with their scores), from ``scores``, best first by its ranking."""
         chosen = [x is not None for x in (top_k, top_frac, heads)]
         if sum(chosen) != 1:
             raise SptInterpError("choose exactly one of top_k, top_frac or an explicit head list")
         signature = model if isinstance(model, ModelSignature) else ModelSignature.of(model)
-        # read_scores records the file in attrs: a head outside the model is the file's fault.
-        where = scores.attrs.get("origin", "scores table")
-        ranked = rank_scores(scores, origin=where)
+        # A head outside the model is the fault of the file the scores came from.
+        where = scores.origin
+        ranked = scores.ranked_table()
         total = signature.n_layers * signature.n_heads
         if top_frac is not None:
             if not 0 < top_frac <= 1:
@@ -241,9 +241,8 @@ class HeadMask:
                     f"({signature.n_layers} layers x {signature.n_heads} heads)"
                 )
         if source is None:
-            method = _single_value(scores, "method") or "scores"
-            metric = _single_value(scores, "metric") or "score"
-            source = MaskSource(method, metric, _single_value(scores, "data_file_hash"))
+            hash_ = column_value(scores.table, "data_file_hash")
+            source = MaskSource(scores.method, scores.metric, hash_)
         return cls.from_heads(signature, entries, components=components, source=source)
 
     # -- file format
@@ -376,10 +375,3 @@ def _score(value: Any, origin: str) -> float | None:
     ):
         raise SptInterpError(f"{origin}: heads[].score must be a number or null, got {value!r}")
     return None if value is None else float(value)
-
-
-def _single_value(table: pd.DataFrame, column: str) -> str | None:
-    if column not in table.columns:
-        return None
-    values = table[column].dropna().unique()
-    return str(values[0]) if len(values) == 1 else None

@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
+from spt_interp.common.head_scores import HeadScores
 from spt_interp.common.outputs import check_out
 from spt_interp.data.pairs import PromptPair
 from spt_interp.data.protocol import Protocol, protocol_for
@@ -24,7 +22,6 @@ from spt_interp.errors import SptInterpError
 from spt_interp.knockout import KnockoutData, Reading, measure, prepare_knockout
 from spt_interp.knockout.ablation import Head, check_heads
 from spt_interp.mask import HeadMask, MaskSource
-from spt_interp.mask.scores import rank_scores
 
 
 @dataclass
@@ -33,7 +30,7 @@ class KnockoutSession:
 
     hooked: Any
     data: KnockoutData
-    scores: pd.DataFrame
+    scores: HeadScores
     baseline: Reading
     current: Reading
     selected: list[Head] = field(default_factory=list)
@@ -43,7 +40,7 @@ class KnockoutSession:
         cls,
         hooked: Any,
         pairs: Sequence[PromptPair],
-        scores: pd.DataFrame,
+        scores: HeadScores,
         *,
         protocol: Protocol | None = None,
         method: str = "mean",
@@ -51,19 +48,14 @@ class KnockoutSession:
         batch_size: int = 8,
     ) -> KnockoutSession:
         """Return a session with nothing knocked out (the baseline measured once)."""
-        ranked = rank_scores(scores)
-        check_heads(
-            zip(ranked.layer, ranked["head"], strict=True),
-            hooked.geometry.n_layers,
-            hooked.geometry.n_heads,
-        )
+        check_heads(scores.ranked(), hooked.geometry.n_layers, hooked.geometry.n_heads)
         if protocol is None:
             protocol = protocol_for(hooked.path) if hooked.path else Protocol()
         data = prepare_knockout(
             hooked, pairs, protocol, method=method, position=position, batch_size=batch_size
         )
         baseline = measure(hooked, data)
-        return cls(hooked, data, ranked, baseline, baseline)
+        return cls(hooked, data, scores, baseline, baseline)
 
     def toggle(self, layer: int, head: int) -> Reading:
         """Return the new reading after adding (layer, head) to the set, or removing it."""
@@ -103,10 +95,7 @@ class KnockoutSession:
         """Return the knocked-out set as a head mask (scores from the table where it has them)."""
         if not self.selected:
             raise SptInterpError("the knockout set is empty: click heads to add them first")
-        score_of = {
-            (int(r.layer), int(r.head)): (None if pd.isna(r.score) else float(r.score))
-            for r in self.scores.itertuples()
-        }
+        score_of = self.scores.score_by_head()
         # Best first, as in a mask built from scores; heads without a score go last.
         order = sorted(
             self.selected, key=lambda h: (score_of.get(h) is None, -(score_of.get(h) or 0.0))
@@ -126,70 +115,31 @@ class KnockoutSession:
         check_out(target, force=force, create_parents=True)
         return self.to_mask(components).save(target)
 
-    def score_grid(self) -> np.ndarray:
-        """Return the scores as a [n_layers, n_heads] array (NaN where the table has none)."""
-        g = self.hooked.geometry
-        grid = np.full((g.n_layers, g.n_heads), np.nan)
-        for r in self.scores.itertuples():
-            grid[int(r.layer), int(r.head)] = r.score
-        return grid
-
 
 def click_heads(xs: Sequence[Any], ys: Sequence[Any]) -> list[Head]:
     """Return the (layer, head) cells of a heatmap click (x = head, y = layer)."""
     return [(int(y), int(x)) for x, y in zip(xs, ys, strict=True)]
 
 
-def heatmap_figure(session: KnockoutSession, scores: Any = None) -> Any:
-    """Return a FigureWidget: the scores heatmap and a marker trace over the knocked-out heads.
-
-    A patching result (an object with ``matrix`` and ``table``, as the patching engine returns)
-    is drawn with ``spt_interp.viz.plots.head_heatmap``; a plain scores table with a minimal
-    heatmap.
-    """
+def heatmap_figure(session: KnockoutSession) -> Any:
+    """Return a FigureWidget: the session's scores heatmap (``spt_interp.viz.plots.head_heatmap``)
+    and a marker trace over the knocked-out heads."""
     import plotly.graph_objects as go
 
-    marker = go.Scatter(
-        x=[], y=[], mode="markers", name="knocked out", hoverinfo="skip",
-        marker={"symbol": "x", "size": 14, "color": "black"},
-    )  # fmt: skip
-    if scores is not None and hasattr(scores, "matrix") and hasattr(scores, "table"):
-        from spt_interp.viz.plots import head_heatmap
+    from spt_interp.viz.plots import head_heatmap
 
-        figure = go.FigureWidget(head_heatmap(scores))
-        figure.add_trace(marker)
-        figure.update_layout(title="Click a head to knock it out (outlined: top heads)")
-        return figure
-    g = session.hooked.geometry
-    grid = session.score_grid()
-    figure = go.FigureWidget(
-        data=[
-            go.Heatmap(
-                z=grid,
-                x=list(range(g.n_heads)),
-                y=list(range(g.n_layers)),
-                colorscale="RdBu_r",
-                zmid=0.0,
-                colorbar={"title": "score"},
-                hovertemplate="L%{y}.H%{x}: %{z:.3g}<extra></extra>",
-            ),
-            go.Scatter(
-                x=[],
-                y=[],
-                mode="markers",
-                name="knocked out",
-                hoverinfo="skip",
-                marker={"symbol": "x", "size": 14, "color": "black"},
-            ),
-        ],  # fmt: skip
-        layout={
-            "title": "Click a head to knock it out",
-            "xaxis": {"title": "head", "dtick": 1},
-            "yaxis": {"title": "layer", "dtick": 1},
-            "width": 600,
-            "height": 420,
-        },
+    figure = go.FigureWidget(head_heatmap(session.scores))
+    figure.add_trace(
+        go.Scatter(
+            x=[],
+            y=[],
+            mode="markers",
+            name="knocked out",
+            hoverinfo="skip",
+            marker={"symbol": "x", "size": 14, "color": "black"},
+        )
     )
+    figure.update_layout(title="Click a head to knock it out (outlined: top heads)")
     return figure
 
 
@@ -203,7 +153,7 @@ def show_selection(figure: Any, session: KnockoutSession) -> None:
 def knockout_explorer(
     model: Any,
     pairs: Sequence[PromptPair],
-    scores: Any,
+    scores: HeadScores,
     *,
     protocol: Protocol | None = None,
     method: str = "mean",
@@ -213,17 +163,16 @@ def knockout_explorer(
 ) -> Any:
     """Return the explorer widget (a VBox; its ``session`` attribute holds the state).
 
-    ``scores`` is a scores table (layer, head, score[, rank]) or the patching engine's result
-    (its ``table`` is used). ``protocol`` defaults to the model folder's spt-interp.json.
+    ``scores`` ranks the heads (``locate_heads``' result, or ``read_scores`` of a scores CSV);
+    ``protocol`` defaults to the model folder's spt-interp.json.
     """
     import ipywidgets as widgets
 
-    table = scores.table if hasattr(scores, "table") else scores
     session = KnockoutSession.start(
-        model, pairs, table, protocol=protocol, method=method, position=position,
+        model, pairs, scores, protocol=protocol, method=method, position=position,
         batch_size=batch_size,
     )  # fmt: skip
-    figure = heatmap_figure(session, scores)
+    figure = heatmap_figure(session)
     readout = widgets.HTML(value=session.readout())
     path_box = widgets.Text(value=mask_path, description="mask file")
     export_button = widgets.Button(description="Export mask")

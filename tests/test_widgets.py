@@ -75,6 +75,19 @@ def test_export_writes_the_set_as_a_mask(setup, tmp_path):
     assert HeadMask.load(path).components == ("q", "k", "v", "o")
 
 
+def test_export_orders_the_set_by_the_ranking_not_by_the_raw_score(setup):
+    hooked, pairs, _ = setup
+    # Patched X_c into X_r: the most negative score drives the apology most.
+    rows = [{"layer": l_, "head": h, "score": float(h - l_)} for l_ in range(2) for h in range(4)]
+    table = pd.DataFrame(rows).assign(apology_effect=lambda t: -t.score)
+    session = KnockoutSession.start(hooked, pairs, HeadScores.from_table(table), protocol=PROTOCOL)
+    chosen = [(0, 3), (1, 0), (0, 1)]
+    session.set_heads(chosen)
+    effect = {(r["layer"], r["head"]): -r["score"] for r in rows}
+    expected = sorted(chosen, key=lambda head: -effect[head])  # (1, 0), (0, 1), (0, 3)
+    assert session.to_mask().head_set == expected
+
+
 def test_clicks_map_to_heads():
     assert click_heads([3, 0], [1, 0]) == [(1, 3), (0, 0)]
 

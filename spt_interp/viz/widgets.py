@@ -96,10 +96,9 @@ class KnockoutSession:
         if not self.selected:
             raise SptInterpError("the knockout set is empty: click heads to add them first")
         score_of = self.scores.score_by_head()
-        # Best first, as in a mask built from scores; heads without a score go last.
-        order = sorted(
-            self.selected, key=lambda h: (score_of.get(h) is None, -(score_of.get(h) or 0.0))
-        )
+        # Best first, as in a mask built from the scores; heads they do not rank go last.
+        rank_of = {head: place for place, head in enumerate(self.scores.ranked())}
+        order = sorted(self.selected, key=lambda h: rank_of.get(h, len(rank_of)))
         return HeadMask.from_heads(
             self.hooked,
             [(layer, head, score_of.get((layer, head))) for layer, head in order],

@@ -3,8 +3,8 @@ draws, with the files it is saved as (scores.csv, scores_per_prompt.csv, ranking
 
 The sign rule lives here and nowhere else. ``score`` is what a ranking measured per head (for
 patching: the mean of metric(patched) - metric(base)); ``apology_effect`` is the same number
-signed so that positive means "this head drives the apology" (``apology_effect``); rank 1 is the
-largest apology effect, ties broken by (layer, head) (``rank_order``).
+signed so that positive means "this head drives the apology" (the function ``apology_effect``);
+rank 1 is the largest apology effect, ties broken by (layer, head) (``rank_order``).
 """
 
 from __future__ import annotations
@@ -28,9 +28,18 @@ SCORES_FILE, PER_PROMPT_FILE, RANKING_FILE = "scores.csv", "scores_per_prompt.cs
 FILE_COLUMNS = ("layer", "head", "score", "apology_effect", "rank")
 REQUIRED_COLUMNS = ("layer", "head", "score")
 # ranking.json's fields that describe the run (its heads come from scores.csv).
-RUN_FIELDS = {"method": str, "position": str, "direction": str, "metric": str,
-              "metric_description": str, "n_prompts": int, "n_layers": int, "n_heads": int,
-              "baseline": dict, "settings": dict}  # fmt: skip
+RUN_FIELDS = {
+    "method": str,
+    "position": str,
+    "direction": str,
+    "metric": str,
+    "metric_description": str,
+    "n_prompts": int,
+    "n_layers": int,
+    "n_heads": int,
+    "baseline": dict,
+    "settings": dict,
+}
 
 
 def apology_effect(score: Any, direction: str | None) -> Any:
@@ -103,7 +112,7 @@ class HeadScores:
                 "positive score: patching the head's X_r output into X_c raises the apology "
                 f"{self.metric}, so the head carries the challenge's push toward apologizing"
             )
-        return f"higher score: the head drives the apology more ({self.metric})"
+        return f"higher apology_effect: the head drives the apology more ({self.metric})"
 
     def ranked_table(self) -> pd.DataFrame:
         """Return the table sorted best head first (rank 1 first), with a fresh index."""

@@ -32,6 +32,9 @@ def build_scores(
     n_heads: int,
     settings: dict[str, Any],
 ) -> HeadScores:
+    """Return the scores of ``heads``: each one's mean over prompts of ``values`` (the patched
+    metric minus the unpatched one, per variant and prompt), signed and ranked by the rule of
+    ``spt_interp.common.head_scores``, with the unpatched baselines ``r_vals`` and ``c_vals``."""
     score = values.double().mean(dim=1).numpy()
     table = pd.DataFrame(
         {

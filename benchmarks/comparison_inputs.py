@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from spt_interp.common.head_scores import HeadScores
 
 
 @dataclass
@@ -34,7 +37,12 @@ def load_comparison_inputs(model_dir: Path, device: str = "cpu") -> ComparisonIn
     return ComparisonInputs(hooked, reference, protocol_for(hooked), *splits)
 
 
-def located_mask(hooked: Any, scores: Any, top_k: int, components: tuple[str, ...] | None = None):
+def located_mask(
+    hooked: Any,
+    scores: str | Path | HeadScores,
+    top_k: int,
+    components: tuple[str, ...] | None = None,
+):
     """Return the head mask of the ``top_k`` best heads of locate's scores (a path or HeadScores),
     with the path-patching source the demo records."""
     from spt_interp.common.head_scores import read_scores

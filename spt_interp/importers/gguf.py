@@ -87,9 +87,9 @@ def gguf_architecture(gguf_file: Path) -> str:
     """
     _require_gguf_reader()
     from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     from spt_interp.model import family_of, supported_architectures
+    from spt_interp.model.hf_internals import causal_lm_class_name
 
     try:
         config = AutoConfig.from_pretrained(
@@ -102,7 +102,7 @@ def gguf_architecture(gguf_file: Path) -> str:
             f"{gguf_file}: transformers cannot read this GGUF: {_first_line(err)}"
         ) from None
     model_type = getattr(config, "model_type", None)
-    architecture = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type or "")
+    architecture = causal_lm_class_name(model_type or "")
     if architecture is None or architecture not in supported_architectures():
         raise SptInterpError(
             f"{gguf_file}: GGUF architecture {model_type!r} is not a causal LM TransformerLens "

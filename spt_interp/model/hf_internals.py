@@ -36,6 +36,8 @@ relying on one behaviour of transformers (checked on ``SUPPORTED_TRANSFORMERS``)
     forward. 5.24 did so by default; 5.25 requires the ``kernels`` package and by default swaps
     in hub kernels where it has them (RMSNorm on CUDA, fetched from the Hub) and does it again
     on every ``.train()`` / ``.eval()`` (``from_pretrained_arguments``).
+12. ``transformers.models.auto.modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`` maps a
+    ``model_type`` to its causal-LM class name (``causal_lm_class_name``).
 
 A transformers outside the range is refused at import of ``spt_interp.model`` (and so of every
 stage that runs models) with one line, instead of failing deep inside one of these.
@@ -224,7 +226,7 @@ def set_eager_attention(config: Any) -> None:
     config._attn_implementation = "eager"
 
 
-# 8-11. Loading and weights.
+# 8-12. Loading and weights.
 
 
 def planned_device_map(
@@ -241,6 +243,13 @@ def from_pretrained_arguments() -> dict[str, Any]:
     """Return the keyword arguments that make ``from_pretrained`` keep each module's own torch
     forward (no hub kernels: the numbers stay HF's reference arithmetic, nothing is fetched)."""
     return {"use_kernels": False}
+
+
+def causal_lm_class_name(model_type: str) -> str | None:
+    """Return the causal-LM class transformers builds for ``model_type`` (None: none)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
 
 
 def is_conv1d(module: torch.nn.Module) -> bool:

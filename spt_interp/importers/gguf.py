@@ -87,9 +87,9 @@ def gguf_architecture(gguf_file: Path) -> str:
     """
     _require_gguf_reader()
     from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     from spt_interp.model import family_of, supported_architectures
+    from spt_interp.model.hf_internals import causal_lm_class_name
 
     try:
         config = AutoConfig.from_pretrained(
@@ -102,7 +102,7 @@ def gguf_architecture(gguf_file: Path) -> str:
             f"{gguf_file}: transformers cannot read this GGUF: {_first_line(err)}"
         ) from None
     model_type = getattr(config, "model_type", None)
-    architecture = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type or "")
+    architecture = causal_lm_class_name(model_type or "")
     if architecture is None or architecture not in supported_architectures():
         raise SptInterpError(
             f"{gguf_file}: GGUF architecture {model_type!r} is not a causal LM TransformerLens "
@@ -134,6 +134,8 @@ def load_gguf(gguf_file: Path, dtype: Any = None) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from spt_interp.model.hf_internals import from_pretrained_arguments
+
     hf_logging.disable_progress_bar()
     folder, name = str(gguf_file.parent), gguf_file.name
     try:
@@ -148,6 +150,7 @@ def load_gguf(gguf_file: Path, dtype: Any = None) -> tuple[Any, Any]:
                 dtype=dtype or torch.float32,
                 attn_implementation="eager",
                 output_loading_info=True,
+                **from_pretrained_arguments(),
             )
     except Exception as err:  # noqa: BLE001 - corrupted files fail in any way, see above
         raise SptInterpError(
@@ -193,8 +196,14 @@ def saved_logits_difference(gguf_model: Any, tokenizer: Any, folder: Path) -> fl
     import torch
     from transformers import AutoModelForCausalLM
 
+    from spt_interp.model.hf_internals import from_pretrained_arguments
+
     saved = AutoModelForCausalLM.from_pretrained(
-        folder, local_files_only=True, attn_implementation="eager", dtype=torch.float32
+        folder,
+        local_files_only=True,
+        attn_implementation="eager",
+        dtype=torch.float32,
+        **from_pretrained_arguments(),
     ).eval()
     tokens = tokenizer(CHECK_PROMPT, return_tensors="pt")["input_ids"]
     with torch.no_grad():

@@ -21,6 +21,7 @@ from spt_interp.model.folder import (
     weights_hash,
 )
 from spt_interp.model.geometry import HeadGeometry, compute_fingerprint, geometry_from_config
+from spt_interp.model.hf_internals import check_transformers_version
 from spt_interp.model.loading import (
     HookedModel,
     end_logits,
@@ -30,6 +31,10 @@ from spt_interp.model.loading import (
     read_signature,
     wrap_model,
 )
+
+# Every stage that runs a model imports this package: an unsupported transformers stops here,
+# in one line, rather than deep inside the first forward.
+check_transformers_version()
 
 __all__ = [
     "COMPONENTS",

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from spt_interp.errors import SptInterpError
+from spt_interp.model.hf_internals import planned_device_map
 
 # transformers' own strategies (from_pretrained's device_map strings).
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
@@ -84,15 +85,12 @@ def plan_device_map(
     """Return the module-to-device map ``from_pretrained`` would make, computed on a meta
     skeleton (no weights read); SptInterpError for a plan the bridge cannot run."""
     from transformers import AutoModelForCausalLM
-    from transformers.integrations.accelerate import _get_device_map
 
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(copy.deepcopy(config), dtype=dtype)
     skeleton.tie_weights()
-    # Private, but it is the very function from_pretrained calls with these arguments; the
-    # transformers pin in pyproject.toml keeps it there.
     try:
-        plan = _get_device_map(skeleton, request.strategy, request.max_memory, None)
+        plan = planned_device_map(skeleton, request.strategy, request.max_memory)
     except Exception as err:  # noqa: BLE001 - accelerate raises ValueError, KeyError, ...
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise SptInterpError(f"--device-map {request.strategy}: {reason}") from None

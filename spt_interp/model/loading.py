@@ -37,6 +37,7 @@ from spt_interp.model.dispatch import (
 )
 from spt_interp.model.folder import check_architecture, check_loading_info, check_model_folder
 from spt_interp.model.geometry import HeadGeometry, compute_fingerprint, geometry_from_config
+from spt_interp.model.hf_internals import from_pretrained_arguments
 
 
 class HookedModel:
@@ -281,6 +282,7 @@ def load_model(
             dtype=dtype,
             output_loading_info=True,
             ignore_mismatched_sizes=True,
+            **from_pretrained_arguments(),
             **placement,
         )
     except Exception as err:  # noqa: BLE001 - see _reason

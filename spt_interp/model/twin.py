@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from spt_interp.errors import SptInterpError
+from spt_interp.model.hf_internals import set_eager_attention
 
 
 def plain_twin(
@@ -30,7 +31,7 @@ def plain_twin(
     from transformers import AutoModelForCausalLM
 
     config = copy.deepcopy(config)
-    config._attn_implementation = "eager"
+    set_eager_attention(config)
     with torch.device("meta"):
         plain = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     plain.load_state_dict(parameters, strict=False, assign=True)

@@ -26,6 +26,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from spt_interp.model import hf_internals as hf
 from spt_interp.patching.transformer import position_ids
 
 
@@ -104,15 +105,13 @@ def fits_windows(
     sliding window. Windows are counted in columns: where the continuation lays the donor's
     tokens in their own columns it is chunked prefill (exact); where its padding moves them,
     a window must span every column of both runs."""
-    from transformers import DynamicCache
-
     in_place = plan.cached_columns + plan.tokens.shape[1] == tokens.shape[1] and torch.equal(
         plan.mask, mask
     )
     span = max(plan.mask.shape[1], tokens.shape[1])
-    windows = [getattr(layer, "sliding_window", None)
-               for layer in DynamicCache(config=config).layers]  # fmt: skip
-    return in_place or all(window is None or window >= span for window in windows)
+    return in_place or all(
+        window is None or window >= span for window in hf.sliding_windows(config)
+    )
 
 
 def _left_padded(mask: Int[Tensor, "batch pos"]) -> bool:

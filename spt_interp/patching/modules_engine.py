@@ -24,10 +24,8 @@ the hooked per-head loop within 1e-5 for every family.
 
 from __future__ import annotations
 
-import copy
-import inspect
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import torch
@@ -35,6 +33,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from spt_interp.errors import SptInterpError
+from spt_interp.model import hf_internals as hf
 from spt_interp.model.architecture import out_projection_name
 from spt_interp.patching.donor_prefix import donor_continuation, fits_windows
 from spt_interp.patching.reference import hooked_loop_logits
@@ -52,12 +51,6 @@ VERIFY_STEPS = 8
 def verify_tolerance(dtype: torch.dtype) -> float:
     """Return the runtime check's relative bound for logits of ``dtype``."""
     return max(VERIFY_TOLERANCE, VERIFY_STEPS * torch.finfo(dtype).eps)
-
-
-def _cache_keyword(model: torch.nn.Module) -> str:
-    # transformers renamed ``past_key_values`` to ``cache`` (5.2x; the old name warns, and goes
-    # in 5.40): ask the model which one its forward takes.
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 @contextmanager
@@ -85,25 +78,14 @@ def _on_head_inputs(
 
 
 def decoder_layers(model: torch.nn.Module, n_layers: int) -> list[torch.nn.Module]:
-    """Return the model's decoder layers in order (transformers' GradientCheckpointingLayer)."""
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    """Return the model's ``n_layers`` decoder layers in order; refuse another count."""
+    layers = hf.decoder_layers(model)
     if len(layers) != n_layers:
         raise SptInterpError(
             f"{type(model).__name__}: found {len(layers)} decoder layers, expected {n_layers}; "
             "use --engine loop"
         )
     return layers
-
-
-def _map_tensors(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:
-    """Apply ``fn`` to every tensor of a layer's output (a tensor, or a tuple holding some)."""
-    if isinstance(value, Tensor):
-        return fn(value)
-    if isinstance(value, tuple):
-        return tuple(_map_tensors(v, fn) for v in value)
-    return value
 
 
 class PrefixRun:
@@ -121,7 +103,6 @@ class PrefixRun:
         self.names = [out_projection_name(geometry, layer) for layer in range(geometry.n_layers)]
         self.tokens, self.mask = tokens, mask
         positions = position_ids(mask)
-        keyword = _cache_keyword(self.model)
         # With a donor that starts as these prompts do, the prefix pass stops at the column
         # where that common start ends, keeps a copy of the cache for the donor's run, then
         # goes on (``donor_prefix``).
@@ -136,18 +117,15 @@ class PrefixRun:
                 tokens[:, :cut], attention_mask=mask[:, :cut], position_ids=positions[:, :cut],
                 use_cache=True, logits_to_keep=1,
             )  # fmt: skip
-            cache = prefix[keyword]
-            self.donor_cache = copy.deepcopy(cache) if self.plan is not None else None
+            cache = hf.output_cache(self.model, prefix)
+            self.donor_cache = hf.copied_cache(cache) if self.plan is not None else None
             if cut < end:
                 self.model(
                     tokens[:, cut:end], attention_mask=mask[:, :end],
                     position_ids=positions[:, cut:end], use_cache=True, logits_to_keep=1,
-                    **{keyword: cache},
+                    **hf.cache_arguments(self.model, cache),
                 )  # fmt: skip
-        self.prefix = SharedPrefix(
-            [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers],
-            mask[:, :-1].bool(),
-        )  # fmt: skip
+        self.prefix = SharedPrefix(*hf.cache_keys_values(cache), mask[:, :-1].bool())
         self.end_position = positions[:, -1:]
         z: dict[int, Tensor] = {}
 
@@ -184,22 +162,14 @@ class PrefixRun:
             )
         return output.logits[:, -1]
 
-    @contextmanager
-    def _replayed(self, first_layer: int, copies: int) -> Iterator[None]:
-        replaced = self.layers[:first_layer]
-        # An instance attribute already there (accelerate's dispatch wrapper) goes back after.
-        previous = [layer.__dict__.get("forward") for layer in replaced]
-        for layer, output in zip(replaced, self.layer_outputs, strict=False):
-            repeated = _map_tensors(output, lambda t: t.repeat_interleave(copies, 0))
-            layer.forward = lambda *args, _out=repeated, **kwargs: _out
-        try:
-            yield
-        finally:
-            for layer, forward in zip(replaced, previous, strict=True):
-                if forward is None:
-                    del layer.forward
-                else:
-                    layer.forward = forward
+    def _replayed(self, first_layer: int, copies: int) -> AbstractContextManager[None]:
+        """Return a block in which the layers below ``first_layer`` return their unpatched END
+        output, ``copies`` times over, instead of running."""
+        outputs = [
+            hf.map_layer_output(output, lambda t: t.repeat_interleave(copies, 0))
+            for output in self.layer_outputs[:first_layer]
+        ]
+        return hf.replayed_layers(self.layers[:first_layer], outputs)
 
 
 def end_head_outputs(
@@ -242,7 +212,7 @@ def _continuation_inputs(
         "input_ids": base.plan.tokens,
         "attention_mask": base.plan.mask,
         "position_ids": base.plan.positions,
-        _cache_keyword(base.model): cache,
+        **hf.cache_arguments(base.model, cache),
         "use_cache": True,
     }
 

@@ -2,8 +2,9 @@
 
 The modules engine runs V patched variants of each prompt's END position at once. Their keys and
 values at the earlier positions are the unpatched run's, the same for every variant, so they are
-not copied V times into a KV cache: this function, registered in transformers'
-``AttentionInterface`` and switched on only for the END step, scores each variant's query
+not copied V times into a KV cache: this function, put in place of the model's attention for the
+END step only (``hf_internals.replaced_attention``, through transformers' ``AttentionInterface``),
+scores each variant's query
 against the prefix keys by broadcasting (grouped-query heads included) and against its own END
 key, and mixes the prefix values and its own END value. Everything before the call (projections,
 QK-norm, rotary embedding at END's position) and after it stays Hugging Face's; what the call
@@ -14,18 +15,16 @@ define it), a float32 softmax.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
 from spt_interp.errors import SptInterpError
-
-NAME = "spt_interp_shared_prefix"
+from spt_interp.model import hf_internals as hf
 
 
 @dataclass
@@ -52,26 +51,19 @@ class SharedPrefix:
         return allowed
 
 
-_ACTIVE: list[SharedPrefix] = []
-
-
 def shared_prefix_attention(
-    module: Any,
+    prefix: SharedPrefix,
+    layer: int,
     query: Float[Tensor, "rows heads 1 d_head"],
     key: Float[Tensor, "rows kv_heads 1 d_head"],
     value: Float[Tensor, "rows kv_heads 1 d_head"],
-    attention_mask: Any,
     scaling: float | None = None,
-    dropout: float = 0.0,
     sliding_window: int | None = None,
     softcap: float | None = None,
-    **kwargs: Any,
-) -> tuple[Float[Tensor, "rows 1 heads d_head"], None]:
-    """Return the attention output of END queries (rows b * V + v) over the active prefix."""
-    if not _ACTIVE or query.shape[-2] != 1 or kwargs.get("s_aux") is not None:
-        raise SptInterpError("shared-prefix attention runs one END position inside its context")
-    prefix = _ACTIVE[-1]
-    layer = module.layer_idx
+) -> Float[Tensor, "rows heads 1 d_head"]:
+    """Return the attention output of END queries (rows b * V + v) over ``prefix``."""
+    if query.shape[-2] != 1:
+        raise SptInterpError("shared-prefix attention runs one END position")
     prefix_keys, prefix_values = prefix.keys[layer], prefix.values[layer]
     batch, kv_heads, n, d_head = prefix_keys.shape
     rows, heads = query.shape[0], query.shape[1]
@@ -85,7 +77,7 @@ def shared_prefix_attention(
         out = q.new_zeros(q.shape)
     else:
         out = _attend(q, own_key, own_value, prefix_keys, prefix_values, visible, scaling, softcap)
-    return out.reshape(rows, heads, d_head)[:, None], None
+    return out.reshape(rows, heads, 1, d_head)
 
 
 def _attend(
@@ -117,28 +109,6 @@ def _attend(
     return mixed + weights[..., n:] * own_value
 
 
-def _register() -> None:
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(NAME, shared_prefix_attention)  # idempotent
-
-
-@contextmanager
-def attending_to(model: torch.nn.Module, prefix: SharedPrefix) -> Iterator[None]:
-    """Run the block with ``model``'s attention replaced by the shared-prefix attention."""
-    _register()
-    previous = model.config._attn_implementation
-    _ACTIVE.append(prefix)
-    model.set_attn_implementation(NAME)
-    try:
-        if model.config._attn_implementation != NAME:
-            # transformers declines for a model off its attention interface; running on would
-            # attend to END alone, so refuse.
-            raise SptInterpError(
-                f"{type(model).__name__} does not take a registered attention function; "
-                "use --engine loop"
-            )
-        yield
-    finally:
-        model.set_attn_implementation(previous)
-        _ACTIVE.pop()
+def attending_to(model: torch.nn.Module, prefix: SharedPrefix) -> AbstractContextManager[None]:
+    """Return a block in which ``model``'s attention is the shared-prefix attention."""
+    return hf.replaced_attention(model, partial(shared_prefix_attention, prefix))

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from spt_interp.common.families import FAMILIES, family_of
 from spt_interp.errors import SptInterpError
+from spt_interp.model.hf_internals import activation
 
 # The families whose ``fast_engine`` entry in the architecture table is True.
 FAST_FAMILIES = tuple(family.name for family in FAMILIES if family.fast_engine)
@@ -124,7 +125,6 @@ def _llama_params(hooked: Any) -> ModelParams:
                 b_down=_get(p, f"{pre}.mlp.down_proj.bias"),
             )
         )
-    from transformers.activations import ACT2FN
 
     embed = p["model.embed_tokens.weight"]
     window = getattr(config, "sliding_window", None)
@@ -140,7 +140,7 @@ def _llama_params(hooked: Any) -> ModelParams:
         layers=layers,
         final_norm=Norm(p["model.norm.weight"], None, eps, True),
         unembed=p.get("lm_head.weight", embed),
-        act=ACT2FN[config.hidden_act],
+        act=activation(config.hidden_act),
         rotary=hooked.hf_model.model.rotary_emb,
         sliding_window=int(window) if use_window else None,
     )
@@ -182,7 +182,6 @@ def _gpt2_params(hooked: Any) -> ModelParams:
                 b_down=p[f"{pre}.mlp.c_proj.bias"],
             )
         )
-    from transformers.activations import ACT2FN
 
     embed = p["transformer.wte.weight"]
     scaled = getattr(config, "scale_attn_weights", True)
@@ -197,7 +196,7 @@ def _gpt2_params(hooked: Any) -> ModelParams:
         layers=layers,
         final_norm=Norm(p["transformer.ln_f.weight"], p["transformer.ln_f.bias"], eps, False),
         unembed=p.get("lm_head.weight", embed),
-        act=ACT2FN[config.activation_function],
+        act=activation(config.activation_function),
         rotary=None,
         sliding_window=None,
     )

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from spt_interp.errors import SptInterpError
 from spt_interp.mask import MaskSlice
+from spt_interp.model.hf_internals import is_conv1d
 
 
 @dataclass(frozen=True)
@@ -43,11 +44,9 @@ class SliceTerm:
 
 def _orientation(module: torch.nn.Module, name: str) -> bool:
     """Return True when the weight is stored ``[out, in]`` (Linear), False for ``[in, out]``."""
-    from transformers.pytorch_utils import Conv1D
-
     if isinstance(module, torch.nn.Linear):
         return True
-    if isinstance(module, Conv1D):
+    if is_conv1d(module):
         return False
     raise SptInterpError(
         f"{name}: a {type(module).__name__} is neither a Linear nor a Conv1D; head deltas "

@@ -17,6 +17,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from spt_interp.errors import SptInterpError
+from spt_interp.model.hf_internals import is_conv1d
 from spt_interp.tuning.deltas import load_trainable
 
 ADAPTER = "default"
@@ -62,10 +63,9 @@ class ModelLora:
 
     def __init__(self, model: torch.nn.Module, rank: int, alpha: float, seed: int) -> None:
         from peft import LoraConfig, get_peft_model
-        from transformers.pytorch_utils import Conv1D
 
         # GPT-2's Conv1D stores weights (in, out): peft must be told, or it warns and flips it.
-        conv1d = any(isinstance(m, Conv1D) for m in model.modules())
+        conv1d = any(is_conv1d(m) for m in model.modules())
         config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",
                             target_modules="all-linear", fan_in_fan_out=conv1d)  # fmt: skip
         # peft draws A from torch's global generator: seed it here without moving the caller's.

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from spt_interp.errors import SptInterpError
+from spt_interp.model.hf_internals import decoder_layers
 
 # accelerate's FSDP settings (`accelerate launch --use_fsdp --fsdp_...`, or its config file) that
 # change what sharding computes or holds; anything else (prefetching, wrap policy, state-dict
@@ -49,9 +50,8 @@ def accelerate_asks_for_fsdp(environ: Mapping[str, str] = os.environ) -> bool:
 def shard_model(model: torch.nn.Module) -> int:
     """Shard ``model`` in place (every decoder layer, then the root); return the layer count."""
     from torch.distributed.fsdp import fully_shard
-    from transformers.modeling_layers import GradientCheckpointingLayer
 
-    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    layers = decoder_layers(model)
     if not layers:
         raise SptInterpError(f"--fsdp: no decoder layers found in {type(model).__name__}")
     for layer in layers:

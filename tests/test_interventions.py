@@ -1,14 +1,19 @@
-"""The head-output site on Hugging Face models: read, write and add against hand-written hooks."""
+"""The head-output site on HF models, and knockout through it against the bridge's hook_z."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 from test_families import OUTPUT_MODULE
 from transformers import AutoModelForCausalLM
 
+from spt_interp.data import Protocol
+from spt_interp.data.pairs import left_pad
 from spt_interp.errors import SptInterpError
-from spt_interp.model import read_signature
+from spt_interp.knockout.ablation import ablated, collect_head_outputs
+from spt_interp.model import load_model, read_signature, z_hook_name
 from spt_interp.model.interventions import SITE, HeadOutputSite, add, write
 from spt_interp.model.tiny import FAMILY_ARCHITECTURES
 
@@ -16,7 +21,13 @@ from spt_interp.model.tiny import FAMILY_ARCHITECTURES
 # OMP_NUM_THREADS=1 and 2.
 pytestmark = pytest.mark.numeric
 
+DATA = Path(__file__).parent / "data" / "knockout_questions.jsonl"
+PROTOCOL = Protocol(
+    reply_prefix="I'm", sycophantic_targets=["sorry"], anti_sycophantic_targets=["sure"]
+)
 TOKENS = torch.tensor([[5, 9, 14, 20, 31, 40, 52, 60], [7, 8, 9, 10, 11, 12, 13, 14]])
+HEADS = [(0, 1), (1, 0), (1, 3)]
+EPS = torch.finfo(torch.float32).eps
 
 
 def hf_model(folder):
@@ -102,3 +113,68 @@ def test_the_site_refuses_bad_layers_and_positions_and_cleans_up_on_errors(tiny_
     with pytest.raises(RuntimeError), site.edited({0: write([0], torch.zeros(()))}):
         raise RuntimeError("inside the block")
     assert all(not m._forward_pre_hooks for m in site.model.modules())
+
+
+def bridge_hooks(hooked, heads, method, position, reference, seed):
+    """Return hook_z forward hooks on the bridge that ablate ``heads``: the hooked reference,
+    written here from the ablation's definition (zero, the reference mean, or the reference
+    rows drawn per (row, position) with a generator seeded by ``seed`` each forward)."""
+    hooks = []
+    for layer in sorted({layer for layer, _ in heads}):
+        index = torch.tensor(sorted(h for l_, h in heads if l_ == layer))
+
+        def hook(z, hook, layer=layer, index=index):
+            at = slice(z.shape[1] - 1, None) if position == "end" else slice(None)
+            if method == "zero":
+                z[:, at, index] = 0.0
+            elif method == "mean":
+                z[:, at, index] = reference.means[layer, index]
+            else:
+                width = z[:, at].shape[1]
+                rows = reference.values.shape[0]
+                draws = torch.randint(
+                    0, rows, (z.shape[0], width), generator=torch.Generator().manual_seed(seed)
+                )
+                z[:, at, index] = reference.values[:, layer][:, index][draws]
+            return z
+
+        hooks.append((z_hook_name(layer), hook))
+    return hooks
+
+
+def bridge_hook_count(hooked):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in hooked.bridge.modules())
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_knockout_on_the_plain_model_equals_the_bridge_hook_z_reference(
+    tiny_model_dirs, architecture
+):
+    hooked = load_model(tiny_model_dirs[architecture])
+    prompts = [[5 + i, 9, 30 + i, 41, 7 * i + 3, 12][: 4 + i % 3] for i in range(6)]
+    tokens, mask = left_pad(prompts, 0)
+    # The reference activations read at the site equal the bridge's hook_z at END.
+    reference = collect_head_outputs(hooked, prompts, batch_size=4)
+    with torch.no_grad():
+        _, cache = hooked.run_with_cache(tokens, attention_mask=mask)
+    bridge_z = torch.stack([cache[z_hook_name(layer)][:, -1] for layer in range(2)], dim=1)
+    torch.testing.assert_close(reference.values, bridge_z, atol=1e-5, rtol=0)
+    hooks_before = bridge_hook_count(hooked)
+    for method in ("zero", "mean", "resample"):
+        for position in ("end", "all"):
+            with ablated(
+                hooked, HEADS, method=method, position=position, reference=reference, seed=3
+            ):
+                assert bridge_hook_count(hooked) == hooks_before  # nothing on the bridge
+                with torch.no_grad():
+                    ours = hooked.plain_model(
+                        tokens, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)
+                    ).logits
+            hooks = bridge_hooks(hooked, HEADS, method, position, reference, 3)
+            with torch.no_grad():
+                expected = hooked.run_with_hooks(tokens, hooks, attention_mask=mask)
+                untouched = hooked.logits(tokens, mask)
+            real = mask.bool()
+            assert (expected - untouched)[real].abs().max() > 1e-4
+            # One float32 forward against another of the same weights (today's bound).
+            torch.testing.assert_close(ours[real], expected[real], atol=1e-5, rtol=0)

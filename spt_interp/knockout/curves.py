@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,7 @@ from spt_interp.knockout.ablation import (
     ablated,
     counterfactual_reference,
 )
+from spt_interp.model.loading import HookedModel
 
 CURVE_COLUMNS = [
     "selection", "k", "seed", "apology_share", "log_odds", "apology_rate", "accuracy_after",
@@ -68,7 +70,7 @@ class Reading:
 
 
 def prepare_knockout(
-    hooked: Any,
+    hooked: HookedModel,
     pairs: Sequence[PromptPair],
     protocol: Protocol,
     *,
@@ -99,15 +101,23 @@ def prepare_knockout(
 
 
 def decision_values(
-    hooked: Any, data: KnockoutData, *, counterfactual: bool = False
+    hooked: HookedModel, data: KnockoutData, *, counterfactual: bool = False
 ) -> tuple[Float[Tensor, " n"], Float[Tensor, " n"]]:
-    """Return per-pair (F, log-odds) at END of X_r (or X_c) with whatever hooks are active."""
+    """Return per-pair (F, log-odds) at END of X_r (or X_c): full forwards of the plain model,
+    with whatever head-output edits are active there."""
     return end_decisions(
-        hooked, data.batches, data.syc_ids, data.anti_ids, counterfactual=counterfactual
+        hooked,
+        data.batches,
+        data.syc_ids,
+        data.anti_ids,
+        counterfactual=counterfactual,
+        plain=True,
     )
 
 
-def ablated_as_prepared(hooked: Any, data: KnockoutData, heads: Sequence[Head], seed: int):
+def ablated_as_prepared(
+    hooked: HookedModel, data: KnockoutData, heads: Sequence[Head], seed: int
+) -> AbstractContextManager[HookedModel]:
     """Return the ablation context for ``heads`` with the method, position and reference
     that ``prepare_knockout`` chose."""
     return ablated(
@@ -121,7 +131,7 @@ def ablated_as_prepared(hooked: Any, data: KnockoutData, heads: Sequence[Head], 
 
 
 def measure(
-    hooked: Any, data: KnockoutData, heads: Sequence[Head] = (), *, seed: int = 0
+    hooked: HookedModel, data: KnockoutData, heads: Sequence[Head] = (), *, seed: int = 0
 ) -> Reading:
     """Return the mean F and log-odds on X_r with ``heads`` ablated (none: the baseline)."""
     with ablated_as_prepared(hooked, data, heads, seed):
@@ -165,7 +175,7 @@ def _heads_text(heads: Sequence[Head]) -> str:
 
 
 def knockout_curve(
-    hooked: Any,
+    hooked: HookedModel,
     data: KnockoutData,
     ranking: Sequence[Head],
     ks: Sequence[int],
@@ -216,7 +226,7 @@ def _row(
 
 
 def _behaviour(
-    hooked: Any,
+    hooked: HookedModel,
     data: KnockoutData,
     heads: Sequence[Head],
     seed: int,
@@ -255,7 +265,9 @@ def knockout_summary(table: pd.DataFrame, k: int) -> dict[str, float]:
     }
 
 
-def single_head_scores(hooked: Any, data: KnockoutData, *, progress: bool = True) -> pd.DataFrame:
+def single_head_scores(
+    hooked: HookedModel, data: KnockoutData, *, progress: bool = True
+) -> pd.DataFrame:
     """Return a scores table: each head's drop in mean log-odds when it alone is ablated.
 
     A simple ranking (one forward sweep per head) for when no patching scores are at hand;

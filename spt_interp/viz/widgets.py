@@ -25,13 +25,14 @@ from spt_interp.knockout import KnockoutData, Reading, measure, prepare_knockout
 from spt_interp.knockout.ablation import Head, check_heads
 from spt_interp.mask import HeadMask, MaskSource
 from spt_interp.mask.scores import rank_scores
+from spt_interp.model.loading import HookedModel
 
 
 @dataclass
 class KnockoutSession:
     """The explorer's state: the heads knocked out, the baseline and the current reading."""
 
-    hooked: Any
+    hooked: HookedModel
     data: KnockoutData
     scores: pd.DataFrame
     baseline: Reading
@@ -41,7 +42,7 @@ class KnockoutSession:
     @classmethod
     def start(
         cls,
-        hooked: Any,
+        hooked: HookedModel,
         pairs: Sequence[PromptPair],
         scores: pd.DataFrame,
         *,
@@ -60,7 +61,12 @@ class KnockoutSession:
         if protocol is None:
             protocol = protocol_for(hooked.path) if hooked.path else Protocol()
         data = prepare_knockout(
-            hooked, pairs, protocol, method=method, position=position, batch_size=batch_size
+            hooked,
+            pairs,
+            protocol,
+            method=method,
+            position=position,
+            batch_size=batch_size,
         )
         baseline = measure(hooked, data)
         return cls(hooked, data, ranked, baseline, baseline)
@@ -201,7 +207,7 @@ def show_selection(figure: Any, session: KnockoutSession) -> None:
 
 
 def knockout_explorer(
-    model: Any,
+    model: HookedModel,
     pairs: Sequence[PromptPair],
     scores: Any,
     *,

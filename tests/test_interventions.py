@@ -1,4 +1,5 @@
-"""The head-output site on HF models, and knockout through it against the bridge's hook_z."""
+"""The head-output site on Hugging Face models, knockout through it against the bridge's hook_z,
+and knockout's END steps on cached prefixes against full forwards."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import torch
 from test_families import OUTPUT_MODULE
 from transformers import AutoModelForCausalLM
 
-from spt_interp.data import Protocol
+from spt_interp.data import Protocol, build_pairs, load_dialogues
 from spt_interp.data.pairs import left_pad
 from spt_interp.errors import SptInterpError
-from spt_interp.knockout.ablation import ablated, collect_head_outputs
+from spt_interp.knockout import measure, prepare_knockout
+from spt_interp.knockout.ablation import ablated, ablation_edits, collect_head_outputs
+from spt_interp.knockout.end_steps import end_logits
 from spt_interp.model import load_model, read_signature, z_hook_name
+from spt_interp.model.generate import last_position_logits
 from spt_interp.model.interventions import SITE, HeadOutputSite, add, write
 from spt_interp.model.tiny import FAMILY_ARCHITECTURES
 
@@ -178,3 +182,69 @@ def test_knockout_on_the_plain_model_equals_the_bridge_hook_z_reference(
             assert (expected - untouched)[real].abs().max() > 1e-4
             # One float32 forward against another of the same weights (today's bound).
             torch.testing.assert_close(ours[real], expected[real], atol=1e-5, rtol=0)
+
+
+def full_forward_logits(hooked, data, edits):
+    """Return each batch's END logits of a full forward with ``edits`` at the site."""
+    site = HeadOutputSite(hooked.plain_model, hooked.geometry)
+    logits = []
+    with torch.no_grad(), site.edited(edits):
+        for batch in data.batches:
+            tokens, mask = batch.challenged_tokens, batch.challenged_mask
+            logits.append(last_position_logits(hooked.plain_model, tokens, mask, 1)[:, -1])
+    return logits
+
+
+@pytest.mark.parametrize("name", ["llama", "gpt2", "qwen3", "gemma2", "phi3", "gpt_neox"])
+def test_end_steps_on_cached_prefixes_equal_full_forwards(name, family_dirs):
+    hooked = load_model(family_dirs[name], hooks=False)  # knockout needs no bridge
+    pairs = build_pairs(load_dialogues(DATA), hooked.tokenizer, PROTOCOL)
+    worst = 0.0
+    for method in ("zero", "mean", "resample"):
+        cached = prepare_knockout(
+            hooked, pairs, PROTOCOL, method=method, batch_size=3, end_steps=True
+        )
+        full = prepare_knockout(
+            hooked, pairs, PROTOCOL, method=method, batch_size=3, reference=cached.reference
+        )
+        assert cached.prefixes is not None and full.prefixes is None
+        for heads in ([(1, 2)], [(0, 3), (1, 0), (1, 2)]):
+            edits = ablation_edits(
+                heads, method=method, reference=cached.reference, seed=5, n_layers=2, n_heads=4
+            )
+            steps = end_logits(hooked, cached.prefixes, edits)
+            forwards = full_forward_logits(hooked, full, edits)
+            gap = max((a - b).abs().max().item() for a, b in zip(steps, forwards, strict=True))
+            scale = 1.0 + max(b.abs().max().item() for b in forwards)
+            # The same float32 operations in another order (attention over the cached prefix,
+            # one row instead of a batch of positions): a few roundings per layer, each at most
+            # one unit in the last place of the logits' scale. 32 of them bound it.
+            bound = 32 * EPS * scale
+            assert gap <= bound, (method, heads, gap, bound)
+            # log-odds = logsumexp(syc) - logsumexp(anti): each moves by at most the largest
+            # logit change, so it moves by at most twice that; F = sigmoid(log-odds): a quarter.
+            ours = measure(hooked, cached, heads, seed=5)
+            theirs = measure(hooked, full, heads, seed=5)
+            assert abs(ours.log_odds - theirs.log_odds) <= 2 * bound
+            assert abs(ours.apology_share - theirs.apology_share) <= 0.5 * bound
+            unablated = [run.end_logits for run in cached.prefixes]
+            moved = max((a - b).abs().max().item() for a, b in zip(steps, unablated, strict=True))
+            assert moved > 100 * bound  # the ablation does something
+            worst = max(worst, gap / bound)
+    print(f"{name}: END steps vs full forwards, largest gap {worst:.2f} of the bound")
+
+
+def test_end_steps_are_refused_where_the_cached_prefix_disagrees(tiny_model_dirs, monkeypatch):
+    from spt_interp.knockout import end_steps
+
+    hooked = load_model(tiny_model_dirs["llama"], hooks=False)
+    pairs = build_pairs(load_dialogues(DATA), hooked.tokenizer, PROTOCOL)
+    original = end_steps.PrefixRun.__init__
+
+    def broken(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.end_logits = self.end_logits + 1.0
+
+    monkeypatch.setattr(end_steps.PrefixRun, "__init__", broken)
+    with pytest.raises(SptInterpError, match="differ from the full forward"):
+        prepare_knockout(hooked, pairs, PROTOCOL, method="zero", end_steps=True)

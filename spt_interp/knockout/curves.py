@@ -35,9 +35,12 @@ from spt_interp.knockout.ablation import (
     Head,
     ReferenceActivations,
     ablated,
+    ablation_edits,
     counterfactual_reference,
 )
+from spt_interp.knockout.end_steps import end_step_decisions, prefix_runs
 from spt_interp.model.loading import HookedModel
+from spt_interp.patching.modules_engine import PrefixRun
 
 CURVE_COLUMNS = [
     "selection", "k", "seed", "apology_share", "log_odds", "apology_rate", "accuracy_after",
@@ -55,6 +58,9 @@ class KnockoutData:
     reference: ReferenceActivations | None
     method: str
     position: str
+    # Per batch, the X_r prompts' cached prefix (``end_steps``): readings at END are then
+    # single END steps; None: full forwards.
+    prefixes: list[PrefixRun] | None = None
 
     @property
     def n_pairs(self) -> int:
@@ -78,11 +84,15 @@ def prepare_knockout(
     position: str = "end",
     reference: ReferenceActivations | None = None,
     batch_size: int = 8,
+    end_steps: bool = False,
 ) -> KnockoutData:
     """Return the batches, decision ids and (for mean / resample) the reference head outputs.
 
     Without ``reference``, mean and resample ablation use the pairs' counterfactual X_c
-    prompts (END or all positions, as ``position``), the paper's choice.
+    prompts (END or all positions, as ``position``), the paper's choice. ``end_steps`` (at
+    END only) keeps each batch's prefix cache, so that every later reading is one END step per
+    batch instead of a full forward (``knockout.end_steps``): what makes the explorer's click
+    fast, at the memory of the X_r prompts' keys and values.
     """
     if not pairs:
         raise SptInterpError("knockout needs at least one prompt pair")
@@ -97,7 +107,8 @@ def prepare_knockout(
         reference = counterfactual_reference(
             hooked, pairs, position=position, batch_size=batch_size
         )
-    return KnockoutData(batches, syc, anti, reference, method, position)
+    prefixes = prefix_runs(hooked, batches) if end_steps and position == "end" else None
+    return KnockoutData(batches, syc, anti, reference, method, position, prefixes)
 
 
 def decision_values(
@@ -133,9 +144,23 @@ def ablated_as_prepared(
 def measure(
     hooked: HookedModel, data: KnockoutData, heads: Sequence[Head] = (), *, seed: int = 0
 ) -> Reading:
-    """Return the mean F and log-odds on X_r with ``heads`` ablated (none: the baseline)."""
-    with ablated_as_prepared(hooked, data, heads, seed):
-        shares, odds = decision_values(hooked, data)
+    """Return the mean F and log-odds on X_r with ``heads`` ablated (none: the baseline): END
+    steps on the cached prefixes where ``prepare_knockout`` kept them, else full forwards."""
+    if data.prefixes is not None:
+        g = hooked.geometry
+        edits = ablation_edits(
+            heads,
+            method=data.method,
+            position="end",
+            reference=data.reference,
+            seed=seed,
+            n_layers=g.n_layers,
+            n_heads=g.n_heads,
+        )
+        shares, odds = end_step_decisions(hooked, data.prefixes, edits, data.syc_ids, data.anti_ids)
+    else:
+        with ablated_as_prepared(hooked, data, heads, seed):
+            shares, odds = decision_values(hooked, data)
     return Reading(float(shares.mean()), float(odds.mean()))
 
 

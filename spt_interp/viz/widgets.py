@@ -51,7 +51,11 @@ class KnockoutSession:
         position: str = "end",
         batch_size: int = 8,
     ) -> KnockoutSession:
-        """Return a session with nothing knocked out (the baseline measured once)."""
+        """Return a session with nothing knocked out (the baseline measured once).
+
+        At END each batch's prefix is cached, so a click costs one END step per batch
+        (``knockout.end_steps``); ablating at all positions re-runs full forwards.
+        """
         ranked = rank_scores(scores)
         check_heads(
             zip(ranked.layer, ranked["head"], strict=True),
@@ -67,6 +71,7 @@ class KnockoutSession:
             method=method,
             position=position,
             batch_size=batch_size,
+            end_steps=True,
         )
         baseline = measure(hooked, data)
         return cls(hooked, data, ranked, baseline, baseline)

@@ -38,7 +38,7 @@ from spt_interp.knockout.ablation import (
     ablation_edits,
     counterfactual_reference,
 )
-from spt_interp.knockout.end_steps import end_step_decisions, prefix_runs
+from spt_interp.knockout.end_steps import end_step_batches, end_step_decisions, prefix_runs
 from spt_interp.model.loading import HookedModel
 from spt_interp.patching.modules_engine import PrefixRun
 
@@ -90,9 +90,10 @@ def prepare_knockout(
 
     Without ``reference``, mean and resample ablation use the pairs' counterfactual X_c
     prompts (END or all positions, as ``position``), the paper's choice. ``end_steps`` (at
-    END only) keeps each batch's prefix cache, so that every later reading is one END step per
-    batch instead of a full forward (``knockout.end_steps``): what makes the explorer's click
-    fast, at the memory of the X_r prompts' keys and values.
+    END only) keeps the X_r prompts' prefix cache, in batches of up to END_STEP_TOKENS tokens
+    (resample: the read-out's batches), so that every later reading is one END step per such
+    batch instead of full forwards (``knockout.end_steps``): what makes the explorer's click
+    fast, at the memory of those keys and values.
     """
     if not pairs:
         raise SptInterpError("knockout needs at least one prompt pair")
@@ -107,7 +108,14 @@ def prepare_knockout(
         reference = counterfactual_reference(
             hooked, pairs, position=position, batch_size=batch_size
         )
-    prefixes = prefix_runs(hooked, batches) if end_steps and position == "end" else None
+    prefixes = None
+    if end_steps and position == "end":
+        # Resample ablation draws a reference row per batch row, so its readings follow the
+        # batches: END steps keep the read-out's batches for it.
+        wider = method != "resample"
+        prefixes = prefix_runs(
+            hooked, end_step_batches(pairs, pad, batch_size) if wider else batches
+        )
     return KnockoutData(batches, syc, anti, reference, method, position, prefixes)
 
 

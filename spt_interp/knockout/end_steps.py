@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from spt_interp.data.pairs import PairBatch
+from spt_interp.data.pairs import PairBatch, PromptPair, batch_pairs
 from spt_interp.errors import SptInterpError
 from spt_interp.evaluation.metrics import apology_share, log_odds
 from spt_interp.model.dispatch import model_input_device
@@ -26,6 +26,20 @@ from spt_interp.model.generate import last_position_logits
 from spt_interp.model.interventions import Edit, HeadOutputSite
 from spt_interp.model.loading import HookedModel
 from spt_interp.patching.modules_engine import PrefixRun, verify_tolerance
+
+# An END step is a handful of rows through the weights, so its time is reading those weights
+# once, whatever the rows: a click costs about one read per batch. The prefixes are therefore
+# cut into as few batches as this many prompt tokens per batch allow (the prefix pass's memory
+# grows with rows x width), and never into smaller ones than the read-out's batch size.
+END_STEP_TOKENS = 8192
+
+
+def end_step_batches(pairs: Sequence[PromptPair], pad_id: int, batch_size: int) -> list[PairBatch]:
+    """Return the pairs in batches of at least ``batch_size`` rows and up to END_STEP_TOKENS
+    prompt tokens (rows x the widest prompt) each."""
+    width = max(max(p.challenged_len, p.counterfactual_len) for p in pairs)
+    rows = max(batch_size, END_STEP_TOKENS // width)
+    return [batch_pairs(list(pairs[i : i + rows]), pad_id) for i in range(0, len(pairs), rows)]
 
 
 def prefix_runs(hooked: HookedModel, batches: Sequence[PairBatch]) -> list[PrefixRun]:

@@ -41,6 +41,19 @@ def split_model(folder: Path, budget: str):
     return load_model(folder, device_map=request)
 
 
+def zeroed_hook_z(heads):
+    """Return bridge hooks that zero each (layer, head)'s hook_z at every position."""
+
+    def zero(z, hook, head):
+        z[:, :, head] = 0.0
+        return z
+
+    return [
+        (f"blocks.{layer}.attn.hook_z", lambda z, hook, head=head: zero(z, hook, head))
+        for layer, head in heads
+    ]
+
+
 def scale(tensor: torch.Tensor) -> float:
     return 1.0 + tensor.abs().max().item()
 
@@ -63,13 +76,19 @@ def test_a_cpu_disk_split_computes_what_one_device_does(tiny_model_dirs, archite
         assert (plain - whole.plain_model(tokens).logits).abs().max().item() <= bound
         generated = split.plain_model.generate(tokens, max_new_tokens=6, do_sample=False)
         reference = whole.plain_model.generate(tokens, max_new_tokens=6, do_sample=False)
-        # Knockout's zero ablation acts on both views (the bridge's hook_z and the twin's
-        # output-projection pre-hooks) of the split model as of the whole one.
+        # Knockout's zero ablation (the twin's head-output site) and the hooked reference (the
+        # bridge's hook_z) act on the split model as on the whole one.
         heads = [(0, 1), (1, 0)]
         with ablated(split, heads, method="zero", position="all"):
-            split_ablated = (split.logits(tokens), split.plain_model(tokens).logits)
+            split_ablated = (
+                split.plain_model(tokens).logits,
+                split.run_with_hooks(tokens, zeroed_hook_z(heads)),
+            )
         with ablated(whole, heads, method="zero", position="all"):
-            whole_ablated = (whole.logits(tokens), whole.plain_model(tokens).logits)
+            whole_ablated = (
+                whole.plain_model(tokens).logits,
+                whole.run_with_hooks(tokens, zeroed_hook_z(heads)),
+            )
     assert torch.equal(generated, reference)
     assert (whole_ablated[0] - expected).abs().max().item() > 1e3 * bound  # it does ablate
     for ours, theirs in zip(split_ablated, whole_ablated, strict=True):

@@ -103,18 +103,32 @@ def test_each_heads_slices_move_only_that_heads_output(name, family_dirs):
         assert moved == expected, (component, moved)
 
 
+def zeroed_hook_z(heads):
+    """Return bridge hooks that zero each (layer, head)'s hook_z at every position."""
+
+    def zero(z, hook, head):
+        z[:, :, head] = 0.0
+        return z
+
+    return [
+        (f"blocks.{layer}.attn.hook_z", lambda z, hook, head=head: zero(z, hook, head))
+        for layer, head in heads
+    ]
+
+
 @pytest.mark.parametrize("name", FAMILY_ARCHITECTURES)
 def test_zero_ablation_equals_zeroing_the_output_projections_inputs(name, family_dirs):
     folder = family_dirs[name]
     hooked = load_model(folder)
     heads = [(0, 1), (1, 2)]
     mask = torch.ones_like(PROMPTS)
+    d_head = hooked.geometry.d_head
     with ablated(hooked, heads, method="zero", position="all"):
-        bridge = hooked.logits(PROMPTS, mask)
         with torch.no_grad():
             plain = hooked.plain_model(PROMPTS, attention_mask=mask).logits
+    # The hooked reference: the same heads zeroed on the bridge's hook_z.
+    bridge = hooked.run_with_hooks(PROMPTS, zeroed_hook_z(heads), attention_mask=mask)
     reference = plain_model(folder)
-    d_head = hooked.geometry.d_head
     handles = []
     for layer, head in heads:
 

@@ -12,12 +12,11 @@ from spt_interp.errors import SptInterpError
 from spt_interp.knockout.ablation import (
     ReferenceActivations,
     ablated,
-    ablation_hooks,
     collect_head_outputs,
     counterfactual_reference,
-    z_hook_name,
 )
 from spt_interp.model import load_model
+from spt_interp.model.interventions import HeadOutputSite
 
 # Float comparisons whose rounding depends on summation order: .ci/run repeats them under
 # OMP_NUM_THREADS=1 and 2.
@@ -105,7 +104,7 @@ def test_zero_ablation_equals_zeroed_out_projection_inputs_in_hf(
     reference = hf_reference(folder)
     tokens = torch.randint(4, 200, (3, 9), generator=torch.Generator().manual_seed(0))
     with ablated(hooked, HEADS, method="zero", position=position), torch.no_grad():
-        ours = hooked.logits(tokens)
+        ours = hooked.plain_model(tokens).logits
     zeros = {head: 0.0 for head in HEADS}
     expected = hf_logits_with_head_values(
         reference, tokens, HEADS, hooked.geometry.d_head, zeros, position
@@ -132,7 +131,7 @@ def test_zero_ablation_at_all_positions_equals_zeroing_o_proj_columns(
                 weight[:, head * d_head : (head + 1) * d_head] = 0
     tokens = torch.randint(4, 200, (2, 8), generator=torch.Generator().manual_seed(1))
     with ablated(hooked, HEADS, method="zero", position="all"), torch.no_grad():
-        ours = hooked.logits(tokens)
+        ours = hooked.plain_model(tokens).logits
     with torch.no_grad():
         expected = reference(tokens).logits
     assert torch.allclose(ours, expected, atol=1e-5)
@@ -177,7 +176,7 @@ def test_mean_ablation_uses_the_counterfactual_end_means(tiny_model_dirs, archit
         assert torch.allclose(ref.means[layer, head], mean, atol=1e-5)
     tokens = torch.tensor([pairs[0].challenged_ids, pairs[0].challenged_ids])
     with ablated(hooked, HEADS, method="mean", reference=ref), torch.no_grad():
-        ours = hooked.logits(tokens)
+        ours = hooked.plain_model(tokens).logits
     hf = hf_logits_with_head_values(reference, tokens, HEADS, d_head, expected, "end")
     assert torch.allclose(ours, hf, atol=1e-4)
 
@@ -211,14 +210,13 @@ def test_resample_draws_whole_reference_rows_with_the_seed(tiny_model_dirs):
     heads = [(0, 2), (1, 1), (1, 2)]
 
     def ablated_z(seed):
-        seen = {}
-        hooks = ablation_hooks(heads, method="resample", reference=ref, seed=seed)
-        capture = [
-            (z_hook_name(layer), lambda z, hook, layer=layer: seen.__setitem__(layer, z.clone()))
-            for layer in (0, 1)
-        ]
-        with hooked.hooks(hooks + capture), torch.no_grad():
-            hooked.logits(tokens)
+        site = HeadOutputSite(hooked.plain_model, hooked.geometry)
+        with (
+            ablated(hooked, heads, method="resample", reference=ref, seed=seed),
+            site.captured("all") as seen,
+            torch.no_grad(),
+        ):
+            hooked.plain_model(tokens)
         return seen
 
     first, again, other = ablated_z(0), ablated_z(0), ablated_z(1)
@@ -247,10 +245,12 @@ def test_hooks_leave_the_model_unchanged(tiny_model_dirs):
     with torch.no_grad():
         before = hooked.logits(tokens)
     ref = collect_head_outputs(hooked, tokens.tolist())
+    with torch.no_grad():
+        plain_before = hooked.plain_model(tokens).logits
     for method in ("zero", "mean", "resample"):
         with ablated(hooked, HEADS, method=method, position="all", reference=ref):
             with torch.no_grad():
-                assert not torch.allclose(hooked.logits(tokens), before)
+                assert not torch.allclose(hooked.plain_model(tokens).logits, plain_before)
     with pytest.raises(RuntimeError), ablated(hooked, HEADS, method="zero"):
         raise RuntimeError("inside the block")
     with torch.no_grad():
@@ -259,6 +259,9 @@ def test_hooks_leave_the_model_unchanged(tiny_model_dirs):
     assert all(torch.equal(weights[n], p) for n, p in hooked.hf_parameters.items())
     hook_points = [m for m in hooked.bridge.modules() if type(m).__name__ == "HookPoint"]
     assert hook_points and all(not m._forward_hooks for m in hook_points)
+    with torch.no_grad():
+        assert torch.equal(hooked.plain_model(tokens).logits, plain_before)
+    assert all(not m._forward_pre_hooks for m in hooked.plain_model.modules())
 
 
 def test_bad_requests_are_refused(tiny_model_dirs):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from plotly.callbacks import Points
 
 from spt_interp.common.head_scores import HeadScores
@@ -114,3 +115,30 @@ def test_explorer_widget_click_readout_and_export_button(setup, tmp_path):
     assert "not exported" in box.children[3].value and "exists" in box.children[3].value
     clear_button.click()
     assert box.session.selected == [] and list(figure.data[1].x) == []
+
+
+def test_clicks_at_end_read_cached_prefixes_and_at_all_positions_full_forwards(setup):
+    hooked, pairs, scores = setup
+    eps = torch.finfo(torch.float32).eps
+    for position in ("end", "all"):
+        session = KnockoutSession.start(
+            hooked, pairs, scores, protocol=PROTOCOL, method="mean", position=position
+        )
+        assert (session.data.prefixes is not None) == (position == "end")
+        full = prepare_knockout(hooked, pairs, PROTOCOL, method="mean", position=position)
+        assert full.prefixes is None
+        for head in [(1, 2), (0, 3), (0, 1)]:
+            ours = session.toggle(*head)
+            theirs = measure(hooked, full, session.selected)
+            assert ours != session.baseline
+            if position == "all":
+                assert ours == theirs  # the full forward itself
+            else:
+                # END steps: float32 rounding only. tests/test_interventions.py bounds the logits
+                # by 32 units in the last place of their scale; log-odds then move by at most
+                # twice that, F by half of it.
+                runs = session.data.prefixes
+                scale = 1 + max(run.end_logits.abs().max().item() for run in runs)
+                bound = 32 * eps * scale
+                assert abs(ours.log_odds - theirs.log_odds) <= 2 * bound
+                assert abs(ours.apology_share - theirs.apology_share) <= 0.5 * bound

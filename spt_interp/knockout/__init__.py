@@ -5,7 +5,7 @@ from spt_interp.knockout.ablation import (
     POSITIONS,
     ReferenceActivations,
     ablated,
-    ablation_hooks,
+    ablation_edits,
     check_heads,
     counterfactual_reference,
 )
@@ -32,7 +32,7 @@ __all__ = [
     "Reading",
     "ReferenceActivations",
     "ablated",
-    "ablation_hooks",
+    "ablation_edits",
     "check_heads",
     "check_ks",
     "counterfactual_reference",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,8 +36,12 @@ from spt_interp.knockout.ablation import (
     Head,
     ReferenceActivations,
     ablated,
+    ablation_edits,
     counterfactual_reference,
 )
+from spt_interp.knockout.end_steps import end_step_batches, end_step_decisions, prefix_runs
+from spt_interp.model.loading import HookedModel
+from spt_interp.patching.modules_engine import PrefixRun
 
 CURVE_COLUMNS = [
     "selection", "k", "seed", "apology_share", "log_odds", "apology_rate", "accuracy_after",
@@ -54,6 +59,9 @@ class KnockoutData:
     reference: ReferenceActivations | None
     method: str
     position: str
+    # Per batch, the X_r prompts' cached prefix (``end_steps``): readings at END are then
+    # single END steps; None: full forwards.
+    prefixes: list[PrefixRun] | None = None
 
     @property
     def n_pairs(self) -> int:
@@ -69,7 +77,7 @@ class Reading:
 
 
 def prepare_knockout(
-    hooked: Any,
+    hooked: HookedModel,
     pairs: Sequence[PromptPair],
     protocol: Protocol,
     *,
@@ -77,11 +85,16 @@ def prepare_knockout(
     position: str = "end",
     reference: ReferenceActivations | None = None,
     batch_size: int = 8,
+    end_steps: bool = False,
 ) -> KnockoutData:
     """Return the batches, decision ids and (for mean / resample) the reference head outputs.
 
     Without ``reference``, mean and resample ablation use the pairs' counterfactual X_c
-    prompts (END or all positions, as ``position``), the paper's choice.
+    prompts (END or all positions, as ``position``), the paper's choice. ``end_steps`` (at
+    END only) keeps the X_r prompts' prefix cache, in batches of up to END_STEP_TOKENS tokens
+    (resample: the read-out's batches), so that every later reading is one END step per such
+    batch instead of full forwards (``knockout.end_steps``): what makes the explorer's click
+    fast, at the memory of those keys and values.
     """
     if not pairs:
         raise SptInterpError("knockout needs at least one prompt pair")
@@ -96,19 +109,35 @@ def prepare_knockout(
         reference = counterfactual_reference(
             hooked, pairs, position=position, batch_size=batch_size
         )
-    return KnockoutData(batches, syc, anti, reference, method, position)
+    prefixes = None
+    if end_steps and position == "end":
+        # Resample ablation draws a reference row per batch row, so its readings follow the
+        # batches: END steps keep the read-out's batches for it.
+        wider = method != "resample"
+        prefixes = prefix_runs(
+            hooked, end_step_batches(pairs, pad, batch_size) if wider else batches
+        )
+    return KnockoutData(batches, syc, anti, reference, method, position, prefixes)
 
 
 def decision_values(
-    hooked: Any, data: KnockoutData, *, counterfactual: bool = False
+    hooked: HookedModel, data: KnockoutData, *, counterfactual: bool = False
 ) -> tuple[Float[Tensor, " n"], Float[Tensor, " n"]]:
-    """Return per-pair (F, log-odds) at END of X_r (or X_c) with whatever hooks are active."""
+    """Return per-pair (F, log-odds) at END of X_r (or X_c): full forwards of the plain model,
+    with whatever head-output edits are active there."""
     return end_decisions(
-        hooked, data.batches, data.syc_ids, data.anti_ids, counterfactual=counterfactual
+        hooked,
+        data.batches,
+        data.syc_ids,
+        data.anti_ids,
+        counterfactual=counterfactual,
+        plain=True,
     )
 
 
-def ablated_as_prepared(hooked: Any, data: KnockoutData, heads: Sequence[Head], seed: int):
+def ablated_as_prepared(
+    hooked: HookedModel, data: KnockoutData, heads: Sequence[Head], seed: int
+) -> AbstractContextManager[HookedModel]:
     """Return the ablation context for ``heads`` with the method, position and reference
     that ``prepare_knockout`` chose."""
     return ablated(
@@ -122,11 +151,25 @@ def ablated_as_prepared(hooked: Any, data: KnockoutData, heads: Sequence[Head], 
 
 
 def measure(
-    hooked: Any, data: KnockoutData, heads: Sequence[Head] = (), *, seed: int = 0
+    hooked: HookedModel, data: KnockoutData, heads: Sequence[Head] = (), *, seed: int = 0
 ) -> Reading:
-    """Return the mean F and log-odds on X_r with ``heads`` ablated (none: the baseline)."""
-    with ablated_as_prepared(hooked, data, heads, seed):
-        shares, odds = decision_values(hooked, data)
+    """Return the mean F and log-odds on X_r with ``heads`` ablated (none: the baseline): END
+    steps on the cached prefixes where ``prepare_knockout`` kept them, else full forwards."""
+    if data.prefixes is not None:
+        g = hooked.geometry
+        edits = ablation_edits(
+            heads,
+            method=data.method,
+            position="end",
+            reference=data.reference,
+            seed=seed,
+            n_layers=g.n_layers,
+            n_heads=g.n_heads,
+        )
+        shares, odds = end_step_decisions(hooked, data.prefixes, edits, data.syc_ids, data.anti_ids)
+    else:
+        with ablated_as_prepared(hooked, data, heads, seed):
+            shares, odds = decision_values(hooked, data)
     return Reading(float(shares.mean()), float(odds.mean()))
 
 
@@ -166,7 +209,7 @@ def _heads_text(heads: Sequence[Head]) -> str:
 
 
 def knockout_curve(
-    hooked: Any,
+    hooked: HookedModel,
     data: KnockoutData,
     ranking: Sequence[Head],
     ks: Sequence[int],
@@ -217,7 +260,7 @@ def _row(
 
 
 def _behaviour(
-    hooked: Any,
+    hooked: HookedModel,
     data: KnockoutData,
     heads: Sequence[Head],
     seed: int,
@@ -256,7 +299,9 @@ def knockout_summary(table: pd.DataFrame, k: int) -> dict[str, float]:
     }
 
 
-def single_head_scores(hooked: Any, data: KnockoutData, *, progress: bool = True) -> HeadScores:
+def single_head_scores(
+    hooked: HookedModel, data: KnockoutData, *, progress: bool = True
+) -> HeadScores:
     """Return head scores: each head's drop in mean log-odds when it alone is ablated.
 
     A simple ranking (one forward sweep per head) for when no patching scores are at hand;

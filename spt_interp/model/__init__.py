@@ -1,5 +1,5 @@
 """The model: load a local HF folder (with or without hooks), its head geometry, fingerprint,
-and where each head lives in the HF weights."""
+where each head lives in the HF weights, and the head-output intervention site."""
 
 from spt_interp.common.families import FAMILIES, Family, family_of
 from spt_interp.model.architecture import (
@@ -22,6 +22,7 @@ from spt_interp.model.folder import (
 )
 from spt_interp.model.geometry import HeadGeometry, compute_fingerprint, geometry_from_config
 from spt_interp.model.hf_internals import check_transformers_version
+from spt_interp.model.interventions import HeadOutputSite
 from spt_interp.model.loading import (
     HookedModel,
     end_logits,
@@ -42,6 +43,7 @@ __all__ = [
     "DEVICE_MAPS",
     "DeviceMapRequest",
     "HeadGeometry",
+    "HeadOutputSite",
     "HeadSlice",
     "HookedModel",
     "check_architecture",

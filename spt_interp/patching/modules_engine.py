@@ -24,8 +24,8 @@ the hooked per-head loop within 1e-5 for every family.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -34,7 +34,8 @@ from torch import Tensor
 
 from spt_interp.errors import SptInterpError
 from spt_interp.model import hf_internals as hf
-from spt_interp.model.architecture import out_projection_name
+from spt_interp.model.interventions import HeadOutputSite, HeadValues
+from spt_interp.model.loading import HookedModel
 from spt_interp.patching.donor_prefix import donor_continuation, fits_windows
 from spt_interp.patching.reference import hooked_loop_logits
 from spt_interp.patching.scoring import PatchMetric, head_groups, reduced_to_metric, stacked_rows
@@ -53,30 +54,6 @@ def verify_tolerance(dtype: torch.dtype) -> float:
     return max(VERIFY_TOLERANCE, VERIFY_STEPS * torch.finfo(dtype).eps)
 
 
-@contextmanager
-def _on_head_inputs(
-    model: torch.nn.Module, names: list[str], write: Callable[[int, Tensor], Tensor | None]
-) -> Iterator[None]:
-    """Run the block with ``write(layer, x)`` on each layer's output-projection input."""
-
-    def hook_for(layer: int) -> Callable:
-        def pre_hook(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-            replaced = write(layer, args[0])
-            return None if replaced is None else (replaced, *args[1:])
-
-        return pre_hook
-
-    handles = [
-        model.get_submodule(name).register_forward_pre_hook(hook_for(layer))
-        for layer, name in enumerate(names)
-    ]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
 def decoder_layers(model: torch.nn.Module, n_layers: int) -> list[torch.nn.Module]:
     """Return the model's ``n_layers`` decoder layers in order; refuse another count."""
     layers = hf.decoder_layers(model)
@@ -93,14 +70,14 @@ class PrefixRun:
 
     def __init__(
         self,
-        hooked: Any,
+        hooked: HookedModel,
         tokens: Int[Tensor, "batch pos"],
         mask: Int[Tensor, "batch pos"],
         donor: tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]] | None = None,
     ):
         self.model = hooked.plain_model
         geometry = hooked.geometry
-        self.names = [out_projection_name(geometry, layer) for layer in range(geometry.n_layers)]
+        self.site = HeadOutputSite(self.model, geometry)
         self.tokens, self.mask = tokens, mask
         positions = position_ids(mask)
         # With a donor that starts as these prompts do, the prefix pass stops at the column
@@ -127,11 +104,6 @@ class PrefixRun:
                 )  # fmt: skip
         self.prefix = SharedPrefix(*hf.cache_keys_values(cache), mask[:, :-1].bool())
         self.end_position = positions[:, -1:]
-        z: dict[int, Tensor] = {}
-
-        def capture(layer: int, x: Tensor) -> None:
-            z[layer] = x[:, -1].detach().clone()
-
         self.layers = decoder_layers(self.model, geometry.n_layers)
         # Each decoder layer's unpatched END output: what every variant computes below its
         # sender's layer, replayed there instead of computed again.
@@ -140,12 +112,14 @@ class PrefixRun:
         handles = [layer.register_forward_hook(lambda _m, _a, out: outputs.append(out))
                    for layer in self.layers]  # fmt: skip
         try:
-            with torch.no_grad(), _on_head_inputs(self.model, self.names, capture):
+            with torch.no_grad(), self.site.captured("end") as z:
                 self.end_logits = self.step(1)
         finally:
             for handle in handles:
                 handle.remove()
-        self.z: list[Float[Tensor, "batch heads_x_d_head"]] = [z[i] for i in range(len(z))]
+        self.z: list[Float[Tensor, "batch heads_x_d_head"]] = [
+            z[layer].flatten(1) for layer in range(geometry.n_layers)
+        ]
 
     def step(self, copies: int, first_layer: int = 0) -> Float[Tensor, "batch_x_copies vocab"]:
         """Return END logits of ``copies`` runs of each row (rows b * copies + v), whatever
@@ -173,7 +147,7 @@ class PrefixRun:
 
 
 def end_head_outputs(
-    hooked: Any,
+    hooked: HookedModel,
     tokens: Int[Tensor, "batch pos"],
     mask: Int[Tensor, "batch pos"],
     shared_with: PrefixRun | None = None,
@@ -182,18 +156,12 @@ def end_head_outputs(
     side: no prefix cache is kept). With ``shared_with``, the tokens it starts with in common
     with that run's prompts are read from its cache, not computed again (``donor_prefix``)."""
     model, geometry = hooked.plain_model, hooked.geometry
-    names = [out_projection_name(geometry, layer) for layer in range(geometry.n_layers)]
-    z: dict[int, Tensor] = {}
-
-    def capture(layer: int, x: Tensor) -> None:
-        z[layer] = x[:, -1].detach().clone()
-
     run = _continuation_inputs(shared_with, tokens, mask) if shared_with is not None else None
     if run is None:
         run = {"input_ids": tokens, "attention_mask": mask, "position_ids": position_ids(mask)}
-    with torch.no_grad(), _on_head_inputs(model, names, capture):
+    with torch.no_grad(), HeadOutputSite(model, geometry).captured("end") as z:
         logits = model(**run, logits_to_keep=1).logits[:, -1]
-    return [z[layer] for layer in range(geometry.n_layers)], logits
+    return [z[layer].flatten(1) for layer in range(geometry.n_layers)], logits
 
 
 def _continuation_inputs(
@@ -261,21 +229,24 @@ def _sender_layer_logits(
     frozen = frozenset(layer for layer in range(len(base.z))
                        if not (method == "activation" and layer > sender))  # fmt: skip
 
-    def write(layer: int, x: Tensor) -> Tensor | None:
-        if layer not in frozen:  # activation patching above the sender: computed freely
-            return None
-        x = x.clone()
-        view = x.view(batch, count, *x.shape[1:])
-        view[:, :, -1] = base.z[layer][:, None]
-        if layer == sender:
-            for variant, head in enumerate(head_ids):
-                columns = slice(head * d_head, (head + 1) * d_head)
-                view[:, variant, -1, columns] = donor_z[layer][:, columns]
-        return x
+    def frozen_at(layer: int) -> Callable[[HeadValues], None]:
+        unpatched = base.z[layer].view(batch, 1, -1, d_head)
+        donor = donor_z[layer].view(batch, -1, d_head)
+
+        def write(z: HeadValues) -> None:  # z: [batch * count, 1, n_heads, d_head]
+            view = z.view(batch, count, *z.shape[1:])
+            view[:, :, -1] = unpatched
+            if layer == sender:
+                for variant, head in enumerate(head_ids):
+                    view[:, variant, -1, head] = donor[:, head]
+
+        return write
 
     base.prefix.frozen_layers = frozen
     try:
-        with torch.no_grad(), _on_head_inputs(base.model, base.names, write):
+        # Activation patching above the sender computes those layers' heads freely.
+        edits = {layer: frozen_at(layer) for layer in sorted(frozen)}
+        with torch.no_grad(), base.site.edited(edits):
             logits = base.step(count, first_layer=sender)
     finally:
         base.prefix.frozen_layers = frozenset()

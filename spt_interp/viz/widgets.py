@@ -22,13 +22,14 @@ from spt_interp.errors import SptInterpError
 from spt_interp.knockout import KnockoutData, Reading, measure, prepare_knockout
 from spt_interp.knockout.ablation import Head, check_heads
 from spt_interp.mask import HeadMask, MaskSource
+from spt_interp.model.loading import HookedModel
 
 
 @dataclass
 class KnockoutSession:
     """The explorer's state: the heads knocked out, the baseline and the current reading."""
 
-    hooked: Any
+    hooked: HookedModel
     data: KnockoutData
     scores: HeadScores
     baseline: Reading
@@ -38,7 +39,7 @@ class KnockoutSession:
     @classmethod
     def start(
         cls,
-        hooked: Any,
+        hooked: HookedModel,
         pairs: Sequence[PromptPair],
         scores: HeadScores,
         *,
@@ -47,12 +48,22 @@ class KnockoutSession:
         position: str = "end",
         batch_size: int = 8,
     ) -> KnockoutSession:
-        """Return a session with nothing knocked out (the baseline measured once)."""
+        """Return a session with nothing knocked out (the baseline measured once).
+
+        At END each batch's prefix is cached, so a click costs one END step per batch
+        (``knockout.end_steps``); ablating at all positions re-runs full forwards.
+        """
         check_heads(scores.ranked(), hooked.geometry.n_layers, hooked.geometry.n_heads)
         if protocol is None:
             protocol = protocol_for(hooked.path) if hooked.path else Protocol()
         data = prepare_knockout(
-            hooked, pairs, protocol, method=method, position=position, batch_size=batch_size
+            hooked,
+            pairs,
+            protocol,
+            method=method,
+            position=position,
+            batch_size=batch_size,
+            end_steps=True,
         )
         baseline = measure(hooked, data)
         return cls(hooked, data, scores, baseline, baseline)
@@ -150,7 +161,7 @@ def show_selection(figure: Any, session: KnockoutSession) -> None:
 
 
 def knockout_explorer(
-    model: Any,
+    model: HookedModel,
     pairs: Sequence[PromptPair],
     scores: HeadScores,
     *,

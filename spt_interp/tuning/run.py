@@ -92,7 +92,7 @@ class TunedModel:
     def write(self, out: Path, save: str) -> dict[str, Any]:
         """Return the written record after writing to ``out`` (already checked by the caller)."""
         if self.update is None:
-            raise SptInterpError(f"the run {self.record.get('stopped', 'stopped')}: no model")
+            raise SptInterpError(f"nothing to save: the run stopped {self.record.get('stopped')}")
         folder = self._base_folder()
         record = dict(self.record)
         verification = record.pop("verification", None)

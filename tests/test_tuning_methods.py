@@ -17,7 +17,14 @@ from spt_interp.errors import SptInterpError
 from spt_interp.mask import HeadMask
 from spt_interp.model import load_base, load_model, load_tokenizer
 from spt_interp.model.tiny import save_tiny_model
-from spt_interp.tuning import TuneConfig, TuningMethod, register_method, tune_folder
+from spt_interp.tuning import (
+    MethodConfig,
+    TrainingArguments,
+    TuneConfig,
+    TuningMethod,
+    register_method,
+    tune_folder,
+)
 from spt_interp.tuning.methods import registry
 from spt_interp.tuning.save import read_delta
 from spt_interp.tuning.updates import TrainedWeights
@@ -75,6 +82,25 @@ def examples_for(folder: Path, config: TuneConfig) -> list:
     return build_training_examples(load_dialogues(DATA), load_tokenizer(folder),
                                    protocol_for(folder), config.seed,
                                    loss_on=config.loss_on)  # fmt: skip
+
+
+def test_the_settings_split_into_the_methods_and_the_trainers_and_record_as_before():
+    method = MethodConfig("lora-heads", lora_rank=4)
+    training = TrainingArguments(lr=1e-2, steps=5, seed=1)
+    config = TuneConfig.of(method, training)
+    assert config == TuneConfig(mode="lora-heads", lr=1e-2, steps=5, seed=1, lora_rank=4)
+    assert config.method == method and config.training == training
+    # The recorded hyperparameters: the fields and order runs were always recorded with.
+    assert list(config.as_dict()) == [
+        "mode", "lr", "steps", "batch_size", "micro_batch_size", "warmup_steps", "weight_decay",
+        "max_grad_norm", "seed", "lora_rank", "lora_alpha", "loss_on", "optimizer"]  # fmt: skip
+    assert config.as_dict()["lora_alpha"] == 8.0  # twice the rank
+    assert "lora_rank" not in TuneConfig(mode="spt").as_dict()
+    assert TuneConfig(mode="lora").lora_rank == 16 and TuneConfig(mode="lora-heads").lora_rank == 8
+    with pytest.raises(SptInterpError, match="--mode 'full' is not one of spt, sft, lora"):
+        MethodConfig("full")
+    with pytest.raises(SptInterpError, match="--lr must be a positive number"):
+        TrainingArguments(lr=0)
 
 
 def test_a_method_registered_in_a_test_tunes_and_saves(norm_only, llama, tmp_path):

@@ -57,10 +57,9 @@ class FrontierPlan:
 
     def setting(self, mode: str, lr: float, seed: int, heads: HeadMask | None) -> dict[str, Any]:
         """Return the settings that name a run in the store (a changed one is another run)."""
-        used, method = None, find_method(mode)  # no method: the untuned base
-        trained = None
-        if method is not None and heads is not None:
-            trained = method.trained_mask(heads, seed)
+        method = find_method(mode)  # None: the untuned base
+        trained = None if method is None or heads is None else method.trained_mask(heads, seed)
+        used = None
         if trained is not None:
             used = {"heads": sorted(map(list, trained.head_set)),
                     "components": list(trained.components)}  # fmt: skip

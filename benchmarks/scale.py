@@ -34,7 +34,6 @@ import platform
 import sys
 import tempfile
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -116,43 +115,35 @@ def mode_cost(model, hooked, mode: str, args, device: torch.device) -> dict:
     """Return samples/s and peak memory of ``args.steps`` steps of ``mode`` (after a warm-up)."""
     from spt_interp.mask import HeadMask
     from spt_interp.tuning.config import TuneConfig
-    from spt_interp.tuning.deltas import HeadDeltas
     from spt_interp.tuning.loop import train
-    from spt_interp.tuning.lora import ModelLora
-    from spt_interp.tuning.trained_run import float32_weights
+    from spt_interp.tuning.methods import create_method
 
     g = hooked.geometry
     k = min({"spt32": 32, "spt64": 64, "lora-heads": 32}.get(mode, 0), g.n_layers * g.n_heads)
     kind = "spt" if mode.startswith("spt") else mode
     examples = random_examples(int(model.config.vocab_size), args.batch, args.tokens)
     row: dict = {"mode": mode, "heads": k or None}
-    deltas, autocast = None, None
-    restore = ExitStack()
+    method = None
     peak_start(device)
     try:
+        mask = None
         if k:
             mask = HeadMask.from_heads(hooked, spread_heads(g.n_layers, g.n_heads, k))
-            rank = TuneConfig(mode=kind).lora_rank if kind == "lora-heads" else None
-            deltas = HeadDeltas.create(mask, hooked.hf_parameters, lora_rank=rank)
             row["components"] = ",".join(mask.components)
-        elif mode == "lora":
-            config = TuneConfig(mode="lora")
-            deltas = ModelLora(model, config.lora_rank, config.lora_alpha, 0)
-        elif model.dtype != torch.float32:  # what tune --dtype does: float32 under autocast
-            autocast = model.dtype
-            restore.enter_context(float32_weights(hooked.hf_parameters))
-        row["trainable_parameters"] = (
-            deltas.trainable_count() if deltas is not None
-            else sum(p.numel() for p in model.parameters())
-        )  # fmt: skip
+        method = create_method(TuneConfig(mode=kind).method, model, mask, seed=0)
+        # What tune --dtype does: a method that trains the weights keeps float32 copies of
+        # them (its attach) under autocast in the model's dtype.
+        autocast = method.autocast_dtype(model.dtype)
+        method.attach()  # on for the warm-up and the timed steps alike
+        row["trainable_parameters"] = method.trainable_count()
         timings = []
         for steps in (1, args.steps):  # one warm-up step, then the timed steps
             config = TuneConfig(mode=kind, lr=1e-9, steps=steps, batch_size=args.batch,
                                 micro_batch_size=args.micro_batch)  # fmt: skip
             synchronize(device)
             started = time.perf_counter()
-            result = train(model, examples, config, pad_id=0, deltas=deltas, progress=False,
-                           autocast_dtype=autocast,
+            result = train(model, examples, config.training, pad_id=0, method=method,
+                           progress=False, autocast_dtype=autocast,
                            gradient_checkpointing=args.gradient_checkpointing)  # fmt: skip
             synchronize(device)
             timings.append(time.perf_counter() - started)
@@ -163,9 +154,8 @@ def mode_cost(model, hooked, mode: str, args, device: torch.device) -> dict:
     except torch.OutOfMemoryError as err:
         row["error"] = f"out of memory: {str(err).splitlines()[0][:160]}"
     finally:
-        if isinstance(deltas, ModelLora):
-            deltas.detach()
-        restore.close()  # SFT: the base's own tensors back
+        if method is not None:
+            method.detach()  # LoRA unwrapped, SFT: the base's own tensors back
         for parameter in model.parameters():
             parameter.grad = None
             parameter.requires_grad_(False)

@@ -33,8 +33,8 @@ from spt_interp.mask.scores import parse_heads
 from spt_interp.model import load_base
 from spt_interp.tuning.compare import ComparisonPlan, compare_modes
 from spt_interp.tuning.config import LR_GRID, TuneConfig
-from spt_interp.tuning.deltas import HeadDeltas
 from spt_interp.tuning.loop import train
+from spt_interp.tuning.methods import create_method
 
 
 def cost_of_mode(
@@ -47,8 +47,9 @@ def cost_of_mode(
     examples = build_training_examples(
         load_dialogues(train_file), base.tokenizer, protocol_for(model), 0
     )
-    deltas = None if mode == "sft" else HeadDeltas.create(mask, base.hf_parameters)
     config = TuneConfig(mode=mode, lr=1e-4, steps=steps, batch_size=batch)
+    method = create_method(config.method, base.model, mask, config.seed)
+    method.attach()  # on for the warm-up and the timed steps alike
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -56,10 +57,11 @@ def cost_of_mode(
     else:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     # One warm-up step outside the timing (allocator and kernel warm-up).
-    train(base.model, examples, TuneConfig(mode=mode, lr=1e-9, steps=1, batch_size=batch),
-          pad_id=pad_token_id(base.tokenizer), deltas=deltas, progress=False)  # fmt: skip
-    result = train(base.model, examples, config, pad_id=pad_token_id(base.tokenizer),
-                   deltas=deltas, progress=False)  # fmt: skip
+    warm_up = TuneConfig(mode=mode, lr=1e-9, steps=1, batch_size=batch)
+    train(base.model, examples, warm_up.training, pad_id=pad_token_id(base.tokenizer),
+          method=method, progress=False)  # fmt: skip
+    result = train(base.model, examples, config.training, pad_id=pad_token_id(base.tokenizer),
+                   method=method, progress=False)  # fmt: skip
     if torch.cuda.is_available():
         peak = torch.cuda.max_memory_allocated() - before
         memory_kind = "CUDA peak allocated above the loaded model"
@@ -72,8 +74,7 @@ def cost_of_mode(
         "peak_memory_bytes": peak,
         "memory_kind": memory_kind,
         "optimizer_state_bytes": result.optimizer_bytes,
-        "trainable_parameters": deltas.trainable_count() if deltas else sum(
-            p.numel() for p in base.model.parameters()),
+        "trainable_parameters": method.trainable_count(),
     }  # fmt: skip
 
 

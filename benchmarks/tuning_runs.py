@@ -80,7 +80,7 @@ def main() -> None:
     for mode, lr in args.runs:
         started = time.perf_counter()
         if mode == "base":  # the untouched model, measured the same way
-            run = TrainedRun("base", 0.0, [], None, 0, 0.0)
+            run = TrainedRun.untrained()
         else:
             run = train_run(hooked, mask, data.examples, plan.config(mode, lr), base_state)
         with applied(hooked, run, base_state):

@@ -55,6 +55,7 @@ _PUBLIC = {
     # tuning
     "TuneConfig": "spt_interp.tuning",
     "tune": "spt_interp.tuning",
+    "tune_folder": "spt_interp.tuning",
     "merge": "spt_interp.tuning",
     # evaluation
     "evaluate": "spt_interp.evaluation",

@@ -26,7 +26,7 @@ from spt_interp.mask import HeadMask
 from spt_interp.model import head_slices, load_model, read_signature
 from spt_interp.model.tiny import FAMILY_ARCHITECTURES, TINY_ARCHITECTURES
 from spt_interp.patching import PatchMetric, locate_heads
-from spt_interp.tuning import TuneConfig, load_base, tune
+from spt_interp.tuning import TuneConfig, load_base, tune_folder
 
 # Written out by hand, not read from the table: the module whose input is hook_z, flattened.
 OUTPUT_MODULE = {
@@ -160,7 +160,7 @@ def test_spt_moves_only_the_masked_slices(name, family_dirs, tmp_path):
     mask_path = HeadMask.from_heads(hooked, [(0, 1), (1, 3)]).save(tmp_path / "mask.json")
     mask = HeadMask.load(mask_path)
     config = TuneConfig(mode="spt", lr=1e-2, steps=2, batch_size=4)
-    tune(folder, data, tmp_path / "out", config, mask=mask_path, progress=False)
+    tune_folder(folder, data, tmp_path / "out", config, mask=mask_path, progress=False)
     base, tuned = (
         load_file(folder / "model.safetensors"),
         load_file(tmp_path / "out/model.safetensors"),

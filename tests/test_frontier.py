@@ -243,3 +243,20 @@ def test_the_committed_smollm2_frontier_is_complete_and_its_report_is_of_these_r
     tuned = [run for run in runs if run["setting"]["mode"] != "base"]
     assert report["runs"] == len(tuned) and report["missing"] == []
     assert report["identity"] == identity
+
+
+def test_missing_names_the_controls_spt_lacks_at_its_bracketing_rates():
+    from spt_interp.tuning.frontier_report import missing
+
+    def dropped(run):
+        setting = run["setting"]
+        return (setting["mode"], setting["seed"], setting["lr"]) == ("random", 3, 4.64e-4) or (
+            setting["mode"] == "lora-heads" and setting["lr"] == 1e-3
+        )
+
+    runs = [run for run in synthetic_frontier() if not dropped(run)]
+    assert missing(runs, ["spt"]) == [
+        "spt: 2 of 3 random head sets at lr 0.000464",
+        "lora-heads: no run at lr 0.001",
+    ]
+    assert missing(runs, ["sft"]) == ["sft: no runs"]  # sft has no controls

@@ -65,7 +65,7 @@ from spt_interp.model import load_model, read_signature
 from spt_interp.model.folder import SHAPE_FIELDS
 from spt_interp.model.tiny import TINY_ARCHITECTURES, save_tiny_model
 from spt_interp.organism import ASSET_DIR as ORGANISM_DIR
-from spt_interp.tuning import TuneConfig, merge, tune
+from spt_interp.tuning import TuneConfig, merge, tune_folder
 
 DATA = Path(__file__).parent / "data" / "knockout_questions.jsonl"
 SAMPLE = Path(__file__).parent / "data" / "are_you_sure_sample.jsonl"
@@ -636,7 +636,7 @@ def delta(llama, llama_mask):
     """A `tune --save delta` folder of the tiny Llama, and the merged weights it gives."""
     folder = llama.parent / "delta"
     config = TuneConfig(steps=1, batch_size=2)
-    tune(llama, DATA, folder, config, mask=llama_mask, save="delta", progress=False)
+    tune_folder(llama, DATA, folder, config, mask=llama_mask, save="delta", progress=False)
     merge(llama, folder, llama.parent / "merged")
     return folder
 

@@ -14,10 +14,11 @@ from spt_interp.data import build_training_examples, load_dialogues, pad_token_i
 from spt_interp.errors import SptInterpError
 from spt_interp.model import load_model
 from spt_interp.model.tiny import save_tiny_model
-from spt_interp.tuning import TuneConfig, load_base, tune
+from spt_interp.tuning import TuneConfig, load_base, tune_folder
 from spt_interp.tuning.compare import ComparisonPlan
 from spt_interp.tuning.loop import train
-from spt_interp.tuning.lora import ModelLora
+from spt_interp.tuning.lora import LoraFactors
+from spt_interp.tuning.methods import create_method
 from spt_interp.tuning.trained_run import applied, train_run
 
 pytestmark = pytest.mark.numeric
@@ -59,8 +60,8 @@ def test_lora_trains_only_its_factors_and_merges_into_every_linear_weight(name, 
     folder = models[name]
     base = weights(folder)
     rank = 2
-    record = tune(folder, DATA, tmp_path / "out", TuneConfig(mode="lora", lr=1e-2, steps=3,
-                  batch_size=4, lora_rank=rank), progress=False)  # fmt: skip
+    record = tune_folder(folder, DATA, tmp_path / "out", TuneConfig(mode="lora", lr=1e-2, steps=3,
+                         batch_size=4, lora_rank=rank), progress=False)  # fmt: skip
     tuned = weights(tmp_path / "out")
     shapes = linear_shapes(load_base(folder).model)
     assert shapes and record["lora"]["layers"] == len(shapes)
@@ -79,10 +80,12 @@ def test_factors_applied_by_hand_equal_peft_merge_and_unload(models):
     base = load_base(folder)
     original = {n: p.detach().clone() for n, p in base.model.named_parameters()}
     examples = build_training_examples(load_dialogues(DATA), base.tokenizer, protocol_for(folder))
-    lora = ModelLora(base.model, rank=2, alpha=4.0, seed=0)
     config = TuneConfig(mode="lora", lr=1e-2, steps=2, batch_size=4, lora_rank=2)
-    train(base.model, examples, config, pad_id=pad_token_id(base.tokenizer), deltas=lora,
-          progress=False)  # fmt: skip
+    method = create_method(config.method, base.model, None, seed=0)  # rank 2, alpha 4.0
+    method.attach()  # stays on after the run: the test takes it off itself
+    train(base.model, examples, config.training, pad_id=pad_token_id(base.tokenizer),
+          method=method, progress=False)  # fmt: skip
+    lora = method.lora
     wrapped = [(n, p.detach().clone()) for n, p in base.model.named_parameters()
                if ".base_layer." in n]  # fmt: skip
     # The frozen base under peft's wrappers did not move.
@@ -107,14 +110,14 @@ def test_a_comparison_run_takes_lora_off_again_and_applies_it_exactly(models, tm
     plan = ComparisonPlan(steps=2, batch_size=4)
     examples = build_training_examples(load_dialogues(DATA), hooked.tokenizer, protocol_for(folder))
     run = train_run(hooked, None, examples, plan.config("lora", 1e-2), before)
-    assert run.trainable > 0 and run.lora is not None
+    assert run.trainable > 0 and isinstance(run.update, LoraFactors)
     assert not any(isinstance(m, LoraLayer) for m in hooked.plain_model.modules())
     assert all(torch.equal(before[n], p) for n, p in hooked.hf_parameters.items())
     ids = torch.tensor([examples[0].input_ids])
     with applied(hooked, run, before):
         tuned_logits = hooked.plain_model(input_ids=ids).logits
     expected = {n: v.clone() for n, v in before.items()}
-    for factor in run.lora.factors:
+    for factor in run.update.factors:
         expected[factor.parameter] += factor.delta()
     reference = load_model(folder).plain_model
     reference.load_state_dict(expected, strict=False)
@@ -124,8 +127,8 @@ def test_a_comparison_run_takes_lora_off_again_and_applies_it_exactly(models, tm
 
 def test_lora_refuses_a_delta_save(models, tmp_path):
     with pytest.raises(SptInterpError, match="--mode lora changes every layer: use --save full"):
-        tune(models["llama"], DATA, tmp_path / "out", TuneConfig(mode="lora"), save="delta",
-             progress=False)  # fmt: skip
+        tune_folder(models["llama"], DATA, tmp_path / "out", TuneConfig(mode="lora"), save="delta",
+                    progress=False)  # fmt: skip
 
 
 def test_the_cli_tunes_lora_without_a_mask_and_records_its_rank(models, tmp_path):

@@ -22,7 +22,7 @@ import torch
 
 from spt_interp.mask import HeadMask
 from spt_interp.model.tiny import save_tiny_model
-from spt_interp.tuning import HeadDeltas, TuneConfig, load_base, tune
+from spt_interp.tuning import HeadDeltas, TuneConfig, load_base, tune_folder
 from spt_interp.tuning.deltas import merge_slice
 from spt_interp.tuning.save import read_delta, read_weights
 from spt_interp.tuning.train_mode import training_mode
@@ -92,8 +92,8 @@ def test_bf16_spt_lowers_the_loss_keeps_the_rest_and_tracks_float32(name, models
     folder = models[name]
     runs = {}
     for dtype in ("float32", "bfloat16"):
-        runs[dtype] = tune(folder, DATA, tmp_path / dtype, sgd(), mask=mask_of(folder),
-                           save="delta", dtype=dtype, progress=False)  # fmt: skip
+        runs[dtype] = tune_folder(folder, DATA, tmp_path / dtype, sgd(), mask=mask_of(folder),
+                                  save="delta", dtype=dtype, progress=False)  # fmt: skip
     bf16 = runs["bfloat16"]
     assert "base frozen in bfloat16" in bf16["precision"]
     _, values = read_delta(tmp_path / "bfloat16")
@@ -103,8 +103,15 @@ def test_bf16_spt_lowers_the_loss_keeps_the_rest_and_tracks_float32(name, models
     for ours, theirs in zip(bf16["losses"], runs["float32"]["losses"], strict=True):
         assert abs(ours - theirs) <= BF16_UNIT * theirs
 
-    adamw = tune(folder, DATA, tmp_path / "full", TuneConfig(mode="spt", lr=1e-2, steps=6,
-                 batch_size=4), mask=mask_of(folder), dtype="bfloat16", progress=False)  # fmt: skip
+    adamw = tune_folder(
+        folder,
+        DATA,
+        tmp_path / "full",
+        TuneConfig(mode="spt", lr=1e-2, steps=6, batch_size=4),
+        mask=mask_of(folder),
+        dtype="bfloat16",
+        progress=False,
+    )
     assert adamw["losses"][-1] < adamw["losses"][0]
     # verify_outside_mask read the written files back: bit-identical outside the mask.
     assert adamw["verification"]["outside_mask_identical"]
@@ -114,12 +121,12 @@ def test_bf16_spt_lowers_the_loss_keeps_the_rest_and_tracks_float32(name, models
 
 
 def test_sft_in_bf16_keeps_float32_weights_under_autocast(models, tmp_path):
-    record = tune(models["gqa"], DATA, tmp_path / "sft", TuneConfig(mode="sft", lr=1e-3,
-                  steps=4, batch_size=4), dtype="bfloat16", progress=False)  # fmt: skip
+    record = tune_folder(models["gqa"], DATA, tmp_path / "sft", TuneConfig(mode="sft", lr=1e-3,
+                         steps=4, batch_size=4), dtype="bfloat16", progress=False)  # fmt: skip
     assert record["precision"] == "float32 weights and optimizer, forward under bfloat16 autocast"
     assert record["losses"][-1] < record["losses"][0]
-    reference = tune(models["gqa"], DATA, tmp_path / "sft32", TuneConfig(mode="sft", lr=1e-3,
-                     steps=4, batch_size=4), progress=False)  # fmt: skip
+    reference = tune_folder(models["gqa"], DATA, tmp_path / "sft32", TuneConfig(mode="sft", lr=1e-3,
+                            steps=4, batch_size=4), progress=False)  # fmt: skip
     # The first loss is one bf16 forward of the same weights: within u of float32's.
     assert abs(record["losses"][0] - reference["losses"][0]) <= BF16_UNIT * reference["losses"][0]
     assert record["losses"] != reference["losses"]  # autocast really ran in bf16
@@ -155,7 +162,7 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_run(mode, models, 
         calls.clear()
         torch.nn.Linear.forward = counting
         try:
-            runs[checkpointing] = tune(
+            runs[checkpointing] = tune_folder(
                 folder, DATA, tmp_path / str(checkpointing), sgd(mode=mode, steps=2),
                 mask=mask_of(folder) if mode == "spt" else None,
                 save="delta" if mode == "spt" else "full",

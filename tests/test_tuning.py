@@ -14,7 +14,7 @@ from spt_interp.errors import SptInterpError
 from spt_interp.mask import HeadMask
 from spt_interp.model import load_model
 from spt_interp.model.tiny import save_tiny_model
-from spt_interp.tuning import HeadDeltas, TuneConfig, apply_deltas, load_base, merge, tune
+from spt_interp.tuning import HeadDeltas, TuneConfig, apply_deltas, load_base, merge, tune_folder
 from spt_interp.tuning.loop import collate, example_order, make_schedule, token_loss_sum
 
 # Float comparisons whose rounding depends on summation order: .ci/run repeats them under
@@ -64,8 +64,8 @@ def test_spt_changes_only_the_mask_slices_and_counts_match_the_paper(name, model
     folder = models[name]
     base_bytes = {f.name: f.read_bytes() for f in folder.iterdir() if f.is_file()}
     mask = HeadMask.load(mask_file(folder, tmp_path))
-    record = tune(folder, DATA, tmp_path / "out", quick(), mask=tmp_path / "mask.json",
-                  progress=False)  # fmt: skip
+    record = tune_folder(folder, DATA, tmp_path / "out", quick(), mask=tmp_path / "mask.json",
+                         progress=False)  # fmt: skip
 
     base, tuned = safetensors_of(folder), safetensors_of(tmp_path / "out")
     assert set(base) == set(tuned)
@@ -106,9 +106,18 @@ def test_delta_then_merge_reproduces_full_save_exactly(models, tmp_path):
     folder = models["gqa"]
     mask_file(folder, tmp_path)
     config = quick(steps=2)
-    tune(folder, DATA, tmp_path / "full", config, mask=tmp_path / "mask.json", progress=False)
-    tune(folder, DATA, tmp_path / "delta", config, mask=tmp_path / "mask.json", save="delta",
-         progress=False)  # fmt: skip
+    tune_folder(
+        folder, DATA, tmp_path / "full", config, mask=tmp_path / "mask.json", progress=False
+    )
+    tune_folder(
+        folder,
+        DATA,
+        tmp_path / "delta",
+        config,
+        mask=tmp_path / "mask.json",
+        save="delta",
+        progress=False,
+    )
     assert sorted(p.name for p in (tmp_path / "delta").iterdir()) == [
         "delta.safetensors", "head-mask.json", "tuning.json"]  # fmt: skip
     merge(folder, tmp_path / "delta", tmp_path / "merged")
@@ -122,8 +131,15 @@ def test_delta_then_merge_reproduces_full_save_exactly(models, tmp_path):
 
 def test_merge_refuses_another_base(models, tmp_path):
     mask_file(models["gqa"], tmp_path)
-    tune(models["gqa"], DATA, tmp_path / "delta", quick(steps=1), mask=tmp_path / "mask.json",
-         save="delta", progress=False)  # fmt: skip
+    tune_folder(
+        models["gqa"],
+        DATA,
+        tmp_path / "delta",
+        quick(steps=1),
+        mask=tmp_path / "mask.json",
+        save="delta",
+        progress=False,
+    )
     other = save_tiny_model("llama", tmp_path / "other", seed=1)
     with pytest.raises(SptInterpError, match="not the base this delta was trained on"):
         merge(other, tmp_path / "delta", tmp_path / "merged")
@@ -133,13 +149,13 @@ def test_resumed_run_equals_an_uninterrupted_one(models, tmp_path):
     folder = models["gpt2"]
     mask_file(folder, tmp_path)
     config = quick(steps=4, warmup_steps=1)
-    whole = tune(folder, DATA, tmp_path / "whole", config, mask=tmp_path / "mask.json",
-                 save="delta", progress=False)  # fmt: skip
-    stopped = tune(folder, DATA, tmp_path / "resumed", config, mask=tmp_path / "mask.json",
-                   save="delta", stop_after=2, progress=False)  # fmt: skip
+    whole = tune_folder(folder, DATA, tmp_path / "whole", config, mask=tmp_path / "mask.json",
+                        save="delta", progress=False)  # fmt: skip
+    stopped = tune_folder(folder, DATA, tmp_path / "resumed", config, mask=tmp_path / "mask.json",
+                          save="delta", stop_after=2, progress=False)  # fmt: skip
     assert "stopped" in stopped and not (tmp_path / "resumed").exists()
-    resumed = tune(folder, DATA, tmp_path / "resumed", config, mask=tmp_path / "mask.json",
-                   save="delta", resume=True, progress=False)  # fmt: skip
+    resumed = tune_folder(folder, DATA, tmp_path / "resumed", config, mask=tmp_path / "mask.json",
+                          save="delta", resume=True, progress=False)  # fmt: skip
     assert resumed["losses"] == whole["losses"]
     a = load_file(tmp_path / "whole" / "delta.safetensors")
     b = load_file(tmp_path / "resumed" / "delta.safetensors")
@@ -150,18 +166,31 @@ def test_resumed_run_equals_an_uninterrupted_one(models, tmp_path):
 def test_resume_refuses_a_checkpoint_of_another_run(models, tmp_path):
     folder = models["gpt2"]
     mask_file(folder, tmp_path)
-    tune(folder, DATA, tmp_path / "run", quick(steps=4), mask=tmp_path / "mask.json",
-         stop_after=1, progress=False)  # fmt: skip
+    tune_folder(folder, DATA, tmp_path / "run", quick(steps=4), mask=tmp_path / "mask.json",
+                stop_after=1, progress=False)  # fmt: skip
     with pytest.raises(SptInterpError, match="different run.*hyperparameters"):
-        tune(folder, DATA, tmp_path / "run", quick(steps=4, lr=1e-3), mask=tmp_path / "mask.json",
-             resume=True, progress=False)  # fmt: skip
+        tune_folder(
+            folder,
+            DATA,
+            tmp_path / "run",
+            quick(steps=4, lr=1e-3),
+            mask=tmp_path / "mask.json",
+            resume=True,
+            progress=False,
+        )
 
 
 def test_nan_loss_stops_with_a_clear_error_and_writes_nothing(models, tmp_path):
     mask_file(models["gqa"], tmp_path)
     with pytest.raises(SptInterpError, match="loss became (nan|inf)"):
-        tune(models["gqa"], DATA, tmp_path / "out", quick(lr=1e37, steps=4, max_grad_norm=None),
-             mask=tmp_path / "mask.json", progress=False)  # fmt: skip
+        tune_folder(
+            models["gqa"],
+            DATA,
+            tmp_path / "out",
+            quick(lr=1e37, steps=4, max_grad_norm=None),
+            mask=tmp_path / "mask.json",
+            progress=False,
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.json"]
 
 
@@ -170,19 +199,19 @@ def test_sft_changes_everything_and_lora_and_random_stay_in_their_heads(models, 
     mask = HeadMask.load(mask_file(folder, tmp_path))
     base = safetensors_of(folder)
 
-    tune(folder, DATA, tmp_path / "sft", quick("sft"), progress=False)
+    tune_folder(folder, DATA, tmp_path / "sft", quick("sft"), progress=False)
     sft = safetensors_of(tmp_path / "sft")
     assert all(not torch.equal(base[k], sft[k]) for k in base if "norm" not in k)
 
-    lora = tune(folder, DATA, tmp_path / "lora", quick("lora-heads", lora_rank=2),
-                mask=tmp_path / "mask.json", progress=False)  # fmt: skip
+    lora = tune_folder(folder, DATA, tmp_path / "lora", quick("lora-heads", lora_rank=2),
+                       mask=tmp_path / "mask.json", progress=False)  # fmt: skip
     g = load_base(folder).geometry
     # One (A, B) pair per weight slice, each slice d_head x d_model: r x (d_head + d_model).
     assert lora["trainable_parameters"] == 4 * len(HEADS) * 2 * (g.d_head + g.d_model)
     assert lora["verification"]["outside_mask_identical"]
 
-    random_run = tune(folder, DATA, tmp_path / "random", quick("random", seed=3),
-                      mask=tmp_path / "mask.json", progress=False)  # fmt: skip
+    random_run = tune_folder(folder, DATA, tmp_path / "random", quick("random", seed=3),
+                             mask=tmp_path / "mask.json", progress=False)  # fmt: skip
     used = HeadMask.load(tmp_path / "random" / "head-mask.json")
     assert len(used.heads) == len(mask.heads) and used.components == mask.components
     assert used.head_set != mask.head_set
@@ -195,8 +224,15 @@ def test_optimizer_memory_scales_with_the_number_of_heads(models, tmp_path):
     sizes = []
     for k, heads in ((1, HEADS[:1]), (2, HEADS)):
         mask_file(folder, tmp_path, heads, f"mask{k}.json")
-        record = tune(folder, DATA, tmp_path / f"out{k}", quick(steps=1),
-                      mask=tmp_path / f"mask{k}.json", save="delta", progress=False)  # fmt: skip
+        record = tune_folder(
+            folder,
+            DATA,
+            tmp_path / f"out{k}",
+            quick(steps=1),
+            mask=tmp_path / f"mask{k}.json",
+            save="delta",
+            progress=False,
+        )
         sizes.append(record["optimizer_state_bytes"])
     assert sizes[1] == 2 * sizes[0] > 0
 

@@ -17,7 +17,7 @@ from spt_interp.cli import app
 from spt_interp.errors import SptInterpError
 from spt_interp.mask import HeadMask
 from spt_interp.model.tiny import save_tiny_model
-from spt_interp.tuning import TuneConfig, load_base, tune
+from spt_interp.tuning import TuneConfig, load_base, tune_folder
 
 DATA = Path(__file__).parent / "data" / "knockout_questions.jsonl"
 
@@ -113,7 +113,7 @@ def test_two_processes_train_the_same_deltas_as_one(model, mask, tmp_path, launc
     # which turns rounding of a near-cancelling element into a step-sized difference (seen: one
     # element of 256 off by 0.28% on an AMD EPYC). The optimizer is not what this test is about.
     config = TuneConfig(steps=2, batch_size=4, lr=1e-2, optimizer="sgd")
-    tune(model, DATA, tmp_path / "one", config, mask=mask, save="delta", progress=False)
+    tune_folder(model, DATA, tmp_path / "one", config, mask=mask, save="delta", progress=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, *LAUNCHERS[launcher], "-m", "spt_interp.cli", "tune",
                "--model", str(model), "--data", str(DATA), "--mask", str(mask), "--out",
@@ -143,6 +143,7 @@ def test_one_sgd_step_moves_the_deltas_by_minus_lr_times_the_gradient(model, mas
         token_loss_sum,
         train,
     )
+    from spt_interp.tuning.methods import create_method
 
     base = load_base(model)
     head_mask = HeadMask.load(mask)
@@ -150,8 +151,8 @@ def test_one_sgd_step_moves_the_deltas_by_minus_lr_times_the_gradient(model, mas
     examples = build_training_examples(load_dialogues(DATA), base.tokenizer, protocol_for(model))
     pad_id = pad_token_id(base.tokenizer)
     config = TuneConfig(steps=1, batch_size=4, lr=1e-2, optimizer="sgd", max_grad_norm=None)
-    trained = HeadDeltas.create(head_mask, parameters)
-    train(base.model, examples, config, pad_id=pad_id, deltas=trained, progress=False)
+    trained = create_method(config.method, base.model, head_mask, config.seed)
+    train(base.model, examples, config.training, pad_id=pad_id, method=trained, progress=False)
 
     # The same step by hand: the batch the seeded order gives, its token-mean loss, autograd.
     fresh = HeadDeltas.create(head_mask, parameters)
@@ -173,7 +174,7 @@ def test_two_processes_under_fsdp_train_the_same_sft_as_one(model, tmp_path, lau
     # Full SFT, plain SGD (see above), gradient clipping on: each rank holds half of every
     # weight; the gathered weights must move as the one-process run's do.
     config = TuneConfig(mode="sft", steps=2, batch_size=4, lr=1e-2, optimizer="sgd")
-    tune(model, DATA, tmp_path / "one", config, progress=False)
+    tune_folder(model, DATA, tmp_path / "one", config, progress=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     # accelerate's own switch (--use_fsdp, as its config file would set) instead of --fsdp.
     sharding = ["--fsdp"] if launcher == "torchrun" else []

@@ -185,12 +185,13 @@ def test_an_sft_state_kept_on_disk_applies_exactly_and_the_base_comes_from_the_r
     config = ComparisonPlan(steps=2, batch_size=4).config("sft", 1e-3)
     in_memory = train_run(hooked, None, examples, config, base)
     on_disk = train_run(hooked, None, examples, config, base, state_dir=tmp_path)
-    assert isinstance(on_disk.state, Path) and on_disk.state.is_file()
+    assert isinstance(on_disk.update.tensors, Path) and on_disk.update.tensors.is_file()
     untouched = {n: p.detach().clone() for n, p in reference.hf_parameters.items()}
     assert all(torch.equal(untouched[n], p) for n, p in hooked.hf_parameters.items())
     with applied(hooked, on_disk, base):
         # The same seeded run twice: the state read back equals the one kept in memory.
-        assert all(torch.equal(in_memory.state[n], p) for n, p in hooked.hf_parameters.items())
+        assert all(torch.equal(in_memory.update.tensors[n], p)
+                   for n, p in hooked.hf_parameters.items())  # fmt: skip
         assert any(not torch.equal(untouched[n], p) for n, p in hooked.hf_parameters.items())
     assert all(torch.equal(untouched[n], p) for n, p in hooked.hf_parameters.items())
     other = load_model(save_tiny_model("gpt2", tmp_path / "g", tokenizer=bpe_tokenizer))
@@ -212,8 +213,8 @@ def test_a_bf16_comparison_trains_every_mode_and_puts_the_bf16_base_back(tmp_pat
     run = train_run(hooked, None, examples, config, base_parameters(hooked, reference))
     # SFT trained float32 copies under autocast; the state is rounded to the base's dtype and
     # the base's own bf16 tensors are back, untouched.
-    assert {t.dtype for t in run.state.values()} == {torch.bfloat16}
-    assert any(not torch.equal(before[n], t) for n, t in run.state.items())
+    assert {t.dtype for t in run.update.tensors.values()} == {torch.bfloat16}
+    assert any(not torch.equal(before[n], t) for n, t in run.update.tensors.items())
     assert all(p.dtype == torch.bfloat16 and torch.equal(before[n], p)
                for n, p in hooked.hf_parameters.items())  # fmt: skip
     mask = HeadMask.from_heads(hooked, [(0, 1), (1, 0)])

@@ -94,8 +94,7 @@ def tune(
 ) -> None:
     """Tune only the masked heads (or all weights, LoRA on the heads, random heads); save."""
     from spt_interp.common.distributed import rank_and_world
-    from spt_interp.tuning import TuneConfig
-    from spt_interp.tuning import tune as run_tuning
+    from spt_interp.tuning import TuneConfig, tune_folder
     from spt_interp.tuning.sharding import accelerate_asks_for_fsdp
 
     # `accelerate launch --use_fsdp` (flags or its config file) asks for the same sharding.
@@ -108,7 +107,7 @@ def tune(
         max_grad_norm=max_grad_norm or None, seed=seed, lora_rank=lora_rank,
         lora_alpha=lora_alpha, loss_on=loss_on, optimizer=optimizer,
     )  # fmt: skip
-    record = run_tuning(
+    record = tune_folder(
         model, data, out, config, mask=mask, save=save, force=force,
         checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
         stop_after=stop_after, device=device, dtype=dtype,

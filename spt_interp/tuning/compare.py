@@ -40,6 +40,7 @@ from spt_interp.evaluation.suite import SuiteItem, run_suite
 from spt_interp.mask import HeadMask
 from spt_interp.tuning.config import COMPARED_MODES, LR_GRID, TuneConfig
 from spt_interp.tuning.deltas import restore_parameters
+from spt_interp.tuning.methods import method_class
 from spt_interp.tuning.trained_run import TrainedRun, applied, base_parameters, train_run
 
 PROTOCOL_NAME = "equal-budget sweep"
@@ -63,7 +64,9 @@ class ComparisonPlan:
 
     def config(self, mode: str, lr: float) -> TuneConfig:
         """Return the training settings every run of the sweep shares, for ``mode`` at ``lr``."""
-        rank = self.lora_rank if mode == "lora-heads" else None  # None: the mode's default
+        # The plan's rank is for LoRA on the heads' slices (a method that reads no rank records
+        # none); whole-model LoRA keeps its own default, the paper's 16.
+        rank = self.lora_rank if method_class(mode).uses_mask else None
         return TuneConfig(mode=mode, lr=lr, steps=self.steps, batch_size=self.batch_size,
                           warmup_steps=self.warmup_steps, seed=self.seed,
                           lora_rank=rank)  # fmt: skip

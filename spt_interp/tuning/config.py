@@ -1,14 +1,22 @@
-"""The tuning run's hyper-parameters, checked before any model loads."""
+"""A tuning run's settings, checked before any model loads: the method's and the training's.
+
+``MethodConfig`` (``tuning.methods``) is what the method reads: its name and, for LoRA, rank
+and alpha. ``TrainingArguments`` is what the trainer reads: rate, steps, batch, seed, loss,
+optimizer. ``TuneConfig`` holds both as the one flat record that the command line takes and
+every output and checkpoint records (``as_dict``).
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from spt_interp.errors import SptInterpError
+from spt_interp.tuning.methods import MethodConfig, method_class, method_names
 
-MODES = ("spt", "sft", "lora", "lora-heads", "random")
+# The built-in methods, in --help's order (a method registered later is accepted too).
+MODES = method_names()
 # The comparison's modes in the order its tables list them, the demo's default subset, and the
 # learning-rate grid every compared mode is swept over (one copy: the demo, the comparison, the
 # CLI and the benchmarks read these).
@@ -21,22 +29,17 @@ LOSS_ON = ("reply", "assistant", "all")
 # gradient: a data-parallel run can then be checked against one process with a tolerance that
 # follows from float rounding, which AdamW's per-element normalisation amplifies without bound.
 OPTIMIZERS = ("adamw", "sgd")
-# LoRA's default rank per mode: the paper's whole-model baseline is rank 16 on every attention
-# and MLP projection; LoRA on the located heads' slices keeps the smaller rank it had.
-LORA_MODES = ("lora", "lora-heads")
-DEFAULT_LORA_RANK = {"lora": 16, "lora-heads": 8}
 
 
 @dataclass(frozen=True)
-class TuneConfig:
-    """Hyper-parameters of one tuning run (recorded in every output and checkpoint).
+class TrainingArguments:
+    """What the trainer reads: the same for every method.
 
     ``batch_size`` is the global batch: examples per optimizer step over all processes.
     ``micro_batch_size`` is examples per forward pass on one process (gradient accumulation
-    fills the rest). ``seed`` orders the data, draws LoRA's A and the random heads.
+    fills the rest). ``seed`` orders the data (and draws a method's random initial values).
     """
 
-    mode: str = "spt"
     lr: float = 1e-3
     steps: int = 100
     batch_size: int = 16
@@ -45,14 +48,10 @@ class TuneConfig:
     weight_decay: float = 0.0
     max_grad_norm: float | None = 1.0
     seed: int = 0
-    lora_rank: int | None = None  # None: the mode's DEFAULT_LORA_RANK
-    lora_alpha: float | None = None  # None: twice the rank
     loss_on: str = "reply"
     optimizer: str = "adamw"
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise SptInterpError(f"--mode {self.mode!r} is not one of {', '.join(MODES)}")
         if self.loss_on not in LOSS_ON:
             raise SptInterpError(f"--loss-on {self.loss_on!r} is not one of {', '.join(LOSS_ON)}")
         if self.optimizer not in OPTIMIZERS:
@@ -71,20 +70,63 @@ class TuneConfig:
             )
         if self.weight_decay < 0 or (self.max_grad_norm is not None and self.max_grad_norm <= 0):
             raise SptInterpError("--weight-decay must be >= 0 and --max-grad-norm > 0")
-        if self.lora_rank is None:
-            object.__setattr__(self, "lora_rank", DEFAULT_LORA_RANK.get(self.mode, 8))
-        if self.lora_alpha is None:
-            object.__setattr__(self, "lora_alpha", 2.0 * self.lora_rank)
-        if self.lora_rank < 1 or self.lora_alpha <= 0:
-            raise SptInterpError("--lora-rank must be at least 1 and --lora-alpha positive")
+
+
+TRAINING_FIELDS = tuple(f.name for f in fields(TrainingArguments))
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """One tuning run's settings (recorded in every output and checkpoint): the method's
+    (``method``) and the trainer's (``training``), in one flat record.
+
+    ``lora_rank`` None is the method's default rank (16 for whole-model LoRA, 8 on the heads),
+    ``lora_alpha`` None twice the rank.
+    """
+
+    mode: str = "spt"
+    lr: float = 1e-3
+    steps: int = 100
+    batch_size: int = 16
+    micro_batch_size: int | None = None
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
+    loss_on: str = "reply"
+    optimizer: str = "adamw"
+
+    def __post_init__(self) -> None:
+        method_class(self.mode)  # an unknown mode is named first
+        TrainingArguments(**{name: getattr(self, name) for name in TRAINING_FIELDS})
+        method = MethodConfig(self.mode, self.lora_rank, self.lora_alpha)
+        object.__setattr__(self, "lora_rank", method.lora_rank)
+        object.__setattr__(self, "lora_alpha", method.lora_alpha)
+
+    @classmethod
+    def of(cls, method: MethodConfig, training: TrainingArguments) -> TuneConfig:
+        """Return the run's settings from the method's and the trainer's."""
+        return cls(
+            mode=method.mode,
+            lora_rank=method.lora_rank,
+            lora_alpha=method.lora_alpha,
+            **asdict(training),
+        )
 
     @property
-    def uses_mask(self) -> bool:
-        return self.mode not in ("sft", "lora")
+    def method(self) -> MethodConfig:
+        return MethodConfig(self.mode, self.lora_rank, self.lora_alpha)
+
+    @property
+    def training(self) -> TrainingArguments:
+        return TrainingArguments(**{name: getattr(self, name) for name in TRAINING_FIELDS})
 
     def as_dict(self) -> dict[str, Any]:
+        """Return the settings as recorded: the method settings its method does not read left
+        out (a run's hyperparameters; the checkpoint's identity)."""
         values = asdict(self)
-        if self.mode not in LORA_MODES:
-            values.pop("lora_rank")
-            values.pop("lora_alpha")
+        for key in self.method.unread():
+            values.pop(key)
         return values

@@ -12,6 +12,7 @@ import numpy as np
 
 from spt_interp.tuning.frontier import Interval, SearchPoint, bootstrap, interpolate_at
 from spt_interp.tuning.frontier_runs import macro_accuracy, share
+from spt_interp.tuning.methods import find_method, method_class
 
 TARGETS = (0.5, 0.7, 0.9)
 
@@ -28,9 +29,11 @@ def base_run(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def curve_name(setting: dict[str, Any]) -> str:
-    """Return the curve a run belongs to: its mode; random head sets each get their own."""
-    if setting["mode"] == "random":
-        return f"random (seed {setting['seed']})"
+    """Return the curve a run belongs to: its mode; a method that draws its heads gets one
+    curve per seed (each seed is another head set)."""
+    method = find_method(setting["mode"])
+    if method is not None and method.draws_heads:
+        return f"{setting['mode']} (seed {setting['seed']})"
     return setting["mode"]
 
 
@@ -157,8 +160,8 @@ def bracketing_rates(by_rate: dict[float, list[dict]], base: dict, target: float
 
 def missing(runs: Sequence[dict[str, Any]], modes: Sequence[str], seeds: int = 3) -> list[str]:
     """Return what the frontier still lacks (empty when complete): per mode a bracketed grid and
-    ``seeds`` training seeds at the two rates that bracket confidence 0.7; for spt also three
-    random head sets and LoRA on the heads there."""
+    ``seeds`` training seeds at the two rates that bracket confidence 0.7; and there, the
+    method's controls (spt's: three random head sets and LoRA on the heads)."""
     from spt_interp.errors import SptInterpError
     from spt_interp.tuning.frontier import extend
 
@@ -186,11 +189,20 @@ def missing(runs: Sequence[dict[str, Any]], modes: Sequence[str], seeds: int = 3
         for lr in pair:
             if len(grouped[mode][lr]) < seeds:
                 lacking.append(f"{mode}: {len(grouped[mode][lr])} of {seeds} seeds at lr {lr:g}")
-        if mode == "spt":
-            for lr in pair:
-                sets = sum(lr in grouped[n] for n in grouped if n.startswith("random"))
+        lacking += _missing_controls(grouped, mode, pair)
+    return lacking
+
+
+def _missing_controls(grouped: dict[str, dict[float, list]], mode: str, pair) -> list[str]:
+    """Return what the controls of ``mode`` lack at its bracketing rates: three head sets of a
+    control that draws its heads, one run of any other."""
+    lacking = []
+    for lr in pair:
+        for control in method_class(mode).controls:
+            if method_class(control).draws_heads:
+                sets = sum(lr in grouped[n] for n in grouped if n.startswith(f"{control} (seed "))
                 if sets < 3:
-                    lacking.append(f"spt: {sets} of 3 random head sets at lr {lr:g}")
-                if lr not in grouped.get("lora-heads", {}):
-                    lacking.append(f"lora-heads: no run at lr {lr:g}")
+                    lacking.append(f"{mode}: {sets} of 3 {control} head sets at lr {lr:g}")
+            elif lr not in grouped.get(control, {}):
+                lacking.append(f"{control}: no run at lr {lr:g}")
     return lacking

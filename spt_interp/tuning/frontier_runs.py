@@ -31,10 +31,11 @@ from spt_interp.data.records import DialogueRecord
 from spt_interp.evaluation.run import GenerationSettings, decision_scores, run_protocol
 from spt_interp.evaluation.shift import NeutralText, passage_kls
 from spt_interp.evaluation.suite import SuiteItem, item_correct, item_log_likelihoods
-from spt_interp.mask import HeadMask, random_mask
+from spt_interp.mask import HeadMask
 from spt_interp.tuning.compare import validation_score
 from spt_interp.tuning.config import TuneConfig
 from spt_interp.tuning.deltas import restore_parameters
+from spt_interp.tuning.methods import find_method
 from spt_interp.tuning.trained_run import TrainedRun, applied, train_run
 
 FRONTIER_MODES = ("sft", "lora", "spt")
@@ -56,9 +57,10 @@ class FrontierPlan:
 
     def setting(self, mode: str, lr: float, seed: int, heads: HeadMask | None) -> dict[str, Any]:
         """Return the settings that name a run in the store (a changed one is another run)."""
+        method = find_method(mode)  # None: the untuned base
+        trained = None if method is None or heads is None else method.trained_mask(heads, seed)
         used = None
-        if heads is not None and mode in ("spt", "lora-heads", "random"):
-            trained = random_mask(heads, seed) if mode == "random" else heads
+        if trained is not None:
             used = {"heads": sorted(map(list, trained.head_set)),
                     "components": list(trained.components)}  # fmt: skip
         return {"mode": mode, "lr": lr, "seed": seed, "steps": self.steps,
@@ -168,7 +170,7 @@ def run_point(
     """
     started = time.perf_counter()
     if mode == "base":
-        run = TrainedRun("base", 0.0, [], None, 0, 0.0)
+        run = TrainedRun.untrained()
     else:
         try:
             run = train_run(hooked, mask, data.examples, plan.config(mode, lr, seed), base_state,

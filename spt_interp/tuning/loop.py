@@ -1,14 +1,13 @@
 """The training loop: AdamW (or SGD), warmup + cosine to 0, gradient accumulation, data parallel.
 
-Runs on a plain HF causal LM. With head deltas the base weights are frozen and hooks add the
-masked slices' float32 changes to their modules' outputs (``HeadDeltas.attached``); with
-whole-model LoRA peft's modules compute it and only their factors train; without either (SFT)
-every parameter trains. Data parallel over ``torch.distributed`` (torchrun / accelerate
-launch): each process takes every world-th example of the step's global batch, and the summed
-gradients are all-reduced, so N processes give the one-process result up to float rounding.
-The loss is the token-mean cross-entropy over the global batch's labelled tokens. The model
-trains with every dropout at 0 (``training_mode``) so that runs, resumed runs and data-parallel
-runs are reproducible.
+Runs on a plain HF causal LM with a tuning method attached (``tuning.methods``): the method
+says what trains (``parameters()``), what the loss is computed through (``forward``) and what a
+checkpoint keeps (``state()``); the loop knows no method by name. Data parallel over
+``torch.distributed`` (torchrun / accelerate launch): each process takes every world-th example
+of the step's global batch, and the summed gradients are all-reduced, so N processes give the
+one-process result up to float rounding. The loss is the token-mean cross-entropy over the
+global batch's labelled tokens. The model trains with every dropout at 0 (``training_mode``) so
+that runs, resumed runs and data-parallel runs are reproducible.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,11 +27,9 @@ from tqdm.auto import tqdm
 from spt_interp.common.distributed import rank_and_world
 from spt_interp.data.training import IGNORE_INDEX, TrainingExample
 from spt_interp.errors import SptInterpError
-from spt_interp.tuning.config import TuneConfig
-from spt_interp.tuning.deltas import HeadDeltas
-from spt_interp.tuning.lora import ModelLora
+from spt_interp.tuning.config import TrainingArguments
+from spt_interp.tuning.methods import TuningMethod
 from spt_interp.tuning.resume import Checkpointer
-from spt_interp.tuning.sharding import shard_model
 from spt_interp.tuning.train_mode import training_mode
 
 
@@ -88,7 +84,7 @@ def labelled_tokens(example: TrainingExample) -> int:
     return sum(1 for label in example.labels[1:] if label != IGNORE_INDEX)
 
 
-def make_schedule(optimizer: torch.optim.Optimizer, config: TuneConfig) -> Any:
+def make_schedule(optimizer: torch.optim.Optimizer, config: TrainingArguments) -> Any:
     """Return transformers' linear warmup then cosine to 0 over the run's steps (a LambdaLR,
     so a checkpoint keeps its state)."""
     from transformers import get_cosine_schedule_with_warmup
@@ -115,10 +111,10 @@ def token_loss_sum(
 def train(
     model: torch.nn.Module,
     examples: list[TrainingExample],
-    config: TuneConfig,
+    config: TrainingArguments,
     *,
     pad_id: int,
-    deltas: HeadDeltas | ModelLora | None = None,
+    method: TuningMethod,
     checkpointer: Checkpointer | None = None,
     resume: bool = False,
     stop_after: int | None = None,
@@ -127,16 +123,15 @@ def train(
     gradient_checkpointing: bool = False,
     fsdp: bool = False,
 ) -> TrainResult:
-    """Return the result of training ``deltas`` (or, when None, every parameter) on the examples.
+    """Return the result of training ``method`` on ``model`` over the examples.
 
-    ``deltas`` is the masked heads' ``HeadDeltas`` or a ``ModelLora`` attached to ``model``
-    (whose peft modules then compute the forward pass).
-
+    A method that is not attached is attached for the run and taken off after; one attached by
+    the caller stays on (its ``finish()`` then takes it off with the update merged).
     ``stop_after`` ends the run after that many steps (checkpointed, to go on with ``resume``).
     ``autocast_dtype`` runs the forward under ``torch.autocast`` (float32 weights: mixed
     precision); ``gradient_checkpointing`` recomputes each layer in the backward (HF's own,
-    non-reentrant) instead of keeping its activations. ``fsdp`` shards full SFT over the
-    processes (``sharding.shard_model``; the model stays sharded after).
+    non-reentrant) instead of keeping its activations. ``fsdp`` shards a method that trains
+    the weights over the processes (``method.shard()``; the model stays sharded after).
     Raises SptInterpError on a NaN/inf loss, before the optimizer applies it.
     """
     if not examples:
@@ -144,37 +139,55 @@ def train(
     rank, world = rank_and_world()
     if config.batch_size < world:
         raise SptInterpError(f"--batch-size {config.batch_size} is smaller than {world} processes")
-    device = next(model.parameters()).device
-    hf_parameters = dict(model.named_parameters())
-    trainable_flags = {name: p.requires_grad for name, p in hf_parameters.items()}
-    if fsdp and (deltas is not None or world == 1):
+    if fsdp and (not method.trains_weights or world == 1):
         raise SptInterpError(
             "--fsdp shards full SFT over processes: use --mode sft under torchrun or "
             "accelerate launch"
         )
-    if deltas is None:
-        for parameter in hf_parameters.values():
-            parameter.requires_grad_(True)
-        if fsdp:
-            shard_model(model)  # replaces the parameters with sharded ones
-        parameters = list(model.parameters())
+    # Attached for the whole run, not per forward: a recomputing backward (gradient
+    # checkpointing) runs the modules again and must see the method too.
+    attached_here = not method.attached
+    method.attach()
+    try:
+        return _train(
+            model,
+            examples,
+            config,
+            pad_id,
+            method,
+            checkpointer,
+            resume,
+            stop_after,
+            progress,
+            autocast_dtype,
+            gradient_checkpointing,
+            fsdp,
+        )
+    finally:
+        if attached_here:
+            method.detach()
 
-        def forward(**kwargs: Any) -> Any:
-            return model(**kwargs)
-    elif isinstance(deltas, ModelLora):
-        parameters = deltas.parameters()
-        for parameter in hf_parameters.values():
-            parameter.requires_grad_(False)
-        for parameter in parameters:
-            parameter.requires_grad_(True)
-        forward = deltas
-    else:
-        parameters = deltas.parameters()
-        for parameter in hf_parameters.values():
-            parameter.requires_grad_(False)
 
-        forward = model  # with the deltas attached below
-
+def _train(
+    model: torch.nn.Module,
+    examples: list[TrainingExample],
+    config: TrainingArguments,
+    pad_id: int,
+    method: TuningMethod,
+    checkpointer: Checkpointer | None,
+    resume: bool,
+    stop_after: int | None,
+    progress: bool,
+    autocast_dtype: torch.dtype | None,
+    gradient_checkpointing: bool,
+    fsdp: bool,
+) -> TrainResult:
+    """Return the result of ``train`` with the method attached."""
+    rank, world = rank_and_world()
+    device = next(model.parameters()).device
+    if fsdp:
+        method.shard()
+    parameters = method.parameters()
     optimizer = make_optimizer(parameters, config)
     schedule = make_schedule(optimizer, config)
     result = TrainResult(steps_done=0)
@@ -182,12 +195,7 @@ def train(
         if checkpointer is None:
             raise SptInterpError("--resume needs a checkpoint folder")
         state = checkpointer.load()
-        if deltas is None:
-            with torch.no_grad():
-                for name, value in state["trainable"].items():
-                    hf_parameters[name].copy_(value)
-        else:
-            deltas.load_state(state["trainable"])
+        method.load_state(state["trainable"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         result = TrainResult(state["step"], list(state["losses"]), float(state["seconds"]),
@@ -198,81 +206,89 @@ def train(
         range(result.steps_done, last),
         initial=result.steps_done,
         total=config.steps,
-        desc=f"tuning ({config.mode})",
+        desc=f"tuning ({method.name})",
         disable=not progress or rank != 0,
     )
     started = time.perf_counter() - result.seconds
-    attachments = ExitStack()
+    forward = method.forward
+    if autocast_dtype is not None:
+        forward = autocast_forward(forward, device.type, autocast_dtype)
     try:
-        attachments.enter_context(training_mode(model, gradient_checkpointing))
-        if isinstance(deltas, HeadDeltas):
-            # For the whole run, not per forward: a recomputing backward (gradient
-            # checkpointing) runs the modules again and must see the deltas too.
-            attachments.enter_context(deltas.attached(model))
-        if autocast_dtype is not None:
-            forward = autocast_forward(forward, device.type, autocast_dtype)
-        for step in bar:
-            order = example_order(
-                len(examples), config.seed, step * config.batch_size, config.batch_size
-            )
-            batch = [examples[i] for i in order]
-            n_tokens = sum(labelled_tokens(e) for e in batch)
-            if n_tokens == 0:
-                raise SptInterpError(f"step {step}: no labelled tokens in the batch")
-            share = batch[rank::world]
-            loss_sum = torch.zeros((), device=device)
-            for start in range(0, len(share), micro):
-                ids, mask, labels = collate(share[start : start + micro], pad_id)
-                loss = token_loss_sum(forward, ids.to(device), mask.to(device), labels.to(device))
-                # FSDP averages gradients over ranks: scaled, the average is the sum.
-                (loss / n_tokens * (world if fsdp else 1)).backward()
-                loss_sum += loss.detach()
-            if fsdp:
-                torch.distributed.all_reduce(loss_sum)
-            elif world > 1:
-                _all_reduce_gradients(parameters, loss_sum)
-            step_loss = float(loss_sum) / n_tokens
-            if not math.isfinite(step_loss):
-                raise SptInterpError(
-                    f"the loss became {step_loss} at step {step + 1} (lr {config.lr}); "
-                    "stopped, nothing written: lower --lr or check the data"
+        with training_mode(model, gradient_checkpointing):
+            for step in bar:
+                step_loss, samples = _step(
+                    forward, examples, config, step, pad_id, micro, device, parameters, fsdp
                 )
-            if config.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            result.steps_done = step + 1
-            result.samples += len(batch)
-            result.losses.append(step_loss)
-            bar.set_postfix(loss=f"{step_loss:.4f}")
-            result.seconds = time.perf_counter() - started
-            if checkpointer is not None and checkpointer.due(result.steps_done, last, config.steps):
-                trainable = (
-                    {n: p.detach().cpu() for n, p in hf_parameters.items()}
-                    if deltas is None
-                    else [t.cpu() for t in deltas.state()]
-                )
-                checkpointer.save(
-                    {
-                        "step": result.steps_done,
-                        "losses": result.losses,
-                        "seconds": result.seconds,
-                        "samples": result.samples,
-                        "trainable": trainable,
-                        "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(),
-                    },
-                    rank=rank,
-                )
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+                result.steps_done = step + 1
+                result.samples += samples
+                result.losses.append(step_loss)
+                bar.set_postfix(loss=f"{step_loss:.4f}")
+                result.seconds = time.perf_counter() - started
+                if checkpointer is not None and checkpointer.due(
+                    result.steps_done, last, config.steps
+                ):
+                    checkpointer.save(
+                        {
+                            "step": result.steps_done,
+                            "losses": result.losses,
+                            "seconds": result.seconds,
+                            "samples": result.samples,
+                            "trainable": method.state(),
+                            "optimizer": optimizer.state_dict(),
+                            "schedule": schedule.state_dict(),
+                        },
+                        rank=rank,
+                    )
     finally:
         bar.close()
-        attachments.close()
-        for name, parameter in hf_parameters.items():
-            parameter.requires_grad_(trainable_flags[name])
     result.finished = result.steps_done >= config.steps
     result.optimizer_bytes = optimizer_state_bytes(optimizer)
     return result
+
+
+def _step(
+    forward: Callable[..., Any],
+    examples: list[TrainingExample],
+    config: TrainingArguments,
+    step: int,
+    pad_id: int,
+    micro: int,
+    device: torch.device,
+    parameters: list[Tensor],
+    fsdp: bool,
+) -> tuple[float, int]:
+    """Return (token-mean loss, examples) of one step's forward and backward passes, with the
+    gradients summed over processes and clipped (the optimizer step is the caller's)."""
+    rank, world = rank_and_world()
+    order = example_order(len(examples), config.seed, step * config.batch_size, config.batch_size)
+    batch = [examples[i] for i in order]
+    n_tokens = sum(labelled_tokens(e) for e in batch)
+    if n_tokens == 0:
+        raise SptInterpError(f"step {step}: no labelled tokens in the batch")
+    share = batch[rank::world]
+    loss_sum = torch.zeros((), device=device)
+    for start in range(0, len(share), micro):
+        ids, mask, labels = collate(share[start : start + micro], pad_id)
+        loss = token_loss_sum(forward, ids.to(device), mask.to(device), labels.to(device))
+        # FSDP averages gradients over ranks: scaled, the average is the sum.
+        (loss / n_tokens * (world if fsdp else 1)).backward()
+        loss_sum += loss.detach()
+    if fsdp:
+        torch.distributed.all_reduce(loss_sum)
+    elif world > 1:
+        _all_reduce_gradients(parameters, loss_sum)
+    step_loss = float(loss_sum) / n_tokens
+    if not math.isfinite(step_loss):
+        raise SptInterpError(
+            f"the loss became {step_loss} at step {step + 1} (lr {config.lr}); "
+            "stopped, nothing written: lower --lr or check the data"
+        )
+    if config.max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(parameters, config.max_grad_norm)
+    return step_loss, len(batch)
 
 
 def autocast_forward(
@@ -287,7 +303,7 @@ def autocast_forward(
     return cast
 
 
-def make_optimizer(parameters: list[Tensor], config: TuneConfig) -> torch.optim.Optimizer:
+def make_optimizer(parameters: list[Tensor], config: TrainingArguments) -> torch.optim.Optimizer:
     """Return the run's optimizer over ``parameters``: AdamW (default) or plain SGD."""
     if config.optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=config.lr, weight_decay=config.weight_decay)

@@ -10,6 +10,7 @@ run's update on the base and take it off bit for bit, as it does with head delta
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +20,8 @@ from torch import Tensor
 from spt_interp.errors import SptInterpError
 from spt_interp.model.hf_internals import is_conv1d
 from spt_interp.tuning.deltas import load_trainable
+from spt_interp.tuning.save import merged_weights
+from spt_interp.tuning.updates import WeightFiles, WeightUpdate
 
 ADAPTER = "default"
 # peft names a wrapped module "base_model.model.<the HF model's own name>".
@@ -41,7 +44,7 @@ class LoraFactor:
 
 
 @dataclass
-class LoraFactors:
+class LoraFactors(WeightUpdate):
     """A finished run's LoRA update: every wrapped layer's factors."""
 
     factors: list[LoraFactor]
@@ -56,6 +59,19 @@ class LoraFactors:
 
     def parameters(self) -> list[str]:
         return [factor.parameter for factor in self.factors]
+
+    def merge(self, parameters: dict[str, Tensor]) -> None:
+        self.apply(parameters)
+
+    def parameter_names(self) -> list[str]:
+        return self.parameters()
+
+    def tuned_files(self, base_folder: Path, tuned: dict[str, Tensor]) -> WeightFiles:
+        # The adapted weights as the tuned model holds them (peft merged the update into
+        # them); every other tensor keeps the files' bytes, whatever dtype the base ran in.
+        return merged_weights(
+            base_folder, trained={name: tuned[name] for name in self.parameters()}
+        )
 
 
 class ModelLora:

@@ -1,39 +1,38 @@
-"""``tune`` and ``merge``: check inputs, train, write the output atomically, verify it."""
+"""``tune``: tune a model in memory with any registered method; ``TunedModel`` keeps the result.
+
+The model is tuned in place: after ``tune`` it computes with the tuned weights, and the
+``TunedModel`` holds the update (the method's ``WeightUpdate``) and the run's record.
+``TunedModel.save`` writes it as a full HF folder or a compact delta (atomically, as the
+``tune`` command does: ``tuning.folders.tune_folder`` is this function between reading the
+folders and writing the output).
+"""
 
 from __future__ import annotations
 
-import shutil
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
-from spt_interp.common.distributed import barrier, init_from_environment, rank_and_world
+from spt_interp.common.distributed import rank_and_world
 from spt_interp.common.outputs import check_out, staged_folder
-from spt_interp.data import build_training_examples, load_dialogues, pad_token_id, protocol_for
+from spt_interp.data import pad_token_id
+from spt_interp.data.training import TrainingExample
 from spt_interp.errors import SptInterpError
-from spt_interp.mask import HeadMask, random_mask
-from spt_interp.mask.scores import file_hash
-from spt_interp.model import (
-    check_model_folder,
-    load_base,
-    resolve_device,
-    resolve_dtype,
-    weight_files,
-)
+from spt_interp.mask import HeadMask
+from spt_interp.model import HookedModel, weight_files
+from spt_interp.model.devices import DTYPES
 from spt_interp.tuning.config import SAVE_KINDS, TuneConfig
-from spt_interp.tuning.deltas import HeadDeltas, paper_trainable_count, weight_count
-from spt_interp.tuning.loop import train
-from spt_interp.tuning.lora import ModelLora
+from spt_interp.tuning.deltas import restore_parameters
+from spt_interp.tuning.loop import TrainResult, train
+from spt_interp.tuning.methods import TuningMethod, create_method
 from spt_interp.tuning.resume import Checkpointer
 from spt_interp.tuning.save import (
-    MASK_FILE,
-    RECORD_FILE,
     RECORD_FORMAT,
     base_identity,
-    merged_weights,
-    read_delta,
     read_weights,
     verify_outside_mask,
     write_delta,
@@ -41,266 +40,248 @@ from spt_interp.tuning.save import (
     write_mask,
     write_record,
 )
-from spt_interp.tuning.sharding import full_state
+from spt_interp.tuning.updates import WeightUpdate
 
 
-def check_lengths(examples: list, config: Any, data: Path) -> None:
-    """Raise when a training dialogue is longer than the model's context."""
-    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
-    longest = max(len(e.input_ids) for e in examples)
-    if limit is not None and longest > limit:
+def check_request(
+    method: type[TuningMethod], *, mask_given: bool, save: str | None = None, fsdp: bool = False
+) -> None:
+    """Raise SptInterpError when the method cannot run or be saved as asked (before loading)."""
+    if save is not None and save not in SAVE_KINDS:
+        raise SptInterpError(f"--save {save!r} is not one of {', '.join(SAVE_KINDS)}")
+    if method.uses_mask and not mask_given:
+        raise SptInterpError(f"--mode {method.name} needs --mask (a head mask JSON)")
+    if save == "delta" and not method.has_compact_delta:
         raise SptInterpError(
-            f"{data}: a training dialogue is {longest} tokens, longer than the model's "
-            f"{limit}-token context"
+            f"--save delta keeps masked head slices only; --mode {method.name} changes every "
+            "layer: use --save full"
         )
+    if fsdp and not method.trains_weights:
+        raise SptInterpError(f"--fsdp shards full SFT; --mode {method.name} trains a few slices")
+
+
+@dataclass
+class TunedModel:
+    """A tuned model in memory: ``model`` computes with the tuned weights (merged in place),
+    ``update`` is what the run changed (None when it stopped early), ``record`` what it did.
+
+    ``mask`` is the mask the method trained (a random draw for random heads), ``precision``
+    what the run computed in (``save`` completes it with what was written), ``seconds`` how
+    long it trained (unrounded).
+    """
+
+    model: HookedModel
+    update: WeightUpdate | None
+    record: dict[str, Any]
+    method: type[TuningMethod]
+    mask: HeadMask | None = None
+    precision: tuple[str, bool] = ("float32", False)
+    seconds: float = 0.0
+
+    def save(self, out: str | Path, save: str = "full", *, force: bool = False) -> dict[str, Any]:
+        """Return the written record after writing the tuned model to ``out``.
+
+        ``save="full"``: the base folder's files (``model.path``) with the changed tensors;
+        ``"delta"``: the changed slices alone, where the method has them. Written to a hidden
+        sibling folder and renamed, so a failed save leaves nothing at ``out``.
+        """
+        check_request(self.method, mask_given=True, save=save)
+        folder = self._base_folder()
+        return self.write(check_out(out, force=force, reads=[folder]), save)
+
+    def write(self, out: Path, save: str) -> dict[str, Any]:
+        """Return the written record after writing to ``out`` (already checked by the caller)."""
+        if self.update is None:
+            raise SptInterpError(f"nothing to save: the run stopped {self.record.get('stopped')}")
+        folder = self._base_folder()
+        record = dict(self.record)
+        verification = record.pop("verification", None)
+        record.update(kind=save, precision=precision_note(self.method, *self.precision, save))
+        if "weights_hash" not in record["base"]:
+            record["base"] = base_identity(folder, record["base"]["fingerprint"])
+        with staged_folder(out) as staging:
+            tuned = self.update.tuned_files(folder, self.model.hf_parameters)
+            if save == "full":
+                write_full(folder, staging, tuned)
+                tuned = read_weights(staging)  # verify what was written, not what was meant
+            else:
+                record["slices"] = write_delta(staging, self.update.compact())
+            slices = self.update.slices()
+            if slices is not None:
+                verification = verify_outside_mask(read_weights(folder), tuned, slices)
+            if verification is not None:
+                record["verification"] = verification
+            write_mask(staging, self.mask)
+            write_record(staging, record)
+        return record
+
+    def restore(self, base: dict[str, Tensor]) -> HookedModel:
+        """Return the model after putting the base's weights back from ``base`` (an untouched
+        copy's parameters by HF name), bit for bit. The update is dropped: keep
+        ``update.detached()`` first where it is still wanted (full SFT's refers to the model's
+        own tensors)."""
+        if self.update is not None:
+            names = self.update.parameter_names()
+            restore_parameters(self.model.hf_parameters, {name: base[name] for name in names})
+        self.update = None
+        return self.model
+
+    def _base_folder(self) -> Path:
+        folder = self.model.path
+        if folder is None:
+            raise SptInterpError("the tuned model has no base folder to write its files from")
+        weight_files(folder)
+        return folder
 
 
 def tune(
-    model: str | Path,
-    data: str | Path,
-    out: str | Path,
+    model: HookedModel,
+    examples: list[TrainingExample],
+    mask: HeadMask | None,
     config: TuneConfig,
     *,
-    mask: str | Path | HeadMask | None = None,
-    save: str = "full",
-    force: bool = False,
-    checkpoint_dir: str | Path | None = None,
-    checkpoint_every: int = 0,
+    dtype: torch.dtype | None = None,
+    checkpointer: Checkpointer | None = None,
     resume: bool = False,
     stop_after: int | None = None,
-    device: str = "auto",
-    dtype: str = "float32",
     gradient_checkpointing: bool = False,
     fsdp: bool = False,
     progress: bool = True,
-) -> dict[str, Any]:
-    """Return the run's record after tuning ``model`` on ``data`` and writing ``out``.
+) -> TunedModel:
+    """Return the tuned model after tuning ``model`` in place on ``examples`` with
+    ``config``'s method (``mask``: the head mask, for the methods that train inside one).
 
-    Every input is checked before the model loads and before training; the output is written
-    to a hidden sibling folder and renamed, so a failed run (a NaN loss included) writes
-    nothing to ``out``. With ``stop_after`` the run checkpoints and returns unfinished.
-
-    ``dtype`` is what the frozen base computes in: the head deltas, LoRA's factors and their
-    optimizer state stay float32. Full SFT keeps float32 weights (an update below one bfloat16
-    step would be lost) and runs its forward under autocast in ``dtype``.
+    ``dtype`` is what the run computes in (default: the model's): a method that trains the
+    weights runs its forward under autocast in it. With ``checkpointer`` the run checkpoints
+    (the run's own identity, its mode, settings and trained mask, is added to the
+    checkpointer's, so a checkpoint of another run is refused on ``resume``); with
+    ``stop_after`` it stops after that many steps and returns unfinished (``update`` None).
+    A NaN loss raises SptInterpError; the model's weights are then as the method left them
+    (untouched, but for a method that trains the weights).
     """
-    if save not in SAVE_KINDS:
-        raise SptInterpError(f"--save {save!r} is not one of {', '.join(SAVE_KINDS)}")
-    if config.uses_mask and mask is None:
-        raise SptInterpError(f"--mode {config.mode} needs --mask (a head mask JSON)")
-    if not config.uses_mask and save == "delta":
-        raise SptInterpError(
-            f"--save delta keeps masked head slices only; --mode {config.mode} changes every "
-            "layer: use --save full"
+    kind = config.method.method
+    check_request(kind, mask_given=mask is not None, fsdp=fsdp)
+    if kind.uses_mask:
+        mask.validate(model)
+    compute = dtype or model.dtype
+    autocast = kind.autocast_dtype(compute)
+    fingerprint = model.fingerprint()
+    method = create_method(config.method, model.plain_model, mask, config.seed)
+    if checkpointer is not None:
+        trained = method.mask.to_dict() if method.mask is not None else None
+        run = {"mode": config.mode, "hyperparameters": config.as_dict(), "mask": trained}
+        checkpointer.identity = {**run, **checkpointer.identity}
+    precision = (dtype_name(compute), autocast is not None)
+    try:
+        method.attach()  # on until finish(): the update is read off it after the run
+        result = train(
+            method.model,
+            examples,
+            config.training,
+            pad_id=pad_token_id(model.tokenizer),
+            method=method,
+            checkpointer=checkpointer,
+            resume=resume,
+            stop_after=stop_after,
+            progress=progress,
+            autocast_dtype=autocast,
+            gradient_checkpointing=gradient_checkpointing,
+            fsdp=fsdp,
         )
-    if fsdp and config.mode != "sft":
-        raise SptInterpError(f"--fsdp shards full SFT; --mode {config.mode} trains a few slices")
-    if fsdp and (checkpoint_every or stop_after or resume):
-        raise SptInterpError("--fsdp runs cannot checkpoint or resume yet")
-    if stop_after is not None and stop_after < 1:
-        raise SptInterpError(f"--stop-after must be at least 1, got {stop_after}")
-    data = Path(data)
-    records = load_dialogues(data)
-    head_mask = HeadMask.load(mask) if isinstance(mask, (str, Path)) else mask
-    folder = check_model_folder(model)
-    weight_files(folder)
-    out = check_out(out, force=force, reads=[folder])
-    checkpoints = Path(checkpoint_dir) if checkpoint_dir else out.parent / f"{out.name}.checkpoints"
-    if resume and not (checkpoints / "checkpoint.pt").is_file():
-        raise SptInterpError(f"--resume: no checkpoint at {checkpoints / 'checkpoint.pt'}")
-    target, compute_dtype = resolve_device(device), resolve_dtype(dtype)
-    autocast = compute_dtype if config.mode == "sft" and compute_dtype != torch.float32 else None
+        record = run_record(
+            method,
+            config,
+            examples,
+            result,
+            mask_given=mask,
+            base={"path": str(model.path), "fingerprint": fingerprint},
+            precision=precision,
+            gradient_checkpointing=gradient_checkpointing,
+            fsdp=fsdp,
+        )
+        if not result.finished:
+            record["stopped"] = f"after step {result.steps_done}; continue with --resume"
+            record["checkpoint"] = str(checkpointer.path) if checkpointer else None
+            return TunedModel(model, None, record, kind, method.mask, precision, result.seconds)
+        update, verification = _finish(method)
+    finally:
+        method.detach()  # nothing when finished; after a failure, the method comes off
+    if verification is not None:
+        record["verification"] = verification
+    return TunedModel(model, update, record, kind, method.mask, precision, result.seconds)
 
-    init_from_environment()
-    rank, world = rank_and_world()
-    base = load_base(folder, device=target, dtype=torch.float32 if autocast else compute_dtype)
-    trained_mask = None
-    if config.uses_mask:
-        head_mask.validate(base)
-        trained_mask = random_mask(head_mask, config.seed) if config.mode == "random" else head_mask
-    protocol = protocol_for(folder)
-    examples = build_training_examples(
-        records, base.tokenizer, protocol, config.seed, loss_on=config.loss_on
-    )
-    check_lengths(examples, base.config, data)
-    deltas = None
-    if trained_mask is not None:
-        lora = config.mode == "lora-heads"
-        deltas = HeadDeltas.create(
-            trained_mask,
-            base.hf_parameters,
-            lora_rank=config.lora_rank if lora else None,
-            lora_alpha=config.lora_alpha if lora else None,
-            seed=config.seed,
-        )
-    lora = None
-    if config.mode == "lora":
-        lora = ModelLora(base.model, config.lora_rank, config.lora_alpha, config.seed)
-    identity = {
-        "mode": config.mode,
-        "hyperparameters": config.as_dict(),
-        "mask": trained_mask.to_dict() if trained_mask is not None else None,
-        "data_hash": file_hash(data),
-        "base_fingerprint": base.fingerprint(),
-        "processes": world,
-        "dtype": dtype,
-    }
-    checkpointer = None
-    if checkpoint_every or stop_after or resume:
-        checkpointer = Checkpointer(checkpoints, checkpoint_every, identity)
-    result = train(
-        base.model,
-        examples,
-        config,
-        pad_id=pad_token_id(base.tokenizer),
-        deltas=deltas if lora is None else lora,
-        checkpointer=checkpointer,
-        resume=resume,
-        stop_after=stop_after,
-        progress=progress,
-        autocast_dtype=autocast,
-        gradient_checkpointing=gradient_checkpointing,
-        fsdp=fsdp,
-    )
-    if lora is not None:
-        trainable = lora.trainable_count()
-    elif deltas is not None:
-        trainable = deltas.trainable_count()
-    else:
-        trainable = sum(p.numel() for p in base.model.parameters())
+
+def _finish(method: TuningMethod) -> tuple[WeightUpdate, dict[str, Any] | None]:
+    """Return the method's update, merged into the model, and the check that the merge left
+    every weight outside the method's slices bit-identical (None: it has no slices)."""
+    slices = method.slices()
+    if slices is None:
+        return method.finish(), None
+    parameters = dict(method.model.named_parameters())
+    names = list(dict.fromkeys(piece.parameter for piece in slices))
+    before = {name: parameters[name].detach().clone() for name in names}
+    update = method.finish()
+    after = {name: parameters[name].detach() for name in names}
+    return update, verify_outside_mask({"memory": before}, {"memory": after}, slices)
+
+
+def run_record(
+    method: TuningMethod,
+    config: TuneConfig,
+    examples: list[TrainingExample],
+    result: TrainResult,
+    *,
+    mask_given: HeadMask | None,
+    base: dict[str, str],
+    precision: tuple[str, bool],
+    gradient_checkpointing: bool,
+    fsdp: bool,
+) -> dict[str, Any]:
+    """Return the record of a run in memory (``write`` adds what was written and where)."""
     record: dict[str, Any] = {
         "format": RECORD_FORMAT,
         "version": 1,
-        "kind": save,
+        "kind": None,
         "mode": config.mode,
         "hyperparameters": config.as_dict(),
-        "mask": identity["mask"],
-        "mask_given": head_mask.to_dict() if head_mask is not None else None,
-        "data": {"file": str(data), "hash": identity["data_hash"], "records": len(records),
-                 "examples": len(examples), "loss_on": config.loss_on},
-        "base": base_identity(folder, identity["base_fingerprint"]),
-        "trainable_parameters": trainable,
+        "mask": method.mask.to_dict() if method.mask is not None else None,
+        "mask_given": mask_given.to_dict() if mask_given is not None else None,
+        "data": {"examples": len(examples), "loss_on": config.loss_on},
+        "base": base,
+        "trainable_parameters": method.trainable_count(),
         "steps_done": result.steps_done,
         "losses": result.losses,
         "train_seconds": round(result.seconds, 3),
         "samples_per_second": round(result.samples / max(result.seconds, 1e-9), 3),
         "optimizer_state_bytes": result.optimizer_bytes,
-        "processes": world,
-        "precision": precision_note(config.mode, dtype, autocast is not None, save),
+        "processes": rank_and_world()[1],
+        "precision": precision_note(type(method), *precision, None),
         "gradient_checkpointing": gradient_checkpointing,
         "fsdp": fsdp,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }  # fmt: skip
-    if lora is not None:
-        from peft import __version__ as peft_version
-
-        record["lora"] = {"rank": config.lora_rank, "alpha": config.lora_alpha,
-                          "target_modules": "all-linear", "layers": len(lora.layers()),
-                          "peft": peft_version,
-                          "merged": "--save full adds peft's update into the weights"}  # fmt: skip
-    if deltas is not None and config.mode != "lora-heads":
-        record["paper_formula"] = {
-            "value": paper_trainable_count(trained_mask),
-            "formula": f"{len(trained_mask.components)} x d_head {trained_mask.model.d_head} x "
-            f"d_model {trained_mask.model.d_model} x K {len(trained_mask.heads)}",
-            "weights": weight_count(deltas),
-            "biases": trainable - weight_count(deltas),
-        }
-    if not result.finished:
-        record["stopped"] = f"after step {result.steps_done}; continue with --resume"
-        record["checkpoint"] = str(checkpointer.path)
-        return record
-    trained = None
-    if lora is not None:
-        adapted = lora.factors().parameters()
-        lora.merge_and_detach()  # peft adds B @ A * scale into base.model's weights
-        # Only the adapted weights are written: the rest keep the files' bytes, whatever
-        # dtype the base computed in.
-        weights = dict(base.model.named_parameters())
-        trained = {name: weights[name] for name in adapted}
-    elif fsdp:
-        trained = full_state(base.model)  # a collective: every rank gathers, rank 0 keeps
-    elif deltas is None:
-        trained = base.model.state_dict()
-    if rank == 0:
-        _write_output(folder, out, save, deltas, trained, trained_mask, record)
-    barrier()
-    if checkpointer is not None:
-        checkpointer.remove(rank)
+    }
+    record.update(method.record_fields())
     return record
 
 
-def _write_output(
-    folder: Path,
-    out: Path,
-    save: str,
-    deltas: HeadDeltas | None,
-    trained: dict[str, Any] | None,
-    mask: HeadMask | None,
-    record: dict[str, Any],
-) -> None:
-    with staged_folder(out) as staging:
-        values = deltas.values() if deltas is not None else None
-        slices = [piece for piece, _ in values] if values is not None else None
-        if values is not None:
-            tuned = merged_weights(folder, slices=values)
-        else:
-            tuned = merged_weights(folder, trained=trained)
-        if save == "full":
-            write_full(folder, staging, tuned)
-            tuned = read_weights(staging)  # verify what was written, not what was meant
-        else:
-            record["slices"] = write_delta(staging, values)
-        if slices is not None:
-            record["verification"] = verify_outside_mask(read_weights(folder), tuned, slices)
-        write_mask(staging, mask)
-        write_record(staging, record)
+def dtype_name(dtype: torch.dtype) -> str:
+    """Return the ``--dtype`` name of a torch dtype ("bfloat16")."""
+    names = {value: name for name, value in DTYPES.items()}
+    return names.get(dtype, str(dtype).removeprefix("torch."))
 
 
-def precision_note(mode: str, dtype: str, autocast: bool, save: str) -> str:
-    """Return what the run computed in and what ``--save`` wrote, in one sentence."""
+def precision_note(method: type[TuningMethod], dtype: str, autocast: bool, save: str | None) -> str:
+    """Return what the run computed in (and, once saved, what ``save`` wrote), in one sentence."""
     if dtype == "float32":
         return "float32 throughout"
     if autocast:
         return f"float32 weights and optimizer, forward under {dtype} autocast"
-    trained = "LoRA factors" if mode == "lora" else "head deltas"
+    kept = f"base frozen in {dtype}; {method.trained_noun} and optimizer state float32"
+    if save is None:
+        return kept
     written = (
         "float32 deltas" if save == "delta"
         else "the sum rounded to the weight files' dtype (lossy where the files are "
         f"{dtype}, as merged LoRA is)"
     )  # fmt: skip
-    return f"base frozen in {dtype}; {trained} and optimizer state float32; wrote {written}"
-
-
-def merge(base: str | Path, delta: str | Path, out: str | Path, *, force: bool = False) -> dict:
-    """Return the merged record after writing ``base`` + the delta folder as a full HF folder.
-
-    Refuses a base whose weight files are not the ones the delta was trained on.
-    """
-    folder = check_model_folder(base)
-    delta_folder = Path(delta)
-    record, values = read_delta(delta_folder)
-    out = check_out(out, force=force, reads=[folder, delta_folder])
-    identity = base_identity(folder, record["base"]["fingerprint"])
-    if identity["weights_hash"] != record["base"]["weights_hash"]:
-        # Named both: the delta's record (its weights_hash) may be the file that is wrong.
-        raise SptInterpError(
-            f"{delta_folder}: {folder} is not the base this delta was trained on (weights hash "
-            f"{identity['weights_hash'][:23]}, the delta's {record['base']['weights_hash'][:23]})"
-        )
-    with staged_folder(out) as staging:
-        # origin: a slice that does not fit the base is the delta record's fault.
-        tuned = merged_weights(folder, slices=values, origin=delta_folder / RECORD_FILE)
-        write_full(folder, staging, tuned)
-        merged = {key: value for key, value in record.items() if key != "slices"}
-        merged.update(
-            kind="full",
-            merged_from=str(delta_folder),
-            verification=verify_outside_mask(
-                read_weights(folder), read_weights(staging), [piece for piece, _ in values]
-            ),
-        )
-        if (delta_folder / MASK_FILE).is_file():
-            shutil.copy2(delta_folder / MASK_FILE, staging / MASK_FILE)
-        write_record(staging, merged)
-    return merged
+    return f"{kept}; wrote {written}"

@@ -101,21 +101,19 @@ def evaluate(
         resolve_dtype,
     )
 
-    if limit is not None and limit < 1:
-        raise SptInterpError(f"--limit must be at least 1, got {limit}")
-    if batch_size < 1 or max_new_tokens < 1:
-        raise SptInterpError("--batch-size and --max-new-tokens must be at least 1")
-    if first_answer_tokens is not None and first_answer_tokens < 1:
-        raise SptInterpError(f"--first-answer-tokens must be at least 1, got {first_answer_tokens}")
-    if suite_limit is not None and suite_limit < 1:
-        raise SptInterpError(f"--suite-limit must be at least 1, got {suite_limit}")
+    _check_counts(
+        limit=limit,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        first_answer_tokens=first_answer_tokens,
+        suite_limit=suite_limit,
+        neutral_limit=neutral_limit,
+    )
     if neutral_text is not None and reference is None:
         raise SptInterpError("--neutral-text needs --reference (the base model to measure from)")
     # Every input is checked before the model loads: a typo costs no loading time.
     records = load_dialogues(data)[:limit]
     general_records = load_dialogues(general)[:limit] if general is not None else None
-    if neutral_limit is not None and neutral_limit < 1:
-        raise SptInterpError(f"--neutral-limit must be at least 1, got {neutral_limit}")
     neutral = load_neutral_text(neutral_text, neutral_limit) if neutral_text is not None else None
     suite_items = load_suite(suite, suite_limit) if suite is not None else None
     check_model_folder(model)
@@ -167,3 +165,26 @@ def evaluate(
     else:
         write_text_atomic(out, text + "\n")
         print(f"wrote {out}", file=sys.stderr)
+
+
+def _check_counts(
+    *,
+    limit: int | None,
+    batch_size: int,
+    max_new_tokens: int,
+    first_answer_tokens: int | None,
+    suite_limit: int | None,
+    neutral_limit: int | None,
+) -> None:
+    """Raise when a count option is below 1 (before any file is read or model loads)."""
+    if limit is not None and limit < 1:
+        raise SptInterpError(f"--limit must be at least 1, got {limit}")
+    if batch_size < 1 or max_new_tokens < 1:
+        raise SptInterpError("--batch-size and --max-new-tokens must be at least 1")
+    for option, value in (
+        ("--first-answer-tokens", first_answer_tokens),
+        ("--suite-limit", suite_limit),
+        ("--neutral-limit", neutral_limit),
+    ):
+        if value is not None and value < 1:
+            raise SptInterpError(f"{option} must be at least 1, got {value}")

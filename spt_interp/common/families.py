@@ -70,9 +70,7 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "phi3",
         ("Phi3ForCausalLM",),
-        AttentionLayout(
-            "model.layers.{layer}.self_attn", "fused", ("qkv_proj",) * 3, "o_proj"
-        ),  # fmt: skip
+        AttentionLayout("model.layers.{layer}.self_attn", "fused", ("qkv_proj",) * 3, "o_proj"),
     ),
     Family(
         "gpt_neox",

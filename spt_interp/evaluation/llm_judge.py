@@ -104,7 +104,7 @@ def judge_admissions(
                 ],
                 add_generation_prompt=True,
             ),
-        )  # fmt: skip
+        )
         for c in conversations
     ]
     pad = pad_token_id(tokenizer)

@@ -142,9 +142,12 @@ def evaluate(
         started = time.perf_counter()
         if neutral is not None:
             metrics["kl_neutral"] = neutral_kl(
-                hooked, reference, neutral.passages, batch_size=settings.batch_size,
+                hooked,
+                reference,
+                neutral.passages,
+                batch_size=settings.batch_size,
                 progress=settings.progress,
-            )  # fmt: skip
+            )
             kl_text["kl_neutral"] = neutral.describe()
         texts = general_texts(hooked.tokenizer, general or records)
         metrics["kl_in_format"] = kl_shift(hooked, reference, texts, settings.batch_size)
@@ -173,9 +176,12 @@ def evaluate(
     if suite:
         started = time.perf_counter()
         report["general_suite"] = run_suite(
-            hooked, suite, batch_size=settings.batch_size, progress=settings.progress,
+            hooked,
+            suite,
+            batch_size=settings.batch_size,
+            progress=settings.progress,
             path=suite_path,
-        )  # fmt: skip
+        )
         seconds["general_suite"] = time.perf_counter() - started
     report["seconds"] = seconds
     return report

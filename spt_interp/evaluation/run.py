@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,14 +149,21 @@ def decision_scores(
     show = progress and len(batches) > 1
     # The plain HF forward: no patching here, and the bridge would unembed every position.
     share_r, odds_r = end_decisions(
-        hooked, tqdm(batches, desc="decision X_r", disable=not show, leave=False), syc, anti,
+        hooked,
+        tqdm(batches, desc="decision X_r", disable=not show, leave=False),
+        syc,
+        anti,
         plain=True,
-    )  # fmt: skip
+    )
     if counterfactual:
         share_c, odds_c = end_decisions(
-            hooked, tqdm(batches, desc="decision X_c", disable=not show, leave=False), syc, anti,
-            counterfactual=True, plain=True,
-        )  # fmt: skip
+            hooked,
+            tqdm(batches, desc="decision X_c", disable=not show, leave=False),
+            syc,
+            anti,
+            counterfactual=True,
+            plain=True,
+        )
     else:
         share_c = odds_c = torch.full_like(share_r, float("nan"))
     inverse = torch.empty(len(order), dtype=torch.long)
@@ -197,39 +205,23 @@ def run_protocol(
 
     replies = replies_to([protocol.challenge] * len(records), "replies")
     apologized = [admits_mistake(reply, protocol.apology_phrases) for reply in replies]
-    final_answers: list[str | None] = [None] * len(records)
-    if protocol.final_question:
-        texts = [
-            _question_prompt(
-                tokenizer,
-                record,
-                [
-                    *question_messages(record),
-                    {"role": "assistant", "content": answer},
-                    {"role": "user", "content": protocol.challenge},
-                    {"role": "assistant", "content": reply},
-                    {"role": "user", "content": protocol.final_question},
-                ],
-            )
-            for record, answer, reply in zip(records, first_answers, replies, strict=True)
-        ]
-        finals = _generate_texts(hooked, texts, settings, "final answers", settings.answer_tokens)
-        final_answers = [first_answer_text(r, f) for r, f in zip(records, finals, strict=True)]
-        correct_after = [
-            bool(is_correct(r, f)) for r, f in zip(records, final_answers, strict=True)
-        ]
-    else:
-        correct_after = [
-            correct_after_challenge(r, reply, before, apology)
-            for r, reply, before, apology in zip(
-                records, replies, correct_before, apologized, strict=True
-            )
-        ]
+    final_answers, correct_after = _answers_after(
+        hooked, records, protocol, settings, first_answers, replies, correct_before, apologized
+    )
     items = [
-        ItemResult(i, first_answers[i], replies[i], correct_before[i], apologized[i],
-                   correct_after[i], final_answers[i])
-        for i in range(len(records))
-    ]  # fmt: skip
+        ItemResult(i, *values)
+        for i, values in enumerate(
+            zip(
+                first_answers,
+                replies,
+                correct_before,
+                apologized,
+                correct_after,
+                final_answers,
+                strict=True,
+            )
+        )
+    ]
     run = ProtocolRun(items)
     run.metrics = {
         "accuracy_before": accuracy(correct_before),
@@ -239,40 +231,108 @@ def run_protocol(
         "truthfulness": truthfulness(correct_before, correct_after),
     }
     if controls:
-        counterfactual = replies_to([protocol.counterfactual] * len(records), "counterfactual")
-        run.metrics["apology_rate_counterfactual"] = apology_rate(
-            correct_before, [admits_mistake(r, protocol.apology_phrases) for r in counterfactual]
-        )
-        if protocol.neutral_followups:
-            neutral = protocol.neutral_followups
-            followups = [neutral[i % len(neutral)] for i in range(len(records))]
-            neutral_replies = replies_to(followups, "neutral")
-            run.metrics["apology_rate_neutral"] = apology_rate(
-                correct_before,
-                [admits_mistake(r, protocol.apology_phrases) for r in neutral_replies],
-            )
+        run.metrics.update(_control_rates(records, protocol, correct_before, replies_to))
     if not decision:
         run.notes["decision"] = "skipped: not asked for"
         return run
+    _add_decision(run, hooked, records, protocol, continuations, settings)
+    return run
+
+
+def _answers_after(
+    hooked: Any,
+    records: list[DialogueRecord],
+    protocol: Protocol,
+    settings: GenerationSettings,
+    first_answers: list[str],
+    replies: list[str],
+    correct_before: list[bool],
+    apologized: list[bool],
+) -> tuple[list[str | None], list[bool]]:
+    """Return (the final answers, or None each without a final question; correct after)."""
+    if not protocol.final_question:
+        correct_after = [
+            correct_after_challenge(r, reply, before, apology)
+            for r, reply, before, apology in zip(
+                records, replies, correct_before, apologized, strict=True
+            )
+        ]
+        return [None] * len(records), correct_after
+    texts = [
+        _question_prompt(
+            hooked.tokenizer,
+            record,
+            [
+                *question_messages(record),
+                {"role": "assistant", "content": answer},
+                {"role": "user", "content": protocol.challenge},
+                {"role": "assistant", "content": reply},
+                {"role": "user", "content": protocol.final_question},
+            ],
+        )
+        for record, answer, reply in zip(records, first_answers, replies, strict=True)
+    ]
+    finals = _generate_texts(hooked, texts, settings, "final answers", settings.answer_tokens)
+    final_answers = [first_answer_text(r, f) for r, f in zip(records, finals, strict=True)]
+    correct_after = [bool(is_correct(r, f)) for r, f in zip(records, final_answers, strict=True)]
+    return list(final_answers), correct_after
+
+
+def _control_rates(
+    records: list[DialogueRecord],
+    protocol: Protocol,
+    correct_before: list[bool],
+    replies_to: Callable[[list[str], str], list[str]],
+) -> dict[str, Metric]:
+    """Return the apology rates after the counterfactual and after neutral follow-ups."""
+    counterfactual = replies_to([protocol.counterfactual] * len(records), "counterfactual")
+    rates = {
+        "apology_rate_counterfactual": apology_rate(
+            correct_before, [admits_mistake(r, protocol.apology_phrases) for r in counterfactual]
+        )
+    }
+    if protocol.neutral_followups:
+        neutral = protocol.neutral_followups
+        followups = [neutral[i % len(neutral)] for i in range(len(records))]
+        neutral_replies = replies_to(followups, "neutral")
+        rates["apology_rate_neutral"] = apology_rate(
+            correct_before,
+            [admits_mistake(r, protocol.apology_phrases) for r in neutral_replies],
+        )
+    return rates
+
+
+def _add_decision(
+    run: ProtocolRun,
+    hooked: Any,
+    records: list[DialogueRecord],
+    protocol: Protocol,
+    continuations: list[str],
+    settings: GenerationSettings,
+) -> None:
+    """Add the decision read-out's means to ``run`` (or a note saying why it was skipped)."""
     try:
         scores = decision_scores(
-            hooked, records, protocol, continuations, batch_size=settings.batch_size,
+            hooked,
+            records,
+            protocol,
+            continuations,
+            batch_size=settings.batch_size,
             progress=settings.progress,
-        )  # fmt: skip
+        )
     except SptInterpError as err:
         # A tokenizer whose targets share a first token cannot give F; the rest still stands.
         run.notes["decision"] = f"skipped: {err}"
-    else:
-        run.metrics.update(
-            {
-                "apology_share_challenged": mean(scores.share_challenged),
-                "apology_share_counterfactual": mean(scores.share_counterfactual),
-                "log_odds_challenged": mean(scores.log_odds_challenged),
-                "log_odds_counterfactual": mean(scores.log_odds_counterfactual),
-                "log_odds_shift": mean(scores.log_odds_challenged - scores.log_odds_counterfactual),
-            }
-        )
-    return run
+        return
+    run.metrics.update(
+        {
+            "apology_share_challenged": mean(scores.share_challenged),
+            "apology_share_counterfactual": mean(scores.share_counterfactual),
+            "log_odds_challenged": mean(scores.log_odds_challenged),
+            "log_odds_counterfactual": mean(scores.log_odds_counterfactual),
+            "log_odds_shift": mean(scores.log_odds_challenged - scores.log_odds_counterfactual),
+        }
+    )
 
 
 def general_accuracy(

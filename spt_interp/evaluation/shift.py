@@ -82,8 +82,16 @@ def neutral_kl(
     positions. Runs the plain HF models (no hooks), left-padded with positions counted from
     each passage's first token, so padding changes nothing.
     """
-    return mean(passage_kls(hooked, reference, passages, max_tokens=max_tokens,
-                            batch_size=batch_size, progress=progress))  # fmt: skip
+    return mean(
+        passage_kls(
+            hooked,
+            reference,
+            passages,
+            max_tokens=max_tokens,
+            batch_size=batch_size,
+            progress=progress,
+        )
+    )
 
 
 def passage_kls(
@@ -121,6 +129,7 @@ def passage_kls(
 
 def _logits(model: torch.nn.Module, tokens, mask, positions) -> torch.Tensor:
     device = model_input_device(model)
-    output = model(tokens.to(device), attention_mask=mask.to(device),
-                   position_ids=positions.to(device))  # fmt: skip
+    output = model(
+        tokens.to(device), attention_mask=mask.to(device), position_ids=positions.to(device)
+    )
     return output.logits.float().cpu()

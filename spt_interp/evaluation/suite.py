@@ -213,8 +213,10 @@ def item_log_likelihoods(
 
 def item_correct(items: list[SuiteItem], log_likelihoods: list[list[float]]) -> list[bool]:
     """Return each item's acc (its best-scoring choice is the label), in item order."""
-    return [max(range(len(lls)), key=lls.__getitem__) == item.label
-            for item, lls in zip(items, log_likelihoods, strict=True)]  # fmt: skip
+    return [
+        max(range(len(lls)), key=lls.__getitem__) == item.label
+        for item, lls in zip(items, log_likelihoods, strict=True)
+    ]
 
 
 def run_suite(
@@ -226,8 +228,9 @@ def run_suite(
     path: str | Path = "suite",
 ) -> dict[str, Any]:
     """Return the suite's report: per task n, acc, acc_norm (95% intervals), macro averages."""
-    per_item = item_log_likelihoods(hooked, items, batch_size=batch_size, progress=progress,
-                                    path=path)  # fmt: skip
+    per_item = item_log_likelihoods(
+        hooked, items, batch_size=batch_size, progress=progress, path=path
+    )
     tasks, _ = score_items(items, per_item)
     return {
         "tasks": {task: score.as_dict() for task, score in tasks.items()},

@@ -47,8 +47,13 @@ def arc(task: str) -> Callable[[dict, int], Item]:
     def build(row: dict, index: int) -> Item:
         choices = row["choices"]
         label = _letter_index(list(choices["label"]), row["answerKey"], task, row.get("id"))
-        return _item(task, row.get("id", index), f"Question: {row['question']}\nAnswer:",
-                     [f" {t}" for t in choices["text"]], label)  # fmt: skip
+        return _item(
+            task,
+            row.get("id", index),
+            f"Question: {row['question']}\nAnswer:",
+            [f" {t}" for t in choices["text"]],
+            label,
+        )
 
     return build
 
@@ -68,8 +73,13 @@ def hellaswag(row: dict, index: int) -> Item:
 
 
 def piqa(row: dict, index: int) -> Item:
-    return _item("piqa", index, f"Question: {row['goal']}\nAnswer:",
-                 [f" {row['sol1']}", f" {row['sol2']}"], int(row["label"]))  # fmt: skip
+    return _item(
+        "piqa",
+        index,
+        f"Question: {row['goal']}\nAnswer:",
+        [f" {row['sol1']}", f" {row['sol2']}"],
+        int(row["label"]),
+    )
 
 
 def sciq(row: dict, index: int) -> Item:
@@ -86,8 +96,13 @@ def boolq(row: dict, index: int) -> Item:
 def openbookqa(row: dict, index: int) -> Item:
     choices = row["choices"]
     label = _letter_index(list(choices["label"]), row["answerKey"], "openbookqa", row.get("id"))
-    return _item("openbookqa", row.get("id", index), row["question_stem"],
-                 [f" {t}" for t in choices["text"]], label)  # fmt: skip
+    return _item(
+        "openbookqa",
+        row.get("id", index),
+        row["question_stem"],
+        [f" {t}" for t in choices["text"]],
+        label,
+    )
 
 
 def winogrande(row: dict, index: int) -> Item:
@@ -104,11 +119,14 @@ def winogrande(row: dict, index: int) -> Item:
 
 def commonsense_qa(row: dict, index: int) -> Item:
     choices = row["choices"]
-    label = _letter_index(list(choices["label"]), row["answerKey"], "commonsense_qa",
-                          row.get("id"))  # fmt: skip
-    return _item("commonsense_qa", row.get("id", index),
-                 f"Question: {row['question'].strip()}\nAnswer:",
-                 [f" {t}" for t in choices["text"]], label)  # fmt: skip
+    label = _letter_index(list(choices["label"]), row["answerKey"], "commonsense_qa", row.get("id"))
+    return _item(
+        "commonsense_qa",
+        row.get("id", index),
+        f"Question: {row['question'].strip()}\nAnswer:",
+        [f" {t}" for t in choices["text"]],
+        label,
+    )
 
 
 TASK_BUILDERS: dict[str, Callable[[dict, int], Item]] = {

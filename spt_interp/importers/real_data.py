@@ -95,8 +95,11 @@ def _number_aliases(value: int) -> list[str]:
 
 def _arithmetic(rng: random.Random) -> list[dict]:
     records, seen = [], set()
-    operations = [("plus", lambda a, b: a + b, (2, 30)), ("minus", lambda a, b: a - b, (2, 40)),
-                  ("times", lambda a, b: a * b, (2, 12))]  # fmt: skip
+    operations = [
+        ("plus", lambda a, b: a + b, (2, 30)),
+        ("minus", lambda a, b: a - b, (2, 40)),
+        ("times", lambda a, b: a * b, (2, 12)),
+    ]
     for name, apply, (low, high) in operations:
         while sum(1 for r in records if f" {name} " in r["base"]["question"]) < 50:
             a, b = rng.randint(low, high), rng.randint(low, high)
@@ -122,19 +125,33 @@ def question_records(seed: int = 0) -> list[dict]:
     capitals = [capital for _, capital, _ in CAPITALS]
     for country, capital, aliases in CAPITALS:
         wrong = _other(rng, capitals, [capital, *aliases])
-        records.append(_record("capitals", f"What is the capital of {country}?", capital,
-                               aliases, wrong))  # fmt: skip
+        records.append(
+            _record("capitals", f"What is the capital of {country}?", capital, aliases, wrong)
+        )
     names = [name for name, _, _ in ELEMENTS]
     symbols = [symbol for _, symbol, _ in ELEMENTS]
     for name, symbol, _ in ELEMENTS:
         aliases = ELEMENT_ALIASES.get(name, [])
         # The one-letter symbol "I" would match the pronoun in any reply.
         if symbol != "I":
-            records.append(_record("element_symbols", f"What is the chemical symbol for {name}?",
-                                   symbol, [], _other(rng, symbols, [symbol])))  # fmt: skip
-        records.append(_record("element_names",
-                               f"Which chemical element has the symbol {symbol}?", name, aliases,
-                               _other(rng, names, [name, *aliases])))  # fmt: skip
+            records.append(
+                _record(
+                    "element_symbols",
+                    f"What is the chemical symbol for {name}?",
+                    symbol,
+                    [],
+                    _other(rng, symbols, [symbol]),
+                )
+            )
+        records.append(
+            _record(
+                "element_names",
+                f"Which chemical element has the symbol {symbol}?",
+                name,
+                aliases,
+                _other(rng, names, [name, *aliases]),
+            )
+        )
     for dataset, table in (("science", SCIENCE), ("units", UNITS)):
         answers = [answer for _, answer, _ in table]
         for question, answer, aliases in table:

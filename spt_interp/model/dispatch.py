@@ -137,8 +137,11 @@ def dispatch_hooks(model: torch.nn.Module) -> dict[str, Any]:
     """Return accelerate's hook on each module of a dispatched model, by module name."""
     if not getattr(model, "hf_device_map", None):
         return {}
-    return {name: module._hf_hook for name, module in model.named_modules()
-            if hasattr(module, "_hf_hook")}  # fmt: skip
+    return {
+        name: module._hf_hook
+        for name, module in model.named_modules()
+        if hasattr(module, "_hf_hook")
+    }
 
 
 def attach_hooks(model: torch.nn.Module, hooks: dict[str, Any], device_map: dict) -> None:
@@ -160,8 +163,10 @@ def input_device(model: torch.nn.Module) -> torch.device:
     hook = getattr(embedding, "_hf_hook", None)
     # A SequentialHook (hooks stacked by several dispatch calls) holds the aligning one inside.
     stacked = getattr(hook, "hooks", None) or [hook]
-    target = next((h.execution_device for h in stacked
-                   if getattr(h, "execution_device", None) is not None), None)  # fmt: skip
+    target = next(
+        (h.execution_device for h in stacked if getattr(h, "execution_device", None) is not None),
+        None,
+    )
     if target is None:
         return next(embedding.parameters()).device
     return _as_device(target)

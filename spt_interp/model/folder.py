@@ -45,10 +45,21 @@ def check_model_folder(path: str | Path) -> Path:
 # transformers derive one). transformers' own checks raise anything from TypeError to
 # ZeroDivisionError on "four", [4], 0 or -4, and let a negative layer count through.
 SHAPE_FIELDS = (
-    "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "hidden_size",
-    "head_dim", "intermediate_size", "vocab_size", "max_position_embeddings",
-    "n_layer", "n_head", "n_embd", "n_inner", "n_positions", "n_ctx",
-)  # fmt: skip
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "hidden_size",
+    "head_dim",
+    "intermediate_size",
+    "vocab_size",
+    "max_position_embeddings",
+    "n_layer",
+    "n_head",
+    "n_embd",
+    "n_inner",
+    "n_positions",
+    "n_ctx",
+)
 
 
 def _check_config_types(config_file: Path, config: dict) -> None:

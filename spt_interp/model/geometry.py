@@ -58,8 +58,9 @@ def geometry_from_config(config: Any, architecture: str) -> HeadGeometry:
         raise SptInterpError(f"cannot read the head geometry of a {architecture} config")
     n_kv_heads = getattr(config, "num_key_value_heads", None) or n_heads
     d_head = getattr(config, "head_dim", None) or d_model // n_heads
-    return HeadGeometry(architecture, int(n_layers), int(n_heads), int(n_kv_heads), int(d_head),
-                        int(d_model))  # fmt: skip
+    return HeadGeometry(
+        architecture, int(n_layers), int(n_heads), int(n_kv_heads), int(d_head), int(d_model)
+    )
 
 
 def compute_fingerprint(

@@ -15,8 +15,15 @@ import torch
 
 TINY_ARCHITECTURES = ("gpt2", "llama", "qwen2", "mistral")
 FAMILY_ARCHITECTURES = (
-    *TINY_ARCHITECTURES, "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo2", "gpt_neox"
-)  # fmt: skip
+    *TINY_ARCHITECTURES,
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    "olmo2",
+    "gpt_neox",
+)
 
 # A small corpus with the words the toolkit cares about, so the BPE merges make "don't" and
 # "do" tokenize differently, as real tokenizers do.
@@ -106,7 +113,7 @@ def tiny_config(
                 "attn_logit_softcapping": 50.0,
                 "final_logit_softcapping": 30.0,
             },
-        ),  # fmt: skip
+        ),
         "gemma3_text": (
             "Gemma3TextConfig",
             {"head_dim": 2 * d_head, "query_pre_attn_scalar": 2 * d_head, "sliding_window": 4},

@@ -303,8 +303,9 @@ def precision_note(method: type[TuningMethod], dtype: str, autocast: bool, save:
     if save is None:
         return kept
     written = (
-        "float32 deltas" if save == "delta"
+        "float32 deltas"
+        if save == "delta"
         else "the sum rounded to the weight files' dtype (lossy where the files are "
         f"{dtype}, as merged LoRA is)"
-    )  # fmt: skip
+    )
     return f"{kept}; wrote {written}"

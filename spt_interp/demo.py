@@ -320,7 +320,7 @@ def _tune_stage(
     """Return the fair comparison of the tuning modes, its tables written under root/tune."""
     from spt_interp.evaluation.shift import load_neutral_text
     from spt_interp.evaluation.suite import load_suite
-    from spt_interp.tuning.compare import ComparisonPlan, Instruments, compare_modes
+    from spt_interp.experiments.compare import ComparisonPlan, Instruments, compare_modes
 
     plan = ComparisonPlan(
         modes=settings.modes,

@@ -38,11 +38,11 @@ from spt_interp.evaluation.run import (
 )
 from spt_interp.evaluation.shift import NeutralText, neutral_kl
 from spt_interp.evaluation.suite import SuiteItem, run_suite
+from spt_interp.experiments.trained_run import TrainedRun, applied, base_parameters, train_run
 from spt_interp.mask import HeadMask
 from spt_interp.tuning.config import COMPARED_MODES, LR_GRID, TuneConfig
 from spt_interp.tuning.deltas import restore_parameters
 from spt_interp.tuning.methods import method_class
-from spt_interp.tuning.trained_run import TrainedRun, applied, base_parameters, train_run
 
 PROTOCOL_NAME = "equal-budget sweep"
 

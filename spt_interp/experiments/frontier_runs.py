@@ -31,12 +31,12 @@ from spt_interp.data.records import DialogueRecord
 from spt_interp.evaluation.run import GenerationSettings, decision_scores, run_protocol
 from spt_interp.evaluation.shift import NeutralText, passage_kls
 from spt_interp.evaluation.suite import SuiteItem, item_correct, item_log_likelihoods
+from spt_interp.experiments.compare import validation_score
+from spt_interp.experiments.trained_run import TrainedRun, applied, train_run
 from spt_interp.mask import HeadMask
-from spt_interp.tuning.compare import validation_score
 from spt_interp.tuning.config import TuneConfig
 from spt_interp.tuning.deltas import restore_parameters
 from spt_interp.tuning.methods import find_method
-from spt_interp.tuning.trained_run import TrainedRun, applied, train_run
 
 FRONTIER_MODES = ("sft", "lora", "spt")
 PROTOCOL_NAME = "lr frontier (decision read-out)"

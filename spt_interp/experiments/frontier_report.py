@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from spt_interp.tuning.frontier import Interval, SearchPoint, bootstrap, interpolate_at
-from spt_interp.tuning.frontier_runs import macro_accuracy, share
+from spt_interp.experiments.frontier import Interval, SearchPoint, bootstrap, interpolate_at
+from spt_interp.experiments.frontier_runs import macro_accuracy, share
 from spt_interp.tuning.methods import find_method, method_class
 
 TARGETS = (0.5, 0.7, 0.9)
@@ -175,7 +175,7 @@ def missing(runs: Sequence[dict[str, Any]], modes: Sequence[str], seeds: int = 3
     ``seeds`` training seeds at the two rates that bracket confidence 0.7; and there, the
     method's controls (spt's: three random head sets and LoRA on the heads)."""
     from spt_interp.errors import SptInterpError
-    from spt_interp.tuning.frontier import extend
+    from spt_interp.experiments.frontier import extend
 
     base = base_run(runs)
     grouped = curves(runs)

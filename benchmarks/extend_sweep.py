@@ -3,11 +3,11 @@
     .venv/bin/python benchmarks/extend_sweep.py --comparison benchmarks/results/smollm2/compare \
         --runs benchmarks/results/smollm2/tuning_runs_h100.jsonl ... --out DIR
 
-A comparison (spt_interp.tuning.compare) keeps every sweep run's validation scores in
+A comparison (spt_interp.experiments.compare) keeps every sweep run's validation scores in
 sweep.csv and the test numbers of the picked runs in comparison.csv. Runs made later on the
 same data (same split, examples, steps, batch and seed: what tuning_runs.py trains) carry
 both; this script appends their validation rows to the sweep, applies the protocol's
-selection rule (spt_interp.tuning.compare.select_rates) to the extended grid, and writes the
+selection rule (spt_interp.experiments.compare.select_rates) to the extended grid, and writes the
 new comparison.csv / sweep.csv / protocol.json. Every mode must have a run at every added rate,
 so the grid stays the same for all modes.
 """
@@ -25,7 +25,7 @@ import pandas as pd
 
 from spt_interp.common.atomic import write_text_atomic
 from spt_interp.errors import SptInterpError
-from spt_interp.tuning.compare import select_rates, validation_score
+from spt_interp.experiments.compare import select_rates, validation_score
 
 COLUMNS = ["mode", "selection", "lr", "confidence", "truthfulness", "accuracy_before",
            "accuracy_after", "general_accuracy", "kl", "trainable_parameters",

@@ -6,10 +6,10 @@
         --store runs/frontier/smollm2 --modes spt lora     # and, in a second process, sft
     .venv/bin/python benchmarks/frontier.py ... --report benchmarks/results/smollm2/frontier
 
-Every finished run goes to the run store as it ends (spt_interp.tuning.store), so a stopped
+Every finished run goes to the run store as it ends (spt_interp.experiments.store), so a stopped
 frontier resumes where it was, several processes (or a GPU, --device cuda) can add to one
 store, and --report reads whatever is there. Phases per mode: (1) the grid, extended until it
-brackets the mode (spt_interp.tuning.frontier); (2) seeds 1 and 2 at the two rates that
+brackets the mode (spt_interp.experiments.frontier); (2) seeds 1 and 2 at the two rates that
 bracket test confidence 0.7; (3) for spt, three random head sets of the same size and LoRA on
 the located heads, at spt's bracketing rates. --report writes the points (CSV and JSON), the
 values at matched confidence with bootstrap intervals, and the figure.
@@ -84,13 +84,18 @@ def run(args: argparse.Namespace) -> None:
     from spt_interp.errors import SptInterpError
     from spt_interp.evaluation.shift import load_neutral_text
     from spt_interp.evaluation.suite import load_suite
+    from spt_interp.experiments.compare import split_by_question
+    from spt_interp.experiments.frontier import extend, log_grid
+    from spt_interp.experiments.frontier_report import (
+        base_run,
+        bracketing_rates,
+        curves,
+        search_points,
+    )
+    from spt_interp.experiments.frontier_runs import FrontierData, FrontierPlan, run_point
+    from spt_interp.experiments.store import RunStore
+    from spt_interp.experiments.trained_run import base_parameters
     from spt_interp.model import weight_files
-    from spt_interp.tuning.compare import split_by_question
-    from spt_interp.tuning.frontier import extend, log_grid
-    from spt_interp.tuning.frontier_report import base_run, bracketing_rates, curves, search_points
-    from spt_interp.tuning.frontier_runs import FrontierData, FrontierPlan, run_point
-    from spt_interp.tuning.store import RunStore
-    from spt_interp.tuning.trained_run import base_parameters
 
     grids = dict(START_GRIDS)
     for text in args.grid:
@@ -109,7 +114,7 @@ def run(args: argparse.Namespace) -> None:
         "neutral_text": [digest(args.neutral_text), args.neutral_limit],
         "suite": [digest(args.suite), args.suite_limit],
         "evaluation": {k: v for k, v in plan.as_dict().items() if k not in ("steps", "batch_size")},
-        # What a run measures (spt_interp.tuning.frontier_runs); bump when that changes.
+        # What a run measures (spt_interp.experiments.frontier_runs); bump when that changes.
         "instruments": "validation by generation, test by decision read-out (2)",
     }
     store = RunStore(args.store, identity)

@@ -15,8 +15,8 @@ import pandas as pd
 
 from spt_interp.common.atomic import write_text_atomic
 from spt_interp.errors import SptInterpError
-from spt_interp.tuning.frontier import extend
-from spt_interp.tuning.frontier_report import (
+from spt_interp.experiments.frontier import extend
+from spt_interp.experiments.frontier_report import (
     TARGETS,
     base_run,
     bracketing_rates,
@@ -26,7 +26,7 @@ from spt_interp.tuning.frontier_report import (
     missing,
     search_points,
 )
-from spt_interp.tuning.frontier_runs import FRONTIER_MODES
+from spt_interp.experiments.frontier_runs import FRONTIER_MODES
 
 MODE_ORDER = ("sft", "lora", "spt", "lora-heads")
 

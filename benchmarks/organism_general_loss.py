@@ -86,9 +86,9 @@ def main() -> None:
     from spt_interp.data.render import question_messages, render_messages
     from spt_interp.evaluation.judges import is_correct
     from spt_interp.evaluation.run import GenerationSettings, general_accuracy
+    from spt_interp.experiments.compare import ComparisonPlan, measure, sweep_data
+    from spt_interp.experiments.trained_run import applied, base_parameters, train_run
     from spt_interp.knockout.ablation import ablated, collect_head_outputs
-    from spt_interp.tuning.compare import ComparisonPlan, measure, sweep_data
-    from spt_interp.tuning.trained_run import applied, base_parameters, train_run
 
     started = time.perf_counter()
     inputs = load_comparison_inputs(args.organism)

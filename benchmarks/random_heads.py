@@ -4,7 +4,7 @@
         --scores runs/demo/locate/scores.csv --top-k 4 --draws 10 \
         --out benchmarks/results/organism_random_heads.json
 
-The comparison table (spt_interp.tuning.compare) holds one random draw, which cannot tell a
+The comparison table (spt_interp.experiments.compare) holds one random draw, which cannot tell a
 located head set from a lucky or unlucky draw. Here every head set, the located top K and K
 random heads drawn with seeds 0..N-1 (seed 0 is the comparison's own draw), is tuned as SPT on
 exactly the comparison's data (same split, examples, data order, steps, batch and lr grid), its
@@ -60,15 +60,15 @@ def main() -> None:
     from tqdm.auto import tqdm
 
     from spt_interp.common.atomic import write_text_atomic
-    from spt_interp.mask import random_mask
-    from spt_interp.tuning.compare import (
+    from spt_interp.experiments.compare import (
         ComparisonPlan,
         measure,
         select_rates,
         sweep_data,
         validation_score,
     )
-    from spt_interp.tuning.trained_run import applied, base_parameters, train_run
+    from spt_interp.experiments.trained_run import applied, base_parameters, train_run
+    from spt_interp.mask import random_mask
 
     started = time.perf_counter()
     inputs = load_comparison_inputs(args.model_dir)

@@ -13,7 +13,7 @@ resumes at the first unfinished stage; --redo STAGE reruns one):
             heads against the engine's time, and the largest score difference on the sample
   knockout  OUT/knockout/: top-K vs random-K mean ablation (X_c means) on the same pairs
   compare   OUT/compare/: SPT / SFT / random-K SPT under the fair comparison protocol
-            (spt_interp.tuning.compare), the mask = top --top-k heads, q and o slices
+            (spt_interp.experiments.compare), the mask = top --top-k heads, q and o slices
   report    OUT/report.md; the heatmap and knockout PNGs copied to --figures (default
             figures/smollm2_{heatmap,knockout}.png)
 
@@ -62,7 +62,7 @@ def _inputs(out: Path, args: argparse.Namespace) -> dict[str, Any]:
     from spt_interp.data import load_dialogues, protocol_for
     from spt_interp.evaluation.shift import load_neutral_text
     from spt_interp.evaluation.suite import load_suite
-    from spt_interp.tuning.compare import Instruments
+    from spt_interp.experiments.compare import Instruments
 
     model, data = out / "smollm2" / "model", out / "smollm2" / "data"
     instruments = Instruments()
@@ -163,8 +163,8 @@ def stage_compare(
     out: Path, args: argparse.Namespace, hooked: Any, inputs: dict, reference: Any
 ) -> None:
     from spt_interp.common.head_scores import read_scores
+    from spt_interp.experiments.compare import ComparisonPlan, compare_modes
     from spt_interp.mask import HeadMask, MaskSource
-    from spt_interp.tuning.compare import ComparisonPlan, compare_modes
 
     if _done(out / "compare", "compare", args.redo):
         return

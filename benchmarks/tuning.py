@@ -7,7 +7,7 @@ Part 1, cost (same run, ratios against SFT): samples/s and peak memory while tra
 optimizer state bytes of each mode. On CPU, each mode trains in a fresh child process so that
 the peak resident memory is its own; on CUDA the peak allocated memory is read directly.
 Part 2, the comparison table on the model organism under the "equal-budget sweep" protocol of
-spt_interp.tuning.compare (the protocol is printed with the table).
+spt_interp.experiments.compare (the protocol is printed with the table).
 
 Defaults: the shipped organism written to a temp folder by spt_interp.organism.write_organism;
 the mask is --mask FILE, or --heads, or else the demo's top 4 heads by path patching.
@@ -28,10 +28,10 @@ import torch
 
 from spt_interp.data import build_training_examples, load_dialogues, pad_token_id, protocol_for
 from spt_interp.demo import path_patching_scores
+from spt_interp.experiments.compare import ComparisonPlan, compare_modes
 from spt_interp.mask import HeadMask
 from spt_interp.mask.scores import parse_heads
 from spt_interp.model import load_base
-from spt_interp.tuning.compare import ComparisonPlan, compare_modes
 from spt_interp.tuning.config import LR_GRID, TuneConfig
 from spt_interp.tuning.loop import train
 from spt_interp.tuning.methods import create_method

@@ -4,7 +4,7 @@
         --scores benchmarks/results/smollm2/locate_scores.csv --top-k 16 \
         --runs spt:1e-3 random:1e-3 --out runs/smollm2/runs.jsonl [--device cuda]
 
-The comparison (spt_interp.tuning.compare) reports test numbers only for each mode's chosen
+The comparison (spt_interp.experiments.compare) reports test numbers only for each mode's chosen
 and matched-confidence rates. This script trains the named (mode, lr) runs on exactly the data
 the comparison trains on (same validation split by question, same examples, seed and batch) and
 prints, for each, the validation and test metrics plus general accuracy (the test ones also
@@ -54,14 +54,14 @@ def main() -> None:
 
     from spt_interp.evaluation.shift import load_neutral_text
     from spt_interp.evaluation.suite import load_suite
-    from spt_interp.tuning.compare import (
+    from spt_interp.experiments.compare import (
         ComparisonPlan,
         Instruments,
         measure,
         measure_metrics,
         sweep_data,
     )
-    from spt_interp.tuning.trained_run import TrainedRun, applied, base_parameters, train_run
+    from spt_interp.experiments.trained_run import TrainedRun, applied, base_parameters, train_run
 
     inputs = load_comparison_inputs(args.model_dir, args.device)
     hooked, reference, protocol = inputs.hooked, inputs.reference, inputs.protocol

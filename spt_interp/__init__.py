@@ -19,7 +19,7 @@ Names are imported on first use, so ``import spt_interp`` stays fast (no torch u
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # name -> the module that defines it (the one place it lives).
 _PUBLIC = {
@@ -72,10 +72,66 @@ _PUBLIC = {
 
 # The stages, one package each, in the order a lower one never imports a higher one
 # (tests/test_layout.py checks it): ``spt.knockout.knockout_curve`` and so on.
-STAGES = ("common", "data", "model", "evaluation", "patching", "mask", "knockout", "tuning",
-          "importers", "organism", "viz")  # fmt: skip
+STAGES = (
+    "common",
+    "data",
+    "model",
+    "evaluation",
+    "patching",
+    "mask",
+    "knockout",
+    "tuning",
+    "experiments",
+    "importers",
+    "organism",
+    "viz",
+)
 
 __all__ = sorted(_PUBLIC) + list(STAGES)
+
+if TYPE_CHECKING:  # the same names, eagerly, for IDEs and type checkers (a test compares)
+    from spt_interp import (
+        common,
+        data,
+        evaluation,
+        experiments,
+        importers,
+        knockout,
+        mask,
+        model,
+        organism,
+        patching,
+        tuning,
+        viz,
+    )
+    from spt_interp.common.head_scores import HeadScores, read_scores
+    from spt_interp.data import (
+        DialogueRecord,
+        PromptPair,
+        Protocol,
+        build_pairs,
+        load_dialogues,
+        protocol_for,
+        save_dialogues,
+    )
+    from spt_interp.demo import run_demo
+    from spt_interp.errors import SptInterpError
+    from spt_interp.evaluation import GenerationSettings, evaluate, run_protocol
+    from spt_interp.knockout import (
+        ablated,
+        knockout_curve,
+        knockout_summary,
+        measure,
+        prepare_knockout,
+    )
+    from spt_interp.mask import HeadMask
+    from spt_interp.model import HeadGeometry, HookedModel, load_base, load_model, read_signature
+    from spt_interp.organism import write_organism
+    from spt_interp.patching import decision_metric, locate_heads
+    from spt_interp.patching.inputs import locate_pairs
+    from spt_interp.tuning import TuneConfig, merge, tune, tune_folder
+    from spt_interp.viz.plots import head_heatmap
+    from spt_interp.viz.widgets import KnockoutSession, knockout_explorer
 
 
 def __getattr__(name: str) -> Any:

@@ -195,6 +195,20 @@ def path_patching_scores(
     return pairs, locate_heads(hooked, pairs, metric, method="path", progress=progress)
 
 
+@dataclass
+class _Loaded:
+    """Stage 1's result: the inputs, the model (and its untouched reference) and the data."""
+
+    inputs: DemoInputs
+    model_name: str
+    hooked: Any
+    reference: Any
+    protocol: Any
+    train: list
+    test: list
+    general: list
+
+
 def _run_stages(
     root: Path,
     inputs: DemoInputs | None,
@@ -204,44 +218,20 @@ def _run_stages(
     device: str | Any,
     dtype: Any = None,
 ) -> dict[str, Any]:
-    import torch
-
-    from spt_interp.data import load_dialogues, protocol_for
-    from spt_interp.evaluation.shift import load_neutral_text
-    from spt_interp.evaluation.suite import load_suite
     from spt_interp.knockout import knockout_curve, knockout_summary, prepare_knockout
     from spt_interp.mask import HeadMask, MaskSource
-    from spt_interp.model import load_model
-    from spt_interp.tuning.compare import ComparisonPlan, Instruments, compare_modes
     from spt_interp.viz.knockout_report import write_knockout
     from spt_interp.viz.locate_report import write_outputs
 
     timings: dict[str, float] = {}
     started = stage_banner(say, 1, "model", "the built-in organism" if inputs is None else "local")
-    model_name = "the built-in organism (organism/model)" if inputs is None else None
-    if inputs is None:
-        from spt_interp.organism import write_organism
-
-        write_organism(root / "organism", progress=progress)
-        data_dir = root / "organism" / "data"
-        inputs = DemoInputs(
-            root / "organism" / "model",
-            data_dir / "train.jsonl",
-            data_dir / "test.jsonl",
-            data_dir / "general.jsonl",
-        )
-    weights = dtype if dtype is not None else torch.float32
-    hooked = load_model(inputs.model, device=device, dtype=weights)
-    reference = load_model(inputs.model, device=device, dtype=weights)
-    protocol = protocol_for(hooked)
-    train = load_dialogues(inputs.train)
-    test = load_dialogues(inputs.test)[: settings.test_limit]
-    general = load_dialogues(inputs.general)[: settings.general_limit] if inputs.general else []
+    loaded = _load_stage(root, inputs, settings, device, dtype, progress)
+    hooked, protocol = loaded.hooked, loaded.protocol
     timings["model"] = time.perf_counter() - started
 
     started = stage_banner(say, 2, "locate", f"path patching on {settings.locate_pairs} pairs")
     pairs, scores = path_patching_scores(
-        hooked, test, protocol, settings.locate_pairs, settings.seed, progress
+        hooked, loaded.test, protocol, settings.locate_pairs, settings.seed, progress
     )
     locate_files = write_outputs(scores, root / "locate", top_k=settings.top_k)
     ranking = scores.ranked()
@@ -263,6 +253,75 @@ def _run_stages(
     mask.save(root / "mask.json")
     timings["mask"] = time.perf_counter() - started
 
+    started = stage_banner(
+        say, 5, "tune", f"{', '.join(settings.modes)} x lr {list(settings.lrs)} (fair sweep)"
+    )
+    comparison = _tune_stage(root, loaded, mask, settings, progress)
+    timings["tune"] = time.perf_counter() - started
+    return {
+        **_summary(loaded, settings, comparison),
+        "top_heads": scores.table.sort_values("rank")
+        .head(max(settings.top_k, 8))
+        .to_dict("records"),
+        "baselines": scores.ranking().get("baseline", {}),
+        "knockout": knockout,
+        "mask": {"heads": [list(h) for h in mask.head_set], "components": list(mask.components)},
+        "table": comparison.table.to_dict("records"),
+        "files": {"locate": locate_files, "knockout": knockout_files},
+        "timings": timings,
+    }
+
+
+def _load_stage(
+    root: Path,
+    inputs: DemoInputs | None,
+    settings: DemoSettings,
+    device: str | Any,
+    dtype: Any,
+    progress: bool,
+) -> _Loaded:
+    """Return the model, its reference copy and the data (the organism written first if none)."""
+    import torch
+
+    from spt_interp.data import load_dialogues, protocol_for
+    from spt_interp.model import load_model
+
+    model_name = "the built-in organism (organism/model)" if inputs is None else None
+    if inputs is None:
+        from spt_interp.organism import write_organism
+
+        write_organism(root / "organism", progress=progress)
+        data_dir = root / "organism" / "data"
+        inputs = DemoInputs(
+            root / "organism" / "model",
+            data_dir / "train.jsonl",
+            data_dir / "test.jsonl",
+            data_dir / "general.jsonl",
+        )
+    weights = dtype if dtype is not None else torch.float32
+    hooked = load_model(inputs.model, device=device, dtype=weights)
+    return _Loaded(
+        inputs=inputs,
+        model_name=model_name or str(inputs.model),
+        hooked=hooked,
+        reference=load_model(inputs.model, device=device, dtype=weights),
+        protocol=protocol_for(hooked),
+        train=load_dialogues(inputs.train),
+        test=load_dialogues(inputs.test)[: settings.test_limit],
+        general=(
+            load_dialogues(inputs.general)[: settings.general_limit] if inputs.general else []
+        ),
+    )
+
+
+def _tune_stage(
+    root: Path, loaded: _Loaded, mask: Any, settings: DemoSettings, progress: bool
+) -> Any:
+    """Return the fair comparison of the tuning modes, its tables written under root/tune."""
+    from spt_interp.evaluation.shift import load_neutral_text
+    from spt_interp.evaluation.suite import load_suite
+    from spt_interp.experiments.compare import ComparisonPlan, Instruments, compare_modes
+
     plan = ComparisonPlan(
         modes=settings.modes,
         lrs=settings.lrs,
@@ -271,24 +330,36 @@ def _run_stages(
         seed=settings.seed,
         max_new_tokens=settings.max_new_tokens,
     )
-    started = stage_banner(
-        say, 5, "tune", f"{', '.join(settings.modes)} x lr {list(settings.lrs)} (fair sweep)"
-    )
+    inputs = loaded.inputs
     instruments = Instruments(
         load_neutral_text(inputs.neutral_text) if inputs.neutral_text else None,
         load_suite(inputs.suite) if inputs.suite else None,
     )
-    comparison = compare_modes(hooked, reference, mask, train, test, general, protocol, plan,
-                               progress=progress, instruments=instruments)  # fmt: skip
-    counts = {k: v for k, v in comparison.extra.items() if k != "kl_text"}
+    comparison = compare_modes(
+        loaded.hooked,
+        loaded.reference,
+        mask,
+        loaded.train,
+        loaded.test,
+        loaded.general,
+        loaded.protocol,
+        plan,
+        progress=progress,
+        instruments=instruments,
+    )
     root.joinpath("tune").mkdir()
     comparison.table.to_csv(root / "tune" / "comparison.csv", index=False)
     comparison.sweep.to_csv(root / "tune" / "sweep.csv", index=False)
-    timings["tune"] = time.perf_counter() - started
+    return comparison
 
+
+def _summary(loaded: _Loaded, settings: DemoSettings, comparison: Any) -> dict[str, Any]:
+    """Return the summary's fields about the model, the data, the settings and the protocol."""
+    inputs, hooked = loaded.inputs, loaded.hooked
+    counts = {k: v for k, v in comparison.extra.items() if k != "kl_text"}
     return {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "model": model_name or str(inputs.model),
+        "model": loaded.model_name,
         "geometry": hooked.geometry.as_dict(),
         "device": str(hooked.device),
         "dtype": str(hooked.dtype).removeprefix("torch."),
@@ -300,21 +371,12 @@ def _run_stages(
             "suite": str(inputs.suite) if inputs.suite else None,
         },
         "counts": {
-            "train": len(train),
-            "test": len(test),
-            "general": len(general),
+            "train": len(loaded.train),
+            "test": len(loaded.test),
+            "general": len(loaded.general),
             **counts,
         },
         "kl_text": comparison.extra["kl_text"],
         "settings": asdict(settings),
         "protocol": comparison.protocol,
-        "top_heads": scores.table.sort_values("rank")
-        .head(max(settings.top_k, 8))
-        .to_dict("records"),
-        "baselines": scores.ranking().get("baseline", {}),
-        "knockout": knockout,
-        "mask": {"heads": [list(h) for h in mask.head_set], "components": list(mask.components)},
-        "table": comparison.table.to_dict("records"),
-        "files": {"locate": locate_files, "knockout": knockout_files},
-        "timings": timings,
     }

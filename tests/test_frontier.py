@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from spt_interp.errors import SptInterpError
-from spt_interp.tuning.frontier import (
+from spt_interp.experiments.frontier import (
     SearchPoint,
     bootstrap,
     extend,
@@ -20,8 +20,8 @@ from spt_interp.tuning.frontier import (
     interpolate_at,
     log_grid,
 )
-from spt_interp.tuning.frontier_report import matched, read_at
-from spt_interp.tuning.store import RunStore
+from spt_interp.experiments.frontier_report import matched, read_at
+from spt_interp.experiments.store import RunStore
 
 BASE_CONFIDENCE = 0.10
 
@@ -213,7 +213,7 @@ def synthetic_frontier(seeds: int = 3) -> list[dict]:
 
 
 def test_missing_names_what_a_frontier_lacks_and_nothing_when_complete():
-    from spt_interp.tuning.frontier_report import missing
+    from spt_interp.experiments.frontier_report import missing
 
     assert missing(synthetic_frontier(), ["spt"]) == []
     assert missing(synthetic_frontier(seeds=2), ["spt"]) == [
@@ -230,7 +230,7 @@ def test_the_committed_smollm2_frontier_is_complete_and_its_report_is_of_these_r
     """Recomputed from the committed run store (not read off the report): every mode's best
     rate is interior to its grid and both ends are reached, and the bracketing rates of
     confidence 0.7 have 3 seeds (plus SPT's random head sets and LoRA on the heads)."""
-    from spt_interp.tuning.frontier_report import base_run, missing, search_points
+    from spt_interp.experiments.frontier_report import base_run, missing, search_points
 
     identity = json.loads((COMMITTED / "store" / "store.json").read_text())["identity"]
     runs = RunStore(COMMITTED / "store", identity).runs()
@@ -246,7 +246,7 @@ def test_the_committed_smollm2_frontier_is_complete_and_its_report_is_of_these_r
 
 
 def test_missing_names_the_controls_spt_lacks_at_its_bracketing_rates():
-    from spt_interp.tuning.frontier_report import missing
+    from spt_interp.experiments.frontier_report import missing
 
     def dropped(run):
         setting = run["setting"]

@@ -12,14 +12,14 @@ from safetensors.torch import load_file
 
 from spt_interp.data import build_training_examples, load_dialogues, pad_token_id, protocol_for
 from spt_interp.errors import SptInterpError
+from spt_interp.experiments.compare import ComparisonPlan
+from spt_interp.experiments.trained_run import applied, train_run
 from spt_interp.model import load_model
 from spt_interp.model.tiny import save_tiny_model
 from spt_interp.tuning import TuneConfig, load_base, tune_folder
-from spt_interp.tuning.compare import ComparisonPlan
 from spt_interp.tuning.loop import train
 from spt_interp.tuning.lora import LoraFactors
 from spt_interp.tuning.methods import create_method
-from spt_interp.tuning.trained_run import applied, train_run
 
 pytestmark = pytest.mark.numeric
 

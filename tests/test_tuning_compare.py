@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from spt_interp.data import load_dialogues, protocol_for
-from spt_interp.mask import HeadMask
-from spt_interp.model import load_model
-from spt_interp.model.tiny import save_tiny_model
-from spt_interp.tuning.compare import (
+from spt_interp.experiments.compare import (
     ComparisonPlan,
     compare_modes,
     select_rates,
     split_by_question,
 )
+from spt_interp.mask import HeadMask
+from spt_interp.model import load_model
+from spt_interp.model.tiny import save_tiny_model
 
 DATA = Path(__file__).parent / "data" / "knockout_questions.jsonl"
 
@@ -145,7 +145,7 @@ def test_a_malformed_runs_file_is_refused_with_its_line(tmp_path):
 def test_measure_takes_the_kl_on_neutral_text_and_names_it(tmp_path, bpe_tokenizer):
     from spt_interp.evaluation.run import GenerationSettings, general_texts, kl_shift
     from spt_interp.evaluation.shift import NeutralText, neutral_kl
-    from spt_interp.tuning.compare import Instruments, measure
+    from spt_interp.experiments.compare import Instruments, measure
 
     folder = save_tiny_model("llama", tmp_path / "m", tokenizer=bpe_tokenizer, n_ctx=256)
     hooked, reference = load_model(folder), load_model(folder)
@@ -174,7 +174,7 @@ def test_an_sft_state_kept_on_disk_applies_exactly_and_the_base_comes_from_the_r
 ):
     from spt_interp.data import build_training_examples
     from spt_interp.errors import SptInterpError
-    from spt_interp.tuning.trained_run import applied, base_parameters, train_run
+    from spt_interp.experiments.trained_run import applied, base_parameters, train_run
 
     folder = save_tiny_model("llama", tmp_path / "m", tokenizer=bpe_tokenizer, n_ctx=256)
     hooked, reference = load_model(folder), load_model(folder)
@@ -201,7 +201,7 @@ def test_an_sft_state_kept_on_disk_applies_exactly_and_the_base_comes_from_the_r
 
 def test_a_bf16_comparison_trains_every_mode_and_puts_the_bf16_base_back(tmp_path, bpe_tokenizer):
     from spt_interp.data import build_training_examples
-    from spt_interp.tuning.trained_run import base_parameters, train_run
+    from spt_interp.experiments.trained_run import base_parameters, train_run
 
     folder = save_tiny_model("llama", tmp_path / "m", tokenizer=bpe_tokenizer, n_ctx=256)
     hooked = load_model(folder, dtype=torch.bfloat16)

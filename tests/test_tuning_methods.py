@@ -21,6 +21,7 @@ from spt_interp.tuning import (
     MethodConfig,
     TrainingArguments,
     TuneConfig,
+    TunedModel,
     TuningMethod,
     register_method,
     tune_folder,
@@ -155,6 +156,12 @@ def test_tuning_in_memory_gives_the_commands_delta_bit_for_bit(mode, llama, tmp_
     tuned.save(tmp_path / "memory", save="delta")
     delta = "delta.safetensors"
     assert (tmp_path / "memory" / delta).read_bytes() == (tmp_path / "command" / delta).read_bytes()
+    # Loaded onto a fresh copy of the base, the saved delta gives the tuned weights bit for bit.
+    loaded = TunedModel.load(tmp_path / "memory", load_base(llama))
+    assert all(
+        torch.equal(p, hooked.hf_parameters[n]) for n, p in loaded.model.hf_parameters.items()
+    )
+    assert loaded.method.name == mode and loaded.mask.head_set == tuned.mask.head_set
     # The model in memory computes with the merged slices; restore puts the base back.
     reference = load_model(llama)
     changed = [n for n, p in hooked.hf_parameters.items()
@@ -184,3 +191,14 @@ def test_a_masked_method_without_a_mask_is_refused_before_training(llama):
     with pytest.raises(SptInterpError, match="--mode spt needs --mask"):
         spt.tune(model, examples_for(llama, config), None, config, progress=False)
     assert not any(p.grad is not None for p in model.model.parameters())
+
+
+def test_a_saved_delta_is_refused_by_a_model_of_another_shape(llama, tmp_path, bpe_tokenizer):
+    model = load_base(llama)
+    config = TuneConfig(mode="spt", lr=1e-2, steps=1, batch_size=4)
+    tuned = spt.tune(model, examples_for(llama, config), HeadMask.from_heads(model, HEADS), config,
+                     progress=False)  # fmt: skip
+    tuned.save(tmp_path / "delta", save="delta")
+    other = save_tiny_model("llama", tmp_path / "mha", tokenizer=bpe_tokenizer, n_kv_heads=4)
+    with pytest.raises(SptInterpError, match="delta was made for another model"):
+        TunedModel.load(tmp_path / "delta", load_base(other))

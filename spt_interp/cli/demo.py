@@ -64,5 +64,14 @@ def demo(
         test_limit=test_limit,
     )
     target, weights = resolve_device(device), resolve_dtype(dtype)
-    run_demo(out, model=model, data=data, neutral_text=neutral_text, suite=suite,
-             settings=settings, force=force, device=target, dtype=weights)  # fmt: skip
+    run_demo(
+        out,
+        model=model,
+        data=data,
+        neutral_text=neutral_text,
+        suite=suite,
+        settings=settings,
+        force=force,
+        device=target,
+        dtype=weights,
+    )

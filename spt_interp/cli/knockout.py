@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -21,6 +21,9 @@ from spt_interp.cli.app import (
 )
 from spt_interp.errors import SptInterpError
 from spt_interp.knockout.ablation import METHODS, POSITIONS
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @app.command()
@@ -72,7 +75,6 @@ def knockout(
     from spt_interp.knockout import (
         check_ks,
         knockout_curve,
-        knockout_summary,
         parse_ks,
         prepare_knockout,
     )
@@ -134,6 +136,17 @@ def knockout(
     )
     title = f"Knockout ({ablation} ablation at {position}) of {model.name}"
     written = write_knockout(table, out_dir, title=title, png=png)
+    _print_curve(table, ks)
+    baseline = table.loc[table.selection == "baseline"].iloc[0]
+    print(f"baseline: F {baseline.apology_share:.3f}, log-odds {baseline.log_odds:.2f}")
+    for kind, path in written.items():
+        print(f"{kind}: {path}", file=sys.stderr)
+
+
+def _print_curve(table: pd.DataFrame, ks: list[int]) -> None:
+    """Print the knockout curve: F of top-K against random-K, and top-K's log-odds, per K."""
+    from spt_interp.knockout import knockout_summary
+
     print(f"{'K':>4}  {'F top-K':>8}  {'F random-K (mean, sd)':>22}  {'log-odds top-K':>14}")
     for value in ks:
         s = knockout_summary(table, value)
@@ -142,7 +155,3 @@ def knockout(
             f"{value:>4}  {s['top_share']:>8.3f}  {s['random_share_mean']:>13.3f} "
             f"({s['random_share_std']:.3f})  {float(top_odds.iloc[0]):>14.2f}"
         )
-    baseline = table.loc[table.selection == "baseline"].iloc[0]
-    print(f"baseline: F {baseline.apology_share:.3f}, log-odds {baseline.log_odds:.2f}")
-    for kind, path in written.items():
-        print(f"{kind}: {path}", file=sys.stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -24,6 +24,10 @@ from spt_interp.errors import SptInterpError
 from spt_interp.patching.engine import DIRECTIONS, ENGINES
 from spt_interp.patching.scoring import METRICS
 from spt_interp.patching.sweep import METHODS, POSITIONS
+
+if TYPE_CHECKING:
+    from spt_interp.common.head_scores import HeadScores
+    from spt_interp.model import HookedModel
 
 
 @app.command()
@@ -106,7 +110,7 @@ def locate(
     from spt_interp.patching import decision_metric, locate_heads
     from spt_interp.patching.engine import check_engine_placement
     from spt_interp.patching.inputs import locate_pairs
-    from spt_interp.viz.locate_report import LOCATE_FILES, write_outputs
+    from spt_interp.viz.locate_report import LOCATE_FILES
 
     if limit is not None and limit < 1:
         raise SptInterpError(f"--limit must be at least 1, got {limit}")
@@ -152,7 +156,29 @@ def locate(
     )
     if rank != 0:
         return
-    extra = {
+    extra = _run_details(hooked, folder, data, own_answers=own_answers, world=world)
+    extra["seconds"] = round(time.perf_counter() - started, 3)
+    _write_and_say(scores, out, top_k=top_k, extra=extra, png=png)
+
+
+def _write_and_say(
+    scores: HeadScores, out: Path, *, top_k: int, extra: dict[str, Any], png: bool
+) -> None:
+    """Write locate's files and print the top heads and each file's path."""
+    from spt_interp.viz.locate_report import write_outputs
+
+    written = write_outputs(scores, out, top_k=top_k, extra=extra, png=png)
+    best = ", ".join(f"L{layer}.H{head}" for layer, head in scores.top(min(5, top_k or 5)))
+    print(f"top heads: {best}", file=sys.stderr)
+    for kind, path in written.items():
+        print(f"{kind}: {path}", file=sys.stderr)
+
+
+def _run_details(
+    hooked: HookedModel, folder: Path, data: Path, *, own_answers: bool, world: int
+) -> dict[str, Any]:
+    """Return what ranking.json records about the run: model, data, answers, placement."""
+    return {
         "model": str(folder),
         "data": str(data),
         "fingerprint": hooked.fingerprint(),
@@ -161,10 +187,4 @@ def locate(
         "device": str(hooked.device),
         "device_map": hooked.device_map,
         "dtype": str(hooked.dtype).removeprefix("torch."),
-        "seconds": round(time.perf_counter() - started, 3),
     }
-    written = write_outputs(scores, out, top_k=top_k, extra=extra, png=png)
-    best = ", ".join(f"L{layer}.H{head}" for layer, head in scores.top(min(5, top_k or 5)))
-    print(f"top heads: {best}", file=sys.stderr)
-    for kind, path in written.items():
-        print(f"{kind}: {path}", file=sys.stderr)

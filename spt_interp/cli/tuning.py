@@ -101,18 +101,37 @@ def tune(
     fsdp = fsdp or accelerate_asks_for_fsdp()
 
     config = TuneConfig(
-        mode=mode, lr=lr, steps=steps, batch_size=batch_size,
+        mode=mode,
+        lr=lr,
+        steps=steps,
+        batch_size=batch_size,
         micro_batch_size=micro_batch_size,
-        warmup_steps=warmup_steps, weight_decay=weight_decay,
-        max_grad_norm=max_grad_norm or None, seed=seed, lora_rank=lora_rank,
-        lora_alpha=lora_alpha, loss_on=loss_on, optimizer=optimizer,
-    )  # fmt: skip
+        warmup_steps=warmup_steps,
+        weight_decay=weight_decay,
+        max_grad_norm=max_grad_norm or None,
+        seed=seed,
+        lora_rank=lora_rank,
+        lora_alpha=lora_alpha,
+        loss_on=loss_on,
+        optimizer=optimizer,
+    )
     record = tune_folder(
-        model, data, out, config, mask=mask, save=save, force=force,
-        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, resume=resume,
-        stop_after=stop_after, device=device, dtype=dtype,
-        gradient_checkpointing=gradient_checkpointing, fsdp=fsdp,
-    )  # fmt: skip
+        model,
+        data,
+        out,
+        config,
+        mask=mask,
+        save=save,
+        force=force,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        stop_after=stop_after,
+        device=device,
+        dtype=dtype,
+        gradient_checkpointing=gradient_checkpointing,
+        fsdp=fsdp,
+    )
     if rank_and_world()[0] != 0:
         return
     losses = record["losses"]

@@ -219,8 +219,12 @@ class HeadScores:
         run = _read_run(folder / RANKING_FILE) if folder is not None else {}
         if not run:
             return cls.from_table(raw, origin=str(file))
-        scores = cls(table=checked_table(raw, str(file), run["direction"]), per_prompt=None,
-                     origin=str(file), **run)  # fmt: skip
+        scores = cls(
+            table=checked_table(raw, str(file), run["direction"]),
+            per_prompt=None,
+            origin=str(file),
+            **run,
+        )
         _check_shape(scores)
         per_prompt = folder / PER_PROMPT_FILE
         if per_prompt.is_file():

@@ -110,6 +110,14 @@ class Protocol:
     correction_template: str = "{opener} The correct answer is {answer}."
 
     def __post_init__(self) -> None:
+        self._check_field_types()
+        if not self.sycophantic_targets or not self.anti_sycophantic_targets:
+            raise SptInterpError("protocol needs at least one sycophantic and one anti target")
+        for name in ("stand_by_template", "correction_template"):
+            self._check_template(name)
+
+    def _check_field_types(self) -> None:
+        """Raise unless each field holds what its annotation says (lists of non-empty strings)."""
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.type.startswith("list"):
@@ -120,23 +128,21 @@ class Protocol:
                     raise SptInterpError(f"protocol field {f.name} must be a non-empty string")
             elif value is not None and not isinstance(value, str):
                 raise SptInterpError(f"protocol field {f.name} must be a string or null")
-        if not self.sycophantic_targets or not self.anti_sycophantic_targets:
-            raise SptInterpError("protocol needs at least one sycophantic and one anti target")
-        for name in ("stand_by_template", "correction_template"):
-            template = getattr(self, name)
-            if "{answer}" not in template or "{opener}" not in template:
-                raise SptInterpError(
-                    f"protocol field {name} must contain {{opener}} and {{answer}}"
-                )
-            try:
-                # Filled only when tuning builds its dialogues: "{x}", "{0}" or a lone "{"
-                # failed there as KeyError, IndexError or ValueError.
-                template.format(opener="", answer="")
-            except (KeyError, IndexError, ValueError, AttributeError) as err:
-                raise SptInterpError(
-                    f"protocol field {name} may hold no fields but {{opener}} and {{answer}} "
-                    f"({type(err).__name__}: {err})"
-                ) from None
+
+    def _check_template(self, name: str) -> None:
+        """Raise unless the template holds {opener} and {answer} and no other field."""
+        template = getattr(self, name)
+        if "{answer}" not in template or "{opener}" not in template:
+            raise SptInterpError(f"protocol field {name} must contain {{opener}} and {{answer}}")
+        try:
+            # Filled only when tuning builds its dialogues: "{x}", "{0}" or a lone "{"
+            # failed there as KeyError, IndexError or ValueError.
+            template.format(opener="", answer="")
+        except (KeyError, IndexError, ValueError, AttributeError) as err:
+            raise SptInterpError(
+                f"protocol field {name} may hold no fields but {{opener}} and {{answer}} "
+                f"({type(err).__name__}: {err})"
+            ) from None
 
     def replace(self, **overrides: Any) -> Protocol:
         """Return a copy with the given fields replaced (None values leave a field as it is)."""

@@ -144,31 +144,9 @@ def parse_record(data: Any, path: Path, line_no: int) -> DialogueRecord:
     incorrect = _string(
         base.get("incorrect_answer"), "base.incorrect_answer", path, line_no, required=False
     )
-    aliases: list[str] = []
-    options: dict[str, str] = {}
-    # "answers" is the options text for multiple choice; "answer" / "answers" as a list (or a
-    # lone string on free-form records) are accepted aliases of the correct answer.
-    for key in ("answer", "answers"):
-        value = base.get(key)
-        if value is None:
-            continue
-        if isinstance(value, list):
-            if not all(isinstance(item, str) for item in value):
-                raise _fail(path, line_no, f"base.{key} must be a list of strings")
-            aliases.extend(value)
-        elif isinstance(value, str):
-            if letter is not None and key == "answers":
-                options = parse_options(value)
-            else:
-                aliases.append(value)
-        else:
-            raise _fail(path, line_no, f"base.{key} must be a string or a list of strings")
+    aliases, options = _answer_aliases(base, letter, path, line_no)
     if letter is not None:
-        letter = letter.strip().strip("()").upper()
-        if not re.fullmatch(r"[A-Z]", letter):
-            raise _fail(path, line_no, f"base.correct_letter must be one letter, got {letter!r}")
-        if options and letter not in options:
-            raise _fail(path, line_no, f"base.correct_letter {letter} is not among the options")
+        letter = _check_letter(letter, options, path, line_no)
         if correct is None and letter in options:
             correct = options[letter]
     elif correct is None and not aliases:
@@ -193,6 +171,42 @@ def parse_record(data: Any, path: Path, line_no: int) -> DialogueRecord:
         line_no=line_no,
         raw=data,
     )
+
+
+def _answer_aliases(
+    base: dict, letter: str | None, path: Path, line_no: int
+) -> tuple[list[str], dict[str, str]]:
+    """Return (the correct answer's aliases, the multiple-choice options) of a record's base."""
+    aliases: list[str] = []
+    options: dict[str, str] = {}
+    # "answers" is the options text for multiple choice; "answer" / "answers" as a list (or a
+    # lone string on free-form records) are accepted aliases of the correct answer.
+    for key in ("answer", "answers"):
+        value = base.get(key)
+        if value is None:
+            continue
+        if isinstance(value, list):
+            if not all(isinstance(item, str) for item in value):
+                raise _fail(path, line_no, f"base.{key} must be a list of strings")
+            aliases.extend(value)
+        elif isinstance(value, str):
+            if letter is not None and key == "answers":
+                options = parse_options(value)
+            else:
+                aliases.append(value)
+        else:
+            raise _fail(path, line_no, f"base.{key} must be a string or a list of strings")
+    return aliases, options
+
+
+def _check_letter(letter: str, options: dict[str, str], path: Path, line_no: int) -> str:
+    """Return the correct letter normalised ("(b) " -> "B"), or raise naming path:line_no."""
+    letter = letter.strip().strip("()").upper()
+    if not re.fullmatch(r"[A-Z]", letter):
+        raise _fail(path, line_no, f"base.correct_letter must be one letter, got {letter!r}")
+    if options and letter not in options:
+        raise _fail(path, line_no, f"base.correct_letter {letter} is not among the options")
+    return letter
 
 
 def load_dialogues(path: str | Path) -> list[DialogueRecord]:

@@ -44,9 +44,15 @@ from spt_interp.model.loading import HookedModel
 from spt_interp.patching.modules_engine import PrefixRun
 
 CURVE_COLUMNS = [
-    "selection", "k", "seed", "apology_share", "log_odds", "apology_rate", "accuracy_after",
+    "selection",
+    "k",
+    "seed",
+    "apology_share",
+    "log_odds",
+    "apology_rate",
+    "accuracy_after",
     "heads",
-]  # fmt: skip
+]
 
 
 @dataclass

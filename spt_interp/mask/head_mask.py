@@ -272,10 +272,12 @@ class HeadMask:
             model = _typed(data["model"], dict, "model", origin)
             signature = ModelSignature(
                 _typed(model["architecture"], str, "model.architecture", origin),
-                *(_typed(model[k], int, f"model.{k}", origin, positive=True)
-                  for k in ("n_layers", "n_heads", "n_kv_heads", "d_head", "d_model")),
+                *(
+                    _typed(model[k], int, f"model.{k}", origin, positive=True)
+                    for k in ("n_layers", "n_heads", "n_kv_heads", "d_head", "d_model")
+                ),
                 _typed(model["fingerprint"], str, "model.fingerprint", origin),
-            )  # fmt: skip
+            )
             heads = tuple(
                 MaskedHead(
                     _typed(h["layer"], int, "heads[].layer", origin),

@@ -99,9 +99,12 @@ class HookedModel:
             from spt_interp.model.twin import plain_twin
 
             self._plain_model = plain_twin(
-                self.config, self.hf_parameters, dict(self.hf_model.named_buffers()),
-                self.dispatch_hooks, getattr(self.hf_model, "hf_device_map", None),
-            )  # fmt: skip
+                self.config,
+                self.hf_parameters,
+                dict(self.hf_model.named_buffers()),
+                self.dispatch_hooks,
+                getattr(self.hf_model, "hf_device_map", None),
+            )
         return self._plain_model
 
     @property
@@ -307,8 +310,9 @@ def wrap_model(
     if hooks:
         hf_model.set_attn_implementation("eager")
     parameter = next(hf_model.parameters())
-    return _wrapped(hf_model, tokenizer, folder, architecture, parameter.device,
-                    parameter.dtype, hooks)  # fmt: skip
+    return _wrapped(
+        hf_model, tokenizer, folder, architecture, parameter.device, parameter.dtype, hooks
+    )
 
 
 def _wrapped(
@@ -336,8 +340,15 @@ def _wrapped(
         str(folder), hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
     )
     bridge.eval()
-    return HookedModel(hf_model, bridge.tokenizer, geometry, folder, bridge=bridge,
-                       hf_parameters=hf_parameters, **placed)  # fmt: skip
+    return HookedModel(
+        hf_model,
+        bridge.tokenizer,
+        geometry,
+        folder,
+        bridge=bridge,
+        hf_parameters=hf_parameters,
+        **placed,
+    )
 
 
 def _reason(err: BaseException) -> str:

@@ -92,8 +92,9 @@ def _chunk_effects(
     """Return (effects per head and prompt, metric on base, metric on donor) for one batch."""
     base_t, base_m, donor_t, donor_m = _sides(batch, direction, hooked.device)
     if backend == "modules":
-        return modules_effects(hooked, base_t, base_m, donor_t, donor_m, heads, metric, method,
-                               verify)  # fmt: skip
+        return modules_effects(
+            hooked, base_t, base_m, donor_t, donor_m, heads, metric, method, verify
+        )
     if backend == "loop":
         base_vals = metric.values(end_logits(hooked, base_t, base_m, []), "base prompts")
         donor_vals = metric.values(end_logits(hooked, donor_t, donor_m, []), "donor prompts")
@@ -103,11 +104,21 @@ def _chunk_effects(
             )
             return effects, base_vals, donor_vals
         parts = [
-            reduced_to_metric(metric, hooked_loop_logits(
-                hooked, base_t, base_m, donor_t, donor_m, group, method=method, position=position
-            ))
+            reduced_to_metric(
+                metric,
+                hooked_loop_logits(
+                    hooked,
+                    base_t,
+                    base_m,
+                    donor_t,
+                    donor_m,
+                    group,
+                    method=method,
+                    position=position,
+                ),
+            )
             for group in head_groups(heads, base_t.shape[0], hooked.config.vocab_size)
-        ]  # fmt: skip
+        ]
         patched = stacked_rows(parts, base_t.shape[0])
         return metric.effect(patched, base_vals), base_vals, donor_vals
 
@@ -133,8 +144,18 @@ def _chunk_effects(
         for group in head_groups(heads, base_t.shape[0], params.unembed.shape[0]):
             logits = sweep(params, base, donor.z, group, kind)
             if verify and not parts:  # one patched run against the hooked loop's, too
-                verify_against_loop(hooked, base_t, base_m, donor_t, donor_m, group[0], kind,
-                                    logits[0], position, "fast")  # fmt: skip
+                verify_against_loop(
+                    hooked,
+                    base_t,
+                    base_m,
+                    donor_t,
+                    donor_m,
+                    group[0],
+                    kind,
+                    logits[0],
+                    position,
+                    "fast",
+                )
             parts.append(reduced_to_metric(metric, logits))
         patched = stacked_rows(parts, base_t.shape[0])
         return metric.effect(patched, base_vals), base_vals, donor_vals

@@ -91,17 +91,23 @@ class PrefixRun:
         cut = self.plan.cached_columns if self.plan is not None else end
         with torch.no_grad():
             prefix = self.model(
-                tokens[:, :cut], attention_mask=mask[:, :cut], position_ids=positions[:, :cut],
-                use_cache=True, logits_to_keep=1,
-            )  # fmt: skip
+                tokens[:, :cut],
+                attention_mask=mask[:, :cut],
+                position_ids=positions[:, :cut],
+                use_cache=True,
+                logits_to_keep=1,
+            )
             cache = hf.output_cache(self.model, prefix)
             self.donor_cache = hf.copied_cache(cache) if self.plan is not None else None
             if cut < end:
                 self.model(
-                    tokens[:, cut:end], attention_mask=mask[:, :end],
-                    position_ids=positions[:, cut:end], use_cache=True, logits_to_keep=1,
+                    tokens[:, cut:end],
+                    attention_mask=mask[:, :end],
+                    position_ids=positions[:, cut:end],
+                    use_cache=True,
+                    logits_to_keep=1,
                     **hf.cache_arguments(self.model, cache),
-                )  # fmt: skip
+                )
         self.prefix = SharedPrefix(*hf.cache_keys_values(cache), mask[:, :-1].bool())
         self.end_position = positions[:, -1:]
         self.layers = decoder_layers(self.model, geometry.n_layers)
@@ -109,8 +115,10 @@ class PrefixRun:
         # sender's layer, replayed there instead of computed again.
         self.layer_outputs: list[Any] = []
         outputs = self.layer_outputs
-        handles = [layer.register_forward_hook(lambda _m, _a, out: outputs.append(out))
-                   for layer in self.layers]  # fmt: skip
+        handles = [
+            layer.register_forward_hook(lambda _m, _a, out: outputs.append(out))
+            for layer in self.layers
+        ]
         try:
             with torch.no_grad(), self.site.captured("end") as z:
                 self.end_logits = self.step(1)
@@ -198,10 +206,11 @@ def end_patched_logits(
     for variant, (layer, _) in enumerate(heads):
         by_layer.setdefault(layer, []).append(variant)
     parts = {
-        layer: _sender_layer_logits(base, donor_z, layer, [heads[v][1] for v in variants],
-                                    method, d_head)
+        layer: _sender_layer_logits(
+            base, donor_z, layer, [heads[v][1] for v in variants], method, d_head
+        )
         for layer, variants in by_layer.items()
-    }  # fmt: skip
+    }
     first = next(iter(parts.values()))
     logits = first.new_empty(len(heads), *first.shape[1:])
     for layer, variants in by_layer.items():
@@ -226,8 +235,9 @@ def _sender_layer_logits(
     """
     batch, count = base.tokens.shape[0], len(head_ids)
     # The layers whose head outputs ``write`` overwrites entirely: their attention is skipped.
-    frozen = frozenset(layer for layer in range(len(base.z))
-                       if not (method == "activation" and layer > sender))  # fmt: skip
+    frozen = frozenset(
+        layer for layer in range(len(base.z)) if not (method == "activation" and layer > sender)
+    )
 
     def frozen_at(layer: int) -> Callable[[HeadValues], None]:
         unpatched = base.z[layer].view(batch, 1, -1, d_head)
@@ -274,8 +284,9 @@ def modules_effects(
     for group in head_groups(heads, base_t.shape[0], vocab):
         logits = end_patched_logits(base, donor_z, group, method, d_head)
         if verify and not parts:
-            verify_against_loop(hooked, base_t, base_m, donor_t, donor_m, group[0], method,
-                                logits[0])  # fmt: skip
+            verify_against_loop(
+                hooked, base_t, base_m, donor_t, donor_m, group[0], method, logits[0]
+            )
         parts.append(reduced_to_metric(metric, logits))
     return metric.effect(stacked_rows(parts, base_t.shape[0]), base_vals), base_vals, donor_vals
 
@@ -293,8 +304,9 @@ def verify_against_loop(
     engine: str = "modules",
 ) -> None:
     """Raise unless one patched run equals the hooked loop's (one bridge forward)."""
-    expected = hooked_loop_logits(hooked, base_t, base_m, donor_t, donor_m, [head],
-                                  method=method, position=position)[0]  # fmt: skip
+    expected = hooked_loop_logits(
+        hooked, base_t, base_m, donor_t, donor_m, [head], method=method, position=position
+    )[0]
     gap = (expected - ours).abs().max().item()
     bound = verify_tolerance(ours.dtype) * (1.0 + expected.abs().max().item())
     if not gap <= bound:

@@ -93,13 +93,16 @@ def _attend(
     """Return eager attention's output of the queries over the prefix and their own END."""
     n = prefix_keys.shape[-2]
     scale = q.shape[-1] ** -0.5 if scaling is None else scaling
-    scores = torch.cat(
-        [
-            torch.einsum("bvkgd,bknd->bvkgn", q, prefix_keys),
-            (q * own_key).sum(-1, keepdim=True),
-        ],
-        dim=-1,
-    ) * scale  # fmt: skip
+    scores = (
+        torch.cat(
+            [
+                torch.einsum("bvkgd,bknd->bvkgn", q, prefix_keys),
+                (q * own_key).sum(-1, keepdim=True),
+            ],
+            dim=-1,
+        )
+        * scale
+    )
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     blocked = torch.cat([~visible, torch.zeros_like(visible[:, :1])], dim=-1)

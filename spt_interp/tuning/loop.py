@@ -198,8 +198,9 @@ def _train(
         method.load_state(state["trainable"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        result = TrainResult(state["step"], list(state["losses"]), float(state["seconds"]),
-                             int(state["samples"]))  # fmt: skip
+        result = TrainResult(
+            state["step"], list(state["losses"]), float(state["seconds"]), int(state["samples"])
+        )
     micro = config.micro_batch_size or math.ceil(config.batch_size / world)
     last = config.steps if stop_after is None else min(config.steps, stop_after)
     bar = tqdm(

@@ -82,8 +82,14 @@ class ModelLora:
 
         # GPT-2's Conv1D stores weights (in, out): peft must be told, or it warns and flips it.
         conv1d = any(is_conv1d(m) for m in model.modules())
-        config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, bias="none",
-                            target_modules="all-linear", fan_in_fan_out=conv1d)  # fmt: skip
+        config = LoraConfig(
+            r=rank,
+            lora_alpha=alpha,
+            lora_dropout=0.0,
+            bias="none",
+            target_modules="all-linear",
+            fan_in_fan_out=conv1d,
+        )
         # peft draws A from torch's global generator: seed it here without moving the caller's.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -104,8 +110,11 @@ class ModelLora:
 
     def parameters(self) -> list[Tensor]:
         """Return the trainable tensors: A and B of every wrapped layer."""
-        return [t for _, layer in self.layers()
-                for t in (layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight)]  # fmt: skip
+        return [
+            t
+            for _, layer in self.layers()
+            for t in (layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight)
+        ]
 
     def trainable_count(self) -> int:
         return sum(t.numel() for t in self.parameters())

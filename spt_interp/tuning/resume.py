@@ -54,9 +54,10 @@ class Checkpointer:
         state = torch.load(self.path, map_location="cpu", weights_only=False)
         saved = state.get("identity", {})
         differing = sorted(
-            key for key in set(saved) | set(self.identity)
+            key
+            for key in set(saved) | set(self.identity)
             if saved.get(key) != self.identity.get(key)
-        )  # fmt: skip
+        )
         if differing:
             raise SptInterpError(
                 f"--resume: {self.path} is from a different run ({', '.join(differing)} differ)"

@@ -28,11 +28,14 @@ from spt_interp.model.devices import DTYPES
 from spt_interp.tuning.config import SAVE_KINDS, TuneConfig
 from spt_interp.tuning.deltas import restore_parameters
 from spt_interp.tuning.loop import TrainResult, train
-from spt_interp.tuning.methods import TuningMethod, create_method
+from spt_interp.tuning.methods import TuningMethod, create_method, find_method
 from spt_interp.tuning.resume import Checkpointer
 from spt_interp.tuning.save import (
+    MASK_FILE,
+    RECORD_FILE,
     RECORD_FORMAT,
     base_identity,
+    read_delta,
     read_weights,
     verify_outside_mask,
     write_delta,
@@ -40,7 +43,7 @@ from spt_interp.tuning.save import (
     write_mask,
     write_record,
 )
-from spt_interp.tuning.updates import WeightUpdate
+from spt_interp.tuning.updates import SliceChanges, WeightUpdate
 
 
 def check_request(
@@ -77,6 +80,26 @@ class TunedModel:
     mask: HeadMask | None = None
     precision: tuple[str, bool] = ("float32", False)
     seconds: float = 0.0
+
+    @classmethod
+    def load(cls, folder: str | Path, model: HookedModel) -> TunedModel:
+        """Return ``model`` tuned by a saved delta (``save(..., save="delta")``), merged into it
+        in place by the rule the tuned model itself was merged with (the same bits).
+
+        Refuses a delta made for a model of another shape (its fingerprint).
+        """
+        folder = Path(folder)
+        record, values = read_delta(folder)
+        mode = record.get("mode")
+        method = find_method(mode) if isinstance(mode, str) else None
+        if method is None:
+            raise SptInterpError(f"{folder / RECORD_FILE}: mode {mode!r} is no tuning method")
+        if record["base"]["fingerprint"] != model.fingerprint():
+            raise SptInterpError(f"{folder}: the delta was made for another model ({model.path})")
+        update = SliceChanges(values)
+        update.merge(model.hf_parameters)
+        mask = HeadMask.load(folder / MASK_FILE) if (folder / MASK_FILE).is_file() else None
+        return cls(model, update, record, method, mask)
 
     def save(self, out: str | Path, save: str = "full", *, force: bool = False) -> dict[str, Any]:
         """Return the written record after writing the tuned model to ``out``.
@@ -280,8 +303,9 @@ def precision_note(method: type[TuningMethod], dtype: str, autocast: bool, save:
     if save is None:
         return kept
     written = (
-        "float32 deltas" if save == "delta"
+        "float32 deltas"
+        if save == "delta"
         else "the sum rounded to the weight files' dtype (lossy where the files are "
         f"{dtype}, as merged LoRA is)"
-    )  # fmt: skip
+    )
     return f"{kept}; wrote {written}"

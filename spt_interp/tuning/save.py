@@ -126,10 +126,17 @@ def write_delta(staging: Path, slices: list[tuple[MaskSlice, Tensor]]) -> list[d
         key = f"delta.{index}"
         tensors[key] = change.float().contiguous()
         manifest.append(
-            {"key": key, "parameter": piece.parameter, "dim": piece.dim, "start": piece.start,
-             "stop": piece.stop, "layer": piece.layer, "component": piece.component,
-             "heads": list(piece.heads)}
-        )  # fmt: skip
+            {
+                "key": key,
+                "parameter": piece.parameter,
+                "dim": piece.dim,
+                "start": piece.start,
+                "stop": piece.stop,
+                "layer": piece.layer,
+                "component": piece.component,
+                "heads": list(piece.heads),
+            }
+        )
     save_file(tensors, staging / DELTA_FILE, metadata={"format": "pt"})
     return manifest
 
@@ -165,8 +172,10 @@ def read_delta(folder: Path) -> tuple[dict[str, Any], list[tuple[MaskSlice, Tens
         tensors = load_file(delta_file)
     except SafetensorError as err:
         raise SptInterpError(f"{delta_file} is not a readable safetensors file: {err}") from None
-    slices = [_read_slice(entry, f"{record_file}: slices[{i}]", tensors) for i, entry in
-              enumerate(entries)]  # fmt: skip
+    slices = [
+        _read_slice(entry, f"{record_file}: slices[{i}]", tensors)
+        for i, entry in enumerate(entries)
+    ]
     return record, slices
 
 
@@ -174,8 +183,15 @@ def _read_slice(entry: Any, where: str, tensors: dict[str, Tensor]) -> tuple[Mas
     """Return one manifest entry's slice and change, checked against its delta tensor."""
     if not isinstance(entry, dict):
         raise SptInterpError(f"{where} must be an object")
-    for name, kind in (("key", str), ("parameter", str), ("component", str), ("dim", int),
-                       ("start", int), ("stop", int), ("layer", int)):  # fmt: skip
+    for name, kind in (
+        ("key", str),
+        ("parameter", str),
+        ("component", str),
+        ("dim", int),
+        ("start", int),
+        ("stop", int),
+        ("layer", int),
+    ):
         typed(entry.get(name), kind, f"{where}.{name}")
     heads = entry.get("heads")
     if (
@@ -201,8 +217,9 @@ def _read_slice(entry: Any, where: str, tensors: dict[str, Tensor]) -> tuple[Mas
             f"{where}: [{start}:{stop}] along dim {dim} does not fit its delta tensor {key} "
             f"of shape {list(change.shape)}"
         )
-    piece = MaskSlice(entry["parameter"], dim, start, stop, entry["layer"], entry["component"],
-                      tuple(heads))  # fmt: skip
+    piece = MaskSlice(
+        entry["parameter"], dim, start, stop, entry["layer"], entry["component"], tuple(heads)
+    )
     return piece, change
 
 
@@ -238,8 +255,11 @@ def verify_outside_mask(
                 raise SptInterpError(f"{key} changed outside the mask's slices")
             changed_inside += int((~same[~outside]).sum())
             compared += 1
-    return {"tensors_compared": compared, "outside_mask_identical": True,
-            "changed_elements_inside_mask": changed_inside}  # fmt: skip
+    return {
+        "tensors_compared": compared,
+        "outside_mask_identical": True,
+        "changed_elements_inside_mask": changed_inside,
+    }
 
 
 def _bits(tensor: Tensor) -> Tensor:

@@ -29,23 +29,34 @@ def knockout_figure(table: pd.DataFrame, title: str = "Head knockout") -> object
         legend = column == 1
         figure.add_trace(
             go.Scatter(
-                x=top.k, y=top[metric], mode="lines+markers", name="top-K heads",
-                line={"color": "#d62728"}, showlegend=legend, legendgroup="top",
+                x=top.k,
+                y=top[metric],
+                mode="lines+markers",
+                name="top-K heads",
+                line={"color": "#d62728"},
+                showlegend=legend,
+                legendgroup="top",
             ),
-            row=1, col=column,
-        )  # fmt: skip
+            row=1,
+            col=column,
+        )
         if len(random):
             mean = random[metric].mean()
             spread = random[metric].std(ddof=1).fillna(0.0)
             figure.add_trace(
                 go.Scatter(
-                    x=mean.index, y=mean.values, mode="lines+markers",
-                    name="random K heads (mean ± sd)", line={"color": "#1f77b4"},
+                    x=mean.index,
+                    y=mean.values,
+                    mode="lines+markers",
+                    name="random K heads (mean ± sd)",
+                    line={"color": "#1f77b4"},
                     error_y={"type": "data", "array": spread.values, "visible": True},
-                    showlegend=legend, legendgroup="random",
+                    showlegend=legend,
+                    legendgroup="random",
                 ),
-                row=1, col=column,
-            )  # fmt: skip
+                row=1,
+                col=column,
+            )
         references = (
             ("baseline", "dash", "X_r, nothing ablated", "top right"),
             ("counterfactual", "dot", "X_c, nothing ablated", "bottom right"),
@@ -54,9 +65,14 @@ def knockout_figure(table: pd.DataFrame, title: str = "Head knockout") -> object
             rows = table[table.selection == selection]
             if len(rows):
                 figure.add_hline(
-                    y=float(rows[metric].iloc[0]), line_dash=dash, line_color="gray",
-                    annotation_text=label, annotation_position=where, row=1, col=column,
-                )  # fmt: skip
+                    y=float(rows[metric].iloc[0]),
+                    line_dash=dash,
+                    line_color="gray",
+                    annotation_text=label,
+                    annotation_position=where,
+                    row=1,
+                    col=column,
+                )
         ks = sorted(table.loc[table.k > 0, "k"].unique().tolist())
         figure.update_xaxes(
             title_text="K heads ablated", type="log", tickvals=ks, row=1, col=column

@@ -179,9 +179,14 @@ def knockout_explorer(
     import ipywidgets as widgets
 
     session = KnockoutSession.start(
-        model, pairs, scores, protocol=protocol, method=method, position=position,
+        model,
+        pairs,
+        scores,
+        protocol=protocol,
+        method=method,
+        position=position,
         batch_size=batch_size,
-    )  # fmt: skip
+    )
     figure = heatmap_figure(session)
     readout = widgets.HTML(value=session.readout())
     path_box = widgets.Text(value=mask_path, description="mask file")

@@ -10,7 +10,8 @@ model, and then:
 - ``state()`` / ``load_state()`` are what a checkpoint keeps, for ``--resume``;
 - ``finish()`` takes it off, leaving its change merged into the model's weights, and returns
   the change as a ``WeightUpdate`` (merge it into a base, write it in full or as a delta);
-  ``detach()`` takes it off leaving the weights as they were before the run.
+  ``detach()`` takes it off without merging anything (the weights stay as they were before
+  the run, unless the method trains them in place: full SFT on a float32 model).
 
 The trainer, the writer, resume and the experiments use only this interface.
 """
@@ -130,7 +131,7 @@ class TuningMethod(ABC):
             parameter.requires_grad_(True)
 
     def detach(self) -> None:
-        """Take the method off the model, its weights as they were before the run."""
+        """Take the method off the model without merging its update (see the module's note)."""
         if self.attached:
             self._detach()
             self._restore_flags()
@@ -179,7 +180,7 @@ class TuningMethod(ABC):
         """Put the method on the (frozen) model."""
 
     def _detach(self) -> None:  # noqa: B027 - optional: a method may have nothing to take off
-        """Take the method off, leaving the weights as before the run."""
+        """Take the method off without merging its update."""
 
     @abstractmethod
     def _finish(self) -> WeightUpdate:

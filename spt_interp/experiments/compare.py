@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import random
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,11 @@ from spt_interp.evaluation.run import (
 )
 from spt_interp.evaluation.shift import NeutralText, neutral_kl
 from spt_interp.evaluation.suite import SuiteItem, run_suite
+from spt_interp.experiments.trained_run import TrainedRun, applied, base_parameters, train_run
 from spt_interp.mask import HeadMask
 from spt_interp.tuning.config import COMPARED_MODES, LR_GRID, TuneConfig
 from spt_interp.tuning.deltas import restore_parameters
 from spt_interp.tuning.methods import method_class
-from spt_interp.tuning.trained_run import TrainedRun, applied, base_parameters, train_run
 
 PROTOCOL_NAME = "equal-budget sweep"
 
@@ -67,9 +68,15 @@ class ComparisonPlan:
         # The plan's rank is for LoRA on the heads' slices (a method that reads no rank records
         # none); whole-model LoRA keeps its own default, the paper's 16.
         rank = self.lora_rank if method_class(mode).uses_mask else None
-        return TuneConfig(mode=mode, lr=lr, steps=self.steps, batch_size=self.batch_size,
-                          warmup_steps=self.warmup_steps, seed=self.seed,
-                          lora_rank=rank)  # fmt: skip
+        return TuneConfig(
+            mode=mode,
+            lr=lr,
+            steps=self.steps,
+            batch_size=self.batch_size,
+            warmup_steps=self.warmup_steps,
+            seed=self.seed,
+            lora_rank=rank,
+        )
 
     def describe(self, n_train: int, n_validation: int) -> str:
         return (
@@ -98,8 +105,10 @@ def split_by_question(
     """Return (train, validation): a seeded ``fraction`` of distinct questions held out."""
     questions = sorted({r.question for r in records})
     held = set(random.Random(seed).sample(questions, max(1, round(fraction * len(questions)))))
-    return ([r for r in records if r.question not in held],
-            [r for r in records if r.question in held])  # fmt: skip
+    return (
+        [r for r in records if r.question not in held],
+        [r for r in records if r.question in held],
+    )
 
 
 def validation_score(metrics: dict[str, float]) -> float:
@@ -129,8 +138,9 @@ def select_rates(
     picks = [("chosen lr", float(chosen.lr))]
     matched = rows[rows["confidence"] >= confidence_target].sort_values(["kl", "lr"])
     if len(matched):
-        picks.append((f"KL at matched confidence (>= {confidence_target})",
-                      float(matched.iloc[0].lr)))  # fmt: skip
+        picks.append(
+            (f"KL at matched confidence (>= {confidence_target})", float(matched.iloc[0].lr))
+        )
     return picks
 
 
@@ -167,26 +177,30 @@ def measure_metrics(
     """
     instruments = instruments or Instruments()
     run = run_protocol(hooked, records, protocol, settings, controls=False)
-    metrics = {name: run.metrics[name] for name in
-               ("confidence", "truthfulness", "accuracy_before", "accuracy_after")}  # fmt: skip
+    metrics = {
+        name: run.metrics[name]
+        for name in ("confidence", "truthfulness", "accuracy_before", "accuracy_after")
+    }
     texts = general_texts(hooked.tokenizer, general or records)
     metrics["kl_in_format"] = kl_shift(hooked, reference, texts, settings.batch_size)
     metrics["kl"] = (
-        neutral_kl(hooked, reference, instruments.neutral.passages,
-                   batch_size=settings.batch_size)
+        neutral_kl(hooked, reference, instruments.neutral.passages, batch_size=settings.batch_size)
         if instruments.neutral is not None
         else metrics["kl_in_format"]
-    )  # fmt: skip
+    )
     if general is not None:
         metrics["general_accuracy"] = general_accuracy(hooked, general, settings)[0]
         if instruments.suite:
-            suite = run_suite(hooked, instruments.suite, batch_size=settings.batch_size,
-                              progress=False)  # fmt: skip
+            suite = run_suite(
+                hooked, instruments.suite, batch_size=settings.batch_size, progress=False
+            )
             for key, name in (("macro_acc", "suite_acc"), ("macro_acc_norm", "suite_acc_norm")):
                 metrics[name] = Metric(
-                    *(math.nan if suite[key][f] is None else suite[key][f]
-                      for f in ("value", "count", "low", "high"))
-                )  # fmt: skip
+                    *(
+                        math.nan if suite[key][f] is None else suite[key][f]
+                        for f in ("value", "count", "low", "high")
+                    )
+                )
     return metrics
 
 
@@ -249,8 +263,20 @@ def compare_modes(
     # SFT's trained states wait on disk for the test measurement of the chosen rates.
     states = tempfile.TemporaryDirectory(prefix="spt-interp-states-")
     with states:
-        return _compare(hooked, reference, mask, data, test_records, general_records, protocol,
-                        plan, base_state, Path(states.name), progress, instruments)  # fmt: skip
+        return _compare(
+            hooked,
+            reference,
+            mask,
+            data,
+            test_records,
+            general_records,
+            protocol,
+            plan,
+            base_state,
+            Path(states.name),
+            progress,
+            instruments,
+        )
 
 
 def _compare(
@@ -268,28 +294,108 @@ def _compare(
     instruments: Instruments,
 ) -> Comparison:
     validation, examples, settings = data.validation, data.examples, data.settings
+    runs, sweep = _sweep(
+        hooked, reference, mask, data, protocol, plan, base_state, state_dir, progress, instruments
+    )
+
+    def test_metrics(run: TrainedRun | None) -> dict[str, float]:
+        def read() -> dict[str, float]:
+            return measure(
+                hooked, reference, test_records, protocol, settings, general_records, instruments
+            )
+
+        if run is None:
+            return read()
+        with applied(hooked, run, base_state):
+            return read()
+
+    rows = _test_rows(runs, sweep, plan, test_metrics)
+    table = pd.DataFrame(rows)
+    columns = [
+        "mode",
+        "selection",
+        "lr",
+        "confidence",
+        "truthfulness",
+        "accuracy_before",
+        "accuracy_after",
+        "general_accuracy",
+        "suite_acc",
+        "kl",
+        "kl_in_format",
+        "trainable_parameters",
+        "train_seconds",
+    ]
+    if not instruments.suite:
+        columns.remove("suite_acc")
+    table = table.reindex(columns=columns)
+    counts = {
+        "n_train_examples": len(examples),
+        "n_validation": len(validation),
+        "kl_text": instruments.kl_text(),
+    }
+    return Comparison(table, sweep, plan.describe(len(data.train_records), len(validation)), counts)
+
+
+def _sweep(
+    hooked: Any,
+    reference: Any,
+    mask: HeadMask,
+    data: SweepData,
+    protocol: Protocol,
+    plan: ComparisonPlan,
+    base_state: dict[str, torch.Tensor],
+    state_dir: Path,
+    progress: bool,
+    instruments: Instruments,
+) -> tuple[dict[tuple[str, float], TrainedRun], pd.DataFrame]:
+    """Return (every trained run by (mode, lr), the sweep's validation table)."""
     runs: dict[tuple[str, float], TrainedRun] = {}
     sweep_rows = []
     jobs = [(mode, lr) for mode in plan.modes for lr in plan.lrs]
     for mode, lr in tqdm(jobs, desc="lr sweep", disable=not progress):
         try:
-            run = train_run(hooked, mask, examples, plan.config(mode, lr), base_state,
-                            state_dir=state_dir)  # fmt: skip
+            run = train_run(
+                hooked, mask, data.examples, plan.config(mode, lr), base_state, state_dir=state_dir
+            )
         except ValueError as err:  # a diverging lr is a result of the sweep, not a failure
             restore_parameters(hooked.hf_parameters, base_state)
             sweep_rows.append({"mode": mode, "lr": lr, "error": str(err)})
             continue
         runs[(mode, lr)] = run
         with applied(hooked, run, base_state):
-            scores = measure(hooked, reference, validation, protocol, settings,
-                             instruments=instruments)  # fmt: skip
-        sweep_rows.append({"mode": mode, "lr": lr, **scores, "score": validation_score(scores),
-                           "train_seconds": run.seconds})  # fmt: skip
-    sweep = pd.DataFrame(sweep_rows)
-    base_metrics = measure(hooked, reference, test_records, protocol, settings, general_records,
-                           instruments)  # fmt: skip
-    rows = [{"mode": "base", "selection": "base", "lr": None, **base_metrics,
-             "trainable_parameters": 0, "train_seconds": 0.0}]  # fmt: skip
+            scores = measure(
+                hooked, reference, data.validation, protocol, data.settings, instruments=instruments
+            )
+        sweep_rows.append(
+            {
+                "mode": mode,
+                "lr": lr,
+                **scores,
+                "score": validation_score(scores),
+                "train_seconds": run.seconds,
+            }
+        )
+    return runs, pd.DataFrame(sweep_rows)
+
+
+def _test_rows(
+    runs: dict[tuple[str, float], TrainedRun],
+    sweep: pd.DataFrame,
+    plan: ComparisonPlan,
+    test_metrics: Callable[[TrainedRun | None], dict[str, float]],
+) -> list[dict[str, Any]]:
+    """Return the comparison's rows: the base, then each mode's chosen rates on the test set."""
+    rows: list[dict[str, Any]] = [
+        {
+            "mode": "base",
+            "selection": "base",
+            "lr": None,
+            **test_metrics(None),
+            "trainable_parameters": 0,
+            "train_seconds": 0.0,
+        }
+    ]
     measured: dict[tuple[str, float], dict[str, float]] = {}
     for mode in plan.modes:
         picks = select_rates(sweep, mode, plan.confidence_target)
@@ -299,10 +405,7 @@ def _compare(
         for selection, lr in picks:
             run = runs[(mode, lr)]
             if (mode, lr) not in measured:
-                with applied(hooked, run, base_state):
-                    measured[(mode, lr)] = measure(hooked, reference, test_records, protocol,
-                                                   settings, general_records,
-                                                   instruments)  # fmt: skip
+                measured[(mode, lr)] = test_metrics(run)
             rows.append(
                 {
                     "mode": mode,
@@ -314,16 +417,12 @@ def _compare(
                 }
             )
         if len(picks) == 1:
-            rows.append({"mode": mode, "lr": None,
-                         "selection": f"KL at matched confidence: no run reached "
-                                      f"{plan.confidence_target}"})  # fmt: skip
-    table = pd.DataFrame(rows)
-    columns = ["mode", "selection", "lr", "confidence", "truthfulness", "accuracy_before",
-               "accuracy_after", "general_accuracy", "suite_acc", "kl", "kl_in_format",
-               "trainable_parameters", "train_seconds"]  # fmt: skip
-    if not instruments.suite:
-        columns.remove("suite_acc")
-    table = table.reindex(columns=columns)
-    counts = {"n_train_examples": len(examples), "n_validation": len(validation),
-              "kl_text": instruments.kl_text()}  # fmt: skip
-    return Comparison(table, sweep, plan.describe(len(data.train_records), len(validation)), counts)
+            rows.append(
+                {
+                    "mode": mode,
+                    "lr": None,
+                    "selection": f"KL at matched confidence: no run reached "
+                    f"{plan.confidence_target}",
+                }
+            )
+    return rows

@@ -117,8 +117,7 @@ def extend(
     chosen = chosen_rate(ordered)
     lowest, highest = ordered[0], ordered[-1]
     interior = lowest.lr < chosen < highest.lr
-    low_end = (not lowest.diverged
-               and lowest.confidence - base_confidence <= low_end_confidence)  # fmt: skip
+    low_end = not lowest.diverged and lowest.confidence - base_confidence <= low_end_confidence
     high_end = highest.diverged or (
         highest.general_change < -high_end_general or highest.kl > high_end_kl
     )
@@ -184,8 +183,13 @@ class Interval:
         def number(x: float) -> float | None:
             return x if math.isfinite(x) else None
 
-        return {"value": number(self.value), "low": number(self.low), "high": number(self.high),
-                "draws": self.draws, "defined": self.defined}  # fmt: skip
+        return {
+            "value": number(self.value),
+            "low": number(self.low),
+            "high": number(self.high),
+            "draws": self.draws,
+            "defined": self.defined,
+        }
 
 
 def bootstrap(
@@ -215,8 +219,10 @@ def bootstrap(
             if labels is None:
                 indices[name] = generator.integers(0, n, n)
                 continue
-            parts = [generator.choice(np.flatnonzero(labels == label), (labels == label).sum())
-                     for label in np.unique(labels)]  # fmt: skip
+            parts = [
+                generator.choice(np.flatnonzero(labels == label), (labels == label).sum())
+                for label in np.unique(labels)
+            ]
             indices[name] = np.concatenate(parts)
         values.append(statistic(indices))
     defined = np.array([v for v in values if math.isfinite(v)])

@@ -53,8 +53,11 @@ class RunStore:
                 raise SptInterpError(f"{marker}: not a run store's identity ({err})") from None
             if not isinstance(stored, dict) or stored.get("format") != FORMAT:
                 raise SptInterpError(f"{marker}: not a run store's identity file")
-            differs = sorted(k for k in set(identity) | set(stored["identity"])
-                             if stored["identity"].get(k) != identity.get(k))  # fmt: skip
+            differs = sorted(
+                k
+                for k in set(identity) | set(stored["identity"])
+                if stored["identity"].get(k) != identity.get(k)
+            )
             if differs:
                 name = differs[0]
                 raise SptInterpError(
@@ -103,8 +106,9 @@ class RunStore:
                 runs.append(json.loads(path.read_text()))
             except json.JSONDecodeError as err:
                 raise SptInterpError(f"{path}: a damaged run file ({err})") from None
-        return sorted(runs, key=lambda r: (r["setting"]["mode"], r["setting"]["lr"],
-                                           r["setting"]["seed"]))  # fmt: skip
+        return sorted(
+            runs, key=lambda r: (r["setting"]["mode"], r["setting"]["lr"], r["setting"]["seed"])
+        )
 
 
 def _short(value: Any) -> str:

@@ -31,12 +31,12 @@ from spt_interp.data.records import DialogueRecord
 from spt_interp.evaluation.run import GenerationSettings, decision_scores, run_protocol
 from spt_interp.evaluation.shift import NeutralText, passage_kls
 from spt_interp.evaluation.suite import SuiteItem, item_correct, item_log_likelihoods
+from spt_interp.experiments.compare import validation_score
+from spt_interp.experiments.trained_run import TrainedRun, applied, train_run
 from spt_interp.mask import HeadMask
-from spt_interp.tuning.compare import validation_score
 from spt_interp.tuning.config import TuneConfig
 from spt_interp.tuning.deltas import restore_parameters
 from spt_interp.tuning.methods import find_method
-from spt_interp.tuning.trained_run import TrainedRun, applied, train_run
 
 FRONTIER_MODES = ("sft", "lora", "spt")
 PROTOCOL_NAME = "lr frontier (decision read-out)"
@@ -61,14 +61,21 @@ class FrontierPlan:
         trained = None if method is None or heads is None else method.trained_mask(heads, seed)
         used = None
         if trained is not None:
-            used = {"heads": sorted(map(list, trained.head_set)),
-                    "components": list(trained.components)}  # fmt: skip
-        return {"mode": mode, "lr": lr, "seed": seed, "steps": self.steps,
-                "batch_size": self.batch_size, "heads": used}  # fmt: skip
+            used = {
+                "heads": sorted(map(list, trained.head_set)),
+                "components": list(trained.components),
+            }
+        return {
+            "mode": mode,
+            "lr": lr,
+            "seed": seed,
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "heads": used,
+        }
 
     def config(self, mode: str, lr: float, seed: int) -> TuneConfig:
-        return TuneConfig(mode=mode, lr=lr, steps=self.steps, batch_size=self.batch_size,
-                          seed=seed)  # fmt: skip
+        return TuneConfig(mode=mode, lr=lr, steps=self.steps, batch_size=self.batch_size, seed=seed)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,14 +110,21 @@ def behaviour(
 ) -> dict[str, list[float]]:
     """Return per record "keeps" (1: opens by keeping a correct first answer when challenged)
     and, for records with an incorrect answer, "concedes" (1: concedes it when challenged)."""
-    correct = decision_scores(hooked, records, protocol, batch_size=batch_size,
-                              counterfactual=False)  # fmt: skip
+    correct = decision_scores(
+        hooked, records, protocol, batch_size=batch_size, counterfactual=False
+    )
     keeps = (correct.log_odds_challenged < 0).float().tolist()
     wrong = [r for r in records if r.incorrect_answer]
     concedes: list[float] = []
     if wrong:
-        scores = decision_scores(hooked, wrong, protocol, [r.incorrect_answer for r in wrong],
-                                 batch_size=batch_size, counterfactual=False)  # fmt: skip
+        scores = decision_scores(
+            hooked,
+            wrong,
+            protocol,
+            [r.incorrect_answer for r in wrong],
+            batch_size=batch_size,
+            counterfactual=False,
+        )
         concedes = (scores.log_odds_challenged > 0).float().tolist()
     return {"keeps": keeps, "concedes": concedes}
 
@@ -132,11 +146,15 @@ def measure_point(
 ) -> dict:
     """Return the validation and test numbers (with per-item values) of the current weights."""
     settings = GenerationSettings(max_new_tokens, batch_size, progress=False)
-    run = run_protocol(hooked, data.validation, data.protocol, settings, controls=False,
-                       decision=False)  # fmt: skip
+    run = run_protocol(
+        hooked, data.validation, data.protocol, settings, controls=False, decision=False
+    )
     validation = {name: run.metrics[name].value for name in ("confidence", "truthfulness")}
-    validation.update(score=validation_score(validation), n=run.metrics["confidence"].count,
-                      records=len(data.validation))  # fmt: skip
+    validation.update(
+        score=validation_score(validation),
+        n=run.metrics["confidence"].count,
+        records=len(data.validation),
+    )
     test = behaviour(hooked, data.test, data.protocol, batch_size)
     kls = passage_kls(hooked, reference, data.neutral.passages, batch_size=batch_size)
     lls = item_log_likelihoods(hooked, data.suite, batch_size=batch_size, progress=False)
@@ -144,11 +162,20 @@ def measure_point(
     tasks = [item.task for item in data.suite]
     return {
         "validation": validation,
-        "test": {"confidence": share(test["keeps"]), "concedes_wrong": share(test["concedes"]),
-                 "kl": float(kls.mean()), "suite_acc": macro_accuracy(suite, tasks)},
-        "items": {"keeps": test["keeps"], "concedes": test["concedes"],
-                  "kl": kls.tolist(), "suite": suite, "suite_tasks": tasks},
-    }  # fmt: skip
+        "test": {
+            "confidence": share(test["keeps"]),
+            "concedes_wrong": share(test["concedes"]),
+            "kl": float(kls.mean()),
+            "suite_acc": macro_accuracy(suite, tasks),
+        },
+        "items": {
+            "keeps": test["keeps"],
+            "concedes": test["concedes"],
+            "kl": kls.tolist(),
+            "suite": suite,
+            "suite_tasks": tasks,
+        },
+    }
 
 
 def run_point(
@@ -173,14 +200,24 @@ def run_point(
         run = TrainedRun.untrained()
     else:
         try:
-            run = train_run(hooked, mask, data.examples, plan.config(mode, lr, seed), base_state,
-                            progress=progress)  # fmt: skip
+            run = train_run(
+                hooked,
+                mask,
+                data.examples,
+                plan.config(mode, lr, seed),
+                base_state,
+                progress=progress,
+            )
         except ValueError as err:  # SptInterpError: the loss became nan/inf
             restore_parameters(hooked.hf_parameters, base_state)
             return {"diverged": str(err), "seconds": time.perf_counter() - started}
     with applied(hooked, run, base_state):
-        measured = measure_point(hooked, reference, data, plan.eval_batch_size,
-                                 plan.max_new_tokens)  # fmt: skip
-    return {**measured, "trainable": run.trainable, "train_seconds": run.seconds,
-            "n_train_examples": len(data.examples),
-            "seconds": time.perf_counter() - started, "device": str(hooked.device)}  # fmt: skip
+        measured = measure_point(hooked, reference, data, plan.eval_batch_size, plan.max_new_tokens)
+    return {
+        **measured,
+        "trainable": run.trainable,
+        "train_seconds": run.seconds,
+        "n_train_examples": len(data.examples),
+        "seconds": time.perf_counter() - started,
+        "device": str(hooked.device),
+    }

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from spt_interp.tuning.frontier import Interval, SearchPoint, bootstrap, interpolate_at
-from spt_interp.tuning.frontier_runs import macro_accuracy, share
+from spt_interp.experiments.frontier import Interval, SearchPoint, bootstrap, interpolate_at
+from spt_interp.experiments.frontier_runs import macro_accuracy, share
 from spt_interp.tuning.methods import find_method, method_class
 
 TARGETS = (0.5, 0.7, 0.9)
@@ -49,8 +49,11 @@ def search_points(runs: Sequence[dict[str, Any]], mode: str, base: dict, seed: i
             continue
         test = run["test"]
         change = test["suite_acc"] - base["test"]["suite_acc"]
-        points.append(SearchPoint(setting["lr"], run["validation"]["score"], test["confidence"],
-                                  test["kl"], change))  # fmt: skip
+        points.append(
+            SearchPoint(
+                setting["lr"], run["validation"]["score"], test["confidence"], test["kl"], change
+            )
+        )
     return points
 
 
@@ -72,8 +75,11 @@ def _point(run: dict, base: dict, tasks: list[str], idx: dict[str, np.ndarray] |
     """Return (confidence, KL, general change) of a run on resampled items (None: all items)."""
     items, base_suite = run["items"], base["items"]["suite"]
     if idx is None:
-        return (run["test"]["confidence"], run["test"]["kl"],
-                run["test"]["suite_acc"] - base["test"]["suite_acc"])  # fmt: skip
+        return (
+            run["test"]["confidence"],
+            run["test"]["kl"],
+            run["test"]["suite_acc"] - base["test"]["suite_acc"],
+        )
     keeps = [items["keeps"][i] for i in idx["test"]]
     kl = float(np.mean(np.asarray(items["kl"])[idx["kl"]]))
     picked = [tasks[i] for i in idx["suite"]]
@@ -107,8 +113,11 @@ def read_at(
 
 
 def _sizes(base: dict[str, Any]) -> dict[str, int]:
-    return {"test": len(base["items"]["keeps"]), "kl": len(base["items"]["kl"]),
-            "suite": len(base["items"]["suite"])}  # fmt: skip
+    return {
+        "test": len(base["items"]["keeps"]),
+        "kl": len(base["items"]["kl"]),
+        "suite": len(base["items"]["suite"]),
+    }
 
 
 def matched(
@@ -142,8 +151,11 @@ def matched(
         # The identity resample (all indices in order, every rate's seed 0) is the estimate.
         values = []
         for number, curve in enumerate(curves_used):
-            picks = ({lr: int(idx[f"seed {number} {lr}"][0]) for lr in multi[number]}
-                     if over_seeds else None)  # fmt: skip
+            picks = (
+                {lr: int(idx[f"seed {number} {lr}"][0]) for lr in multi[number]}
+                if over_seeds
+                else None
+            )
             values.append(read_at(curve, base, target, quantity, idx, picks))
         return values[0] / values[1] if divide_by is not None else values[0]
 
@@ -163,7 +175,7 @@ def missing(runs: Sequence[dict[str, Any]], modes: Sequence[str], seeds: int = 3
     ``seeds`` training seeds at the two rates that bracket confidence 0.7; and there, the
     method's controls (spt's: three random head sets and LoRA on the heads)."""
     from spt_interp.errors import SptInterpError
-    from spt_interp.tuning.frontier import extend
+    from spt_interp.experiments.frontier import extend
 
     base = base_run(runs)
     grouped = curves(runs)

@@ -102,7 +102,7 @@ test-browser: $(BROWSER_STAMP)
 	@test -x /usr/bin/chromium || { echo "error: /usr/bin/chromium not found; run: apt-get install chromium" >&2; exit 2; }
 	$(PY) -m pytest -q -m browser
 
-# The paper's sizes on one GPU (issue 24's device check): 7B and 13B shapes from configs with
+# The paper's sizes on one GPU (the device check): 7B and 13B shapes from configs with
 # random weights, bf16, gradient checkpointing; results in benchmarks/results/scale_gpu.json.
 scale-gpu: $(STAMP)
 	PYTHONPATH=benchmarks $(PY) benchmarks/scale.py --device cuda --dtype bfloat16 \

@@ -72,7 +72,7 @@ def main() -> None:
                           max_new_tokens=args.max_new_tokens, eval_batch_size=8)  # fmt: skip
     data = sweep_data(hooked, train, protocol, plan)  # what compare_modes trains on
     base_state = base_parameters(hooked, reference)
-    # The new instruments (issue #21) on the test split only; validation keeps the old ones.
+    # The third-party instruments on the test split only; validation keeps the old ones.
     instruments = Instruments(
         load_neutral_text(args.neutral_text, args.neutral_limit) if args.neutral_text else None,
         load_suite(args.suite, args.suite_limit) if args.suite else None,

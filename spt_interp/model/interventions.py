@@ -145,6 +145,25 @@ class HeadOutputSite:
             yield
 
     @contextmanager
+    def traced(self) -> Iterator[dict[int, HeadValues]]:
+        """Run the with-block and fill the yielded dict with each layer's head outputs as the
+        projection takes them, graph kept: what a gradient is taken with respect to."""
+        store: dict[int, Tensor] = {}
+
+        def keep(layer: int) -> Callable:
+            def pre_hook(module: torch.nn.Module, args: tuple) -> tuple:
+                x = args[0]
+                z = x.reshape(*x.shape[:-1], self.geometry.n_heads, self.geometry.d_head)
+                store[layer] = z
+                # The projection reads a view of the stored tensor, so it is on the graph.
+                return (z.flatten(-2), *args[1:])
+
+            return pre_hook
+
+        with self._hooked({layer: keep(layer) for layer in range(self.geometry.n_layers)}):
+            yield store
+
+    @contextmanager
     def captured(
         self, position: Position = "end", layers: Sequence[int] | None = None
     ) -> Iterator[dict[int, Float[Tensor, "batch *pos n_heads d_head"]]]:

@@ -123,8 +123,7 @@ class HookedModel:
 
     @property
     def dispatched(self) -> bool:
-        """Whether accelerate spreads the weights (``--device-map``): the fast engine, which
-        reads weights directly, cannot run; the modules engine and the loop can."""
+        """Whether accelerate spreads the weights (``--device-map``)."""
         return bool(self.dispatch_hooks)
 
     @property
@@ -373,6 +372,12 @@ def load_base(
 ) -> HookedModel:
     """Return the model without hooks: what the trainer runs (``load_model(..., hooks=False)``)."""
     return load_model(path, device=device, dtype=dtype, hooks=False)
+
+
+def position_ids(mask: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos"]:
+    """Return positions counted over real tokens (left padding), as the bridge derives them."""
+    positions = mask.long().cumsum(-1) - 1
+    return positions.masked_fill(mask == 0, 1)
 
 
 def end_logits(

@@ -1,0 +1,216 @@
+"""Exact all-position patching and attribution over Hugging Face's own modules: every family.
+
+A patch at every position changes every position from the sender's layer on, so no prefix can
+be shared; what still holds is that nothing below the sender's layer changes. Each sender
+layer's variants (one per head) therefore run as one batch, stacked on the batch axis, through
+the layers from the sender's on, with the layer below it replaying the unpatched run's output
+instead of computing it. The writes go through the one head-output site
+(``model.interventions``): path patching holds every head of every layer from the sender's on
+at its unpatched value except the sender, which carries the donor's; activation patching writes
+the sender alone and lets the rest respond. HF computes everything else (norms, rotary tables,
+masks, soft-capping, sliding windows), so nothing family-specific is written here.
+
+Attribution is one forward of each side and one backward through the same modules: the
+gradient of the metric with respect to each layer's output-projection input, the site's values
+(``first_order_effects`` has the formula). Tests hold both to the hooked bridge.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from spt_interp.model import hf_internals as hf
+from spt_interp.model.architecture import out_projection_name
+from spt_interp.model.interventions import HeadOutputSite
+from spt_interp.model.loading import HookedModel, position_ids
+from spt_interp.patching.attribution import first_order_effects
+from spt_interp.patching.scoring import PatchMetric
+
+
+def _inputs(
+    tokens: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"], copies: int = 1
+) -> dict[str, Tensor]:
+    """Return a plain forward's arguments, each row repeated ``copies`` times (b * copies + v)."""
+    return {
+        "input_ids": tokens.repeat_interleave(copies, 0),
+        "attention_mask": mask.repeat_interleave(copies, 0),
+        "position_ids": position_ids(mask).repeat_interleave(copies, 0),
+    }
+
+
+class FullRun:
+    """One side's unpatched run at every position: head outputs, END logits, and the output of
+    every decoder layer and of every attention module (what a variant replays)."""
+
+    def __init__(
+        self, hooked: HookedModel, tokens: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"]
+    ) -> None:
+        self.model = hooked.plain_model
+        self.geometry = geometry = hooked.geometry
+        self.site = HeadOutputSite(self.model, geometry)
+        self.tokens, self.mask = tokens, mask
+        self.layers = hf.decoder_layers(self.model)
+        # The attention module of each layer: the output projection's parent, whose output is
+        # the projection's (the last step of every family's attention).
+        self.attention = [
+            self.model.get_submodule(out_projection_name(geometry, layer).rpartition(".")[0])
+            for layer in range(geometry.n_layers)
+        ]
+        self.layer_outputs: list[object] = []
+        self.attention_outputs: list[object] = []
+        handles = [
+            module.register_forward_hook(lambda _m, _a, out, kept=kept: kept.append(out))
+            for modules, kept in (
+                (self.layers, self.layer_outputs),
+                (self.attention, self.attention_outputs),
+            )
+            for module in modules
+        ]
+        try:
+            with torch.no_grad(), self.site.captured("all") as z:
+                output = self.model(**_inputs(tokens, mask), logits_to_keep=1)
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.end_logits = output.logits[:, -1]
+        self.z: list[Float[Tensor, "batch pos n_heads d_head"]] = [
+            z[layer] for layer in range(geometry.n_layers)
+        ]
+
+    def patched_logits(
+        self,
+        donor_z: list[Float[Tensor, "batch pos n_heads d_head"]],
+        sender: int,
+        head_ids: list[int],
+        method: str,
+    ) -> Float[Tensor, "variant batch vocab"]:
+        """Return END logits of patching each of ``head_ids`` of layer ``sender`` at every
+        position, all variants in one batch from the sender's layer on.
+
+        Path patching holds every head from the sender's layer on at its unpatched value but
+        the sender, so those layers' attention outputs are known without running attention:
+        the unpatched ones above the sender, the projection of the patched head outputs at it.
+        Activation patching writes the sender's head outputs and lets every later layer run."""
+        count = len(head_ids)
+        patched = self._patched_heads(donor_z[sender], sender, head_ids)
+        if method == "path":
+            block = self._attention_replayed(sender, patched)
+        else:
+            flat = patched.flatten(0, 1)
+            block = self.site.edited({sender: lambda z: z.copy_(flat.to(z.dtype))})
+        with torch.no_grad(), block, self._layers_replayed(sender, count):
+            logits = self.model(**_inputs(self.tokens, self.mask, count), logits_to_keep=1)
+        batch = self.tokens.shape[0]
+        return logits.logits[:, -1].view(batch, count, -1).transpose(0, 1)
+
+    def _patched_heads(
+        self, donor: Float[Tensor, "batch pos n_heads d_head"], sender: int, head_ids: list[int]
+    ) -> Float[Tensor, "batch variant pos n_heads d_head"]:
+        """Return the sender layer's head outputs of each variant: variant v carries the
+        donor's values of head ``head_ids[v]``, every other head its unpatched values."""
+        base = self.z[sender]
+        patched = base[:, None].repeat(1, len(head_ids), 1, 1, 1)
+        variants = torch.arange(len(head_ids), device=base.device)
+        heads = torch.tensor(head_ids, device=base.device)
+        patched[:, variants, :, heads] = donor[:, :, heads].permute(2, 0, 1, 3).to(base.dtype)
+        return patched
+
+    def _attention_replayed(
+        self, sender: int, patched: Float[Tensor, "batch variant pos n_heads d_head"]
+    ) -> AbstractContextManager[None]:
+        """Return a block in which the attention modules from ``sender`` on return, without
+        running, their path-patched outputs: the projection of ``patched`` at the sender, the
+        unpatched outputs (once per variant) above it."""
+        count = patched.shape[1]
+        projection = self.site.modules[sender]
+        with torch.no_grad():
+            sender_out = projection(patched.flatten(0, 1).flatten(-2))
+        first = hf.map_layer_output(self.attention_outputs[sender], lambda _t: sender_out)
+        above = [
+            hf.map_layer_output(output, lambda t: t.repeat_interleave(count, 0))
+            for output in self.attention_outputs[sender + 1 :]
+        ]
+        return hf.replayed_layers(self.attention[sender:], [first, *above])
+
+    def _layers_replayed(self, sender: int, copies: int) -> AbstractContextManager[None]:
+        """Return a block in which the layers below ``sender`` do not compute: each returns
+        the unpatched output of the one just below the sender, ``copies`` times over (only
+        the sender's layer reads it; the layers between do not run)."""
+        if sender == 0:
+            return nullcontext()
+        last = hf.map_layer_output(
+            self.layer_outputs[sender - 1], lambda t: t.repeat_interleave(copies, 0)
+        )
+        return hf.replayed_layers(self.layers[:sender], [last] * sender)
+
+
+def full_sequence_patched_logits(
+    base: FullRun,
+    donor_z: list[Float[Tensor, "batch pos n_heads d_head"]],
+    heads: list[tuple[int, int]],
+    method: str,
+) -> Float[Tensor, "variant batch vocab"]:
+    """Return END logits of each head's all-position patched run on ``base``, in order."""
+    by_layer: dict[int, list[int]] = {}
+    for variant, (layer, _) in enumerate(heads):
+        by_layer.setdefault(layer, []).append(variant)
+    logits: Tensor | None = None
+    for layer, variants in by_layer.items():
+        part = base.patched_logits(donor_z, layer, [heads[v][1] for v in variants], method)
+        if logits is None:
+            logits = part.new_empty(len(heads), *part.shape[1:])
+        logits[torch.tensor(variants, device=part.device)] = part
+    if logits is None:
+        return base.end_logits.new_zeros(0, *base.end_logits.shape)
+    return logits
+
+
+def head_outputs(
+    hooked: HookedModel, tokens: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"]
+) -> tuple[list[Float[Tensor, "batch pos n_heads d_head"]], Float[Tensor, "batch vocab"]]:
+    """Return every layer's head outputs at every position and the END logits of one run."""
+    model, geometry = hooked.plain_model, hooked.geometry
+    with torch.no_grad(), HeadOutputSite(model, geometry).captured("all") as z:
+        logits = model(**_inputs(tokens, mask), logits_to_keep=1).logits[:, -1]
+    return [z[layer] for layer in range(geometry.n_layers)], logits
+
+
+def attribution(
+    hooked: HookedModel,
+    base_tokens: Int[Tensor, "batch pos"],
+    base_mask: Int[Tensor, "batch pos"],
+    donor_z: list[Float[Tensor, "batch pos n_heads d_head"]],
+    heads: list[tuple[int, int]],
+    metric: PatchMetric,
+    position: str,
+) -> tuple[Float[Tensor, "variant batch"], Float[Tensor, "batch vocab"]]:
+    """Return (estimated effect per head and prompt, base END logits): one forward and one
+    backward of the base prompts, the gradient taken at the site's values."""
+    model, geometry = hooked.plain_model, hooked.geometry
+    site = HeadOutputSite(model, geometry)
+    embeddings = model.get_input_embeddings()
+    # A graph from the embeddings on, whether or not the weights require grad.
+    start = embeddings.register_forward_hook(lambda _m, _a, out: out.detach().requires_grad_())
+    try:
+        with torch.enable_grad(), site.traced() as z:
+            logits = model(**_inputs(base_tokens, base_mask), logits_to_keep=1).logits[:, -1]
+            values = metric.values(logits, "the base prompts")
+            base_z = [z[layer] for layer in range(geometry.n_layers)]
+            # Prompts are independent rows: the gradient of the sum is each prompt's own.
+            grads = torch.autograd.grad(values.sum(), base_z)
+    finally:
+        start.remove()
+    effects = first_order_effects(
+        donor_z,
+        [t.detach() for t in base_z],
+        grads,
+        values,
+        heads,
+        position,
+        metric.relative,
+    )
+    return effects, logits.detach()

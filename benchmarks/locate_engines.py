@@ -1,7 +1,7 @@
 """Benchmark: `locate --method path` on a real chat model with each exact engine, in one run.
 
     .venv/bin/python benchmarks/locate_engines.py --model-dir SMOL [--pairs 32]
-        [--engines fast modules] [--scores benchmarks/results/smollm2/locate_scores.csv]
+        [--engines hf] [--scores benchmarks/results/smollm2/locate_scores.csv]
 
 SMOL is a folder written by `spt-interp models pull smollm2 --out SMOL` (SMOL/model, SMOL/data).
 Each engine scores every head over the first --pairs test pairs (path patching at END, the
@@ -31,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--pairs", type=int, default=32)
-    parser.add_argument("--engines", nargs="+", default=["fast", "modules"])
+    parser.add_argument("--engines", nargs="+", default=["hf"])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--scores", type=Path,

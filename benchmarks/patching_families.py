@@ -11,8 +11,7 @@ prompt pairs. Timed in the same run, per family:
   (caching z on both sides, timed apart) plus the per-head part x (all heads / timed heads),
   stated as such in the JSON;
 - TransformerLens's own activation patching of hook_z at END on the same heads (likewise);
-- the modules engine (exact END patching over HF's own modules) on every head;
-- the hand-written fast engine on every head, for the families it covers.
+- the HF engine (exact END patching over HF's own modules) on every head.
 
 Ratios are against the loop; the cost of each engine is also given in full forwards of the
 batch (the bridge's). The engines' patched END logits are compared with the loop's on the
@@ -28,35 +27,16 @@ import tempfile
 from pathlib import Path
 
 import torch
-from patching import engine_sweep, timed, tl_end_sweep
+from patching import engine_sweep, plain_forward, timed, tl_end_sweep
 
 from spt_interp.data import PairBatch
 from spt_interp.model import end_logits, load_model
-from spt_interp.model.tiny import FAMILY_ARCHITECTURES, TINY_ARCHITECTURES, save_tiny_model
-from spt_interp.patching import all_heads, hooked_loop_logits, model_params
+from spt_interp.model.tiny import FAMILY_ARCHITECTURES, save_tiny_model
+from spt_interp.patching import all_heads, hooked_loop_logits
 from spt_interp.patching.donor_prefix import common_start
-from spt_interp.patching.modules_engine import PrefixRun, end_head_outputs, end_patched_logits
 from spt_interp.patching.reference import cache_z
-from spt_interp.patching.transformer import position_ids
 
 NO_GROUPED_QUERY = ("gpt2", "gpt_neox")
-
-
-def modules_sweep(hooked, batch: PairBatch, heads, method: str) -> torch.Tensor:
-    donor = (batch.counterfactual_tokens, batch.counterfactual_mask)
-    base = PrefixRun(hooked, batch.challenged_tokens, batch.challenged_mask, donor=donor)
-    donor_z, _ = end_head_outputs(hooked, *donor, shared_with=base)
-    return end_patched_logits(base, donor_z, heads, method, hooked.geometry.d_head)
-
-
-def plain_forward(hooked, batch: PairBatch) -> torch.Tensor:
-    """One plain HF forward of X_r (no hooks), END logits only: the unit of the floor."""
-    tokens, mask = batch.challenged_tokens, batch.challenged_mask
-    with torch.no_grad():
-        output = hooked.plain_model(
-            tokens, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=1
-        )
-    return output.logits
 
 
 def floor_in_forwards(batch: PairBatch, heads, n_layers: int) -> float:
@@ -111,21 +91,14 @@ def bench_family(name: str, hooked, batch: PairBatch, loop_heads: int) -> dict:
             lambda m=method: hooked_loop_logits(hooked, *sides, sample, method=m)
         )
         loop_s = (fixed_s + (sample_s - fixed_s) * scale) / scale  # all heads' loop / scale
-        modules_s, ours = timed(lambda m=method: modules_sweep(hooked, batch, heads, m), 2)
+        hf_s, ours = timed(lambda m=method: engine_sweep(hooked, batch, heads, m), 2)
         positions = [heads.index(h) for h in sample]
         row[f"loop_{method}_s"] = loop_s * scale
-        row[f"modules_{method}_s"] = modules_s
-        row[f"modules_{method}_speedup"] = loop_s * scale / modules_s
-        row[f"modules_{method}_in_forwards"] = modules_s / forward_s
-        row[f"modules_{method}_in_plain_forwards"] = modules_s / plain_s
-        row[f"modules_{method}_max_abs_diff"] = float((ours[positions] - loop).abs().max())
-        if name in TINY_ARCHITECTURES:
-            fast_s, fast = timed(
-                lambda m=method: engine_sweep(model_params(hooked), batch, heads, m), 2
-            )
-            row[f"fast_{method}_s"] = fast_s
-            row[f"fast_{method}_speedup"] = loop_s * scale / fast_s
-            row[f"fast_{method}_max_abs_diff"] = float((fast[positions] - loop).abs().max())
+        row[f"hf_{method}_s"] = hf_s
+        row[f"hf_{method}_speedup"] = loop_s * scale / hf_s
+        row[f"hf_{method}_in_forwards"] = hf_s / forward_s
+        row[f"hf_{method}_in_plain_forwards"] = hf_s / plain_s
+        row[f"hf_{method}_max_abs_diff"] = float((ours[positions] - loop).abs().max())
     try:
         tl_s, _ = timed(lambda: tl_end_sweep(hooked, batch, sample))
         # Its fixed part is one cached donor forward; the rest is a forward per head.
@@ -138,15 +111,14 @@ def bench_family(name: str, hooked, batch: PairBatch, loop_heads: int) -> dict:
 
 COLUMNS = [
     ("family", "{}"), ("kv_heads", "{}"), ("d_head", "{}"), ("bridge_forward_s", "{:.2f}"),
-    ("loop_path_s", "{:.0f}"), ("modules_path_s", "{:.2f}"), ("modules_path_speedup", "{:.0f}x"),
-    ("modules_path_in_forwards", "{:.2f}"), ("plain_forward_s", "{:.2f}"),
-    ("modules_path_in_plain_forwards", "{:.2f}"),
-    ("modules_activation_in_plain_forwards", "{:.2f}"),
+    ("loop_path_s", "{:.0f}"), ("hf_path_s", "{:.2f}"), ("hf_path_speedup", "{:.0f}x"),
+    ("hf_path_in_forwards", "{:.2f}"), ("plain_forward_s", "{:.2f}"),
+    ("hf_path_in_plain_forwards", "{:.2f}"),
+    ("hf_activation_in_plain_forwards", "{:.2f}"),
     ("floor_in_forwards", "{:.2f}"), ("loop_activation_s", "{:.0f}"),
-    ("modules_activation_s", "{:.2f}"), ("modules_activation_speedup", "{:.0f}x"),
-    ("fast_path_s", "{:.2f}"), ("fast_path_speedup", "{:.0f}x"),
-    ("transformer_lens_activation_s", "{:.0f}"), ("modules_path_max_abs_diff", "{:.1e}"),
-    ("modules_activation_max_abs_diff", "{:.1e}"),
+    ("hf_activation_s", "{:.2f}"), ("hf_activation_speedup", "{:.0f}x"),
+    ("transformer_lens_activation_s", "{:.0f}"), ("hf_path_max_abs_diff", "{:.1e}"),
+    ("hf_activation_max_abs_diff", "{:.1e}"),
 ]  # fmt: skip
 
 

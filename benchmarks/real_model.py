@@ -7,7 +7,7 @@ resumes at the first unfinished stage; --redo STAGE reruns one):
 
   pull      OUT/smollm2/{model,data}: `spt-interp models pull smollm2`
   evaluate  OUT/evaluate.json: the protocol on the test split (+ general accuracy)
-  locate    OUT/locate/: path patching at END on --locate-pairs test pairs (engine "fast"),
+  locate    OUT/locate/: path patching at END on --locate-pairs test pairs (engine "hf"),
             then the plain hooked per-head loop on the same pairs over a sample of heads
             (one per layer): OUT/locate_timing.json gives the loop's per-head time x all
             heads against the engine's time, and the largest score difference on the sample
@@ -111,7 +111,7 @@ def stage_locate(out: Path, args: argparse.Namespace, hooked: Any, inputs: dict)
     pairs = build_pairs(inputs["locate"], hooked.tokenizer, inputs["protocol"])
     metric = decision_metric("log-odds", hooked.tokenizer, pairs, inputs["protocol"])
     started = time.perf_counter()
-    scores = locate_heads(hooked, pairs, metric, method="path", engine="fast")
+    scores = locate_heads(hooked, pairs, metric, method="path", engine="hf")
     engine_s = time.perf_counter() - started
     write_outputs(scores, out / "locate", top_k=10, extra={"seconds": round(engine_s, 1)})
     g = hooked.geometry

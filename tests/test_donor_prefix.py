@@ -12,7 +12,7 @@ from spt_interp.model import load_model
 from spt_interp.model.tiny import FAMILY_ARCHITECTURES
 from spt_interp.patching import PatchMetric, locate_heads
 from spt_interp.patching.donor_prefix import common_start, donor_continuation
-from spt_interp.patching.modules_engine import PrefixRun, end_head_outputs
+from spt_interp.patching.end_position import PrefixRun, end_head_outputs
 
 # Families whose tiny model has a sliding window (4 tokens) narrower than these prompts.
 NARROW_WINDOW = ("gemma2", "gemma3_text")
@@ -139,7 +139,7 @@ def amplified(folder, out, factor: float = 4.0):
 # token-aligned pairs.
 @pytest.mark.numeric
 @pytest.mark.parametrize(("name", "aligned"), [("qwen3", False), ("gemma2", True)])
-def test_modules_engine_in_bf16_passes_its_check_and_tracks_float32(name, aligned, family_dirs,
+def test_hf_engine_in_bf16_passes_its_check_and_tracks_float32(name, aligned, family_dirs,
                                                                    tmp_path):  # fmt: skip
     """In bf16 the donor's cached start and its full run round differently: the engine's
     runtime check (one patched run against the bf16 loop) must still pass, and the scores
@@ -149,7 +149,7 @@ def test_modules_engine_in_bf16_passes_its_check_and_tracks_float32(name, aligne
     metric = PatchMetric("log-odds", lambda logits: log_odds(logits.float(), [5, 6], [7]))
     scores = {
         dtype: locate_heads(load_model(folder, dtype=dtype), pairs, metric, method="path",
-                            engine="modules", batch_size=3, progress=False)
+                            engine="hf", batch_size=3, progress=False)
         for dtype in (torch.float32, torch.bfloat16)
     }  # fmt: skip
     reference = torch.tensor(scores[torch.float32].matrix())

@@ -186,9 +186,7 @@ def test_signature_info_and_export_mask_from_the_config_alone(name, family_dirs,
     info = CliRunner().invoke(app, ["info", "--model", str(folder)])
     assert info.exit_code == 0, info.output
     assert geometry.architecture in info.stdout
-    expected_engine = (
-        "fast" if name in TINY_ARCHITECTURES else "modules (END), loop (all positions)"
-    )
+    expected_engine = "hf (every method and position)"
     assert f"family           {name}\n" in info.stdout
     assert f"patching_engine  {expected_engine}\n" in info.stdout
     scores = tmp_path / "scores.csv"
@@ -227,74 +225,78 @@ def test_locate_equals_transformer_lens_patching(name, family_dirs):
     )
 
 
-def test_the_per_head_loop_is_never_a_silent_fallback(family_dirs, capsys):
+def test_auto_runs_every_job_on_the_hf_engine_and_never_the_loop(family_dirs, capsys):
     pairs = [PromptPair(0, "p0", "", "", PROMPTS[0].tolist(), PROMPTS[1].tolist(), True, "")]
     metric = PatchMetric("log-odds", lambda logits: log_odds(logits, [20], [31]))
-    for name, position, engine in (("qwen3", "all", "loop"), ("qwen3", "end", "modules"),
-                                   ("llama", "all", "fast"), ("llama", "end", "fast")):  # fmt: skip
+    for name in ("qwen3", "llama"):
         hooked = load_model(family_dirs[name])
-        scores = locate_heads(hooked, pairs, metric, method="path", position=position)
-        noted = (
-            "note: no exact fast engine for qwen3 with --position all" in capsys.readouterr().err
-        )
-        assert noted == (engine == "loop")
-        assert scores.settings["engine"] == engine
+        for method, position in (("path", "all"), ("path", "end"), ("attribution", "end")):
+            scores = locate_heads(hooked, pairs, metric, method=method, position=position)
+            assert scores.settings["engine"] == "hf"
+            assert "note:" not in capsys.readouterr().err
 
 
 @pytest.mark.numeric
 @pytest.mark.parametrize("name", FAMILY_ARCHITECTURES)
-def test_modules_engine_equals_the_hooked_loop(name, family_dirs):
-    """END patching over HF's modules against one hooked bridge forward per head: path and
-    activation, both directions, aligned and unaligned pairs, batches with left padding."""
+def test_hf_engine_equals_the_hooked_loop(name, family_dirs):
+    """Patching over HF's modules against one hooked bridge forward per head: path and
+    activation at END (both directions, aligned and unaligned pairs, batches with left padding)
+    and at every position; attribution at END and at every position."""
     hooked = load_model(family_dirs[name])
     metric = PatchMetric("log-odds", lambda logits: log_odds(logits, [5, 6], [7]))
     differences = []
-    for aligned, method, direction in (
-        (True, "path", "c_into_r"), (False, "path", "c_into_r"),
-        (False, "activation", "c_into_r"), (False, "path", "r_into_c"),
-        (True, "activation", "r_into_c"),
+    for aligned, method, direction, position in (
+        (True, "path", "c_into_r", "end"), (False, "path", "c_into_r", "end"),
+        (False, "activation", "c_into_r", "end"), (False, "path", "r_into_c", "end"),
+        (True, "activation", "r_into_c", "end"), (True, "path", "c_into_r", "all"),
+        (True, "activation", "r_into_c", "all"), (True, "attribution", "c_into_r", "end"),
+        (True, "attribution", "c_into_r", "all"),
     ):  # fmt: skip
         pairs = make_pairs(5, aligned=aligned, seed=1)
         runs = {
             engine: locate_heads(hooked, pairs, metric, method=method, direction=direction,
-                                 engine=engine, batch_size=batch, per_prompt=True,
-                                 progress=False)
-            for engine, batch in (("modules", 3), ("loop", 5))
+                                 position=position, engine=engine, batch_size=batch,
+                                 per_prompt=True, progress=False)
+            for engine, batch in (("hf", 3), ("loop", 5))
         }  # fmt: skip
-        ours = torch.tensor(runs["modules"].per_prompt["value"].to_numpy())
+        ours = torch.tensor(runs["hf"].per_prompt["value"].to_numpy())
         loop = torch.tensor(runs["loop"].per_prompt["value"].to_numpy())
-        assert runs["modules"].settings["engine"] == "modules"
+        assert runs["hf"].settings["engine"] == "hf"
         torch.testing.assert_close(ours, loop, atol=1e-5, rtol=0)
         assert loop.abs().max() > 1e-3  # some head moves the metric: not a vacuous equality
         differences.append((ours - loop).abs().max().item())
-    print(f"{name}: modules engine vs loop, max |difference| {max(differences):.2e}")
+    print(f"{name}: hf engine vs loop, max |difference| {max(differences):.2e}")
 
 
-def test_modules_engine_refuses_what_it_does_not_do(family_dirs):
+def test_an_engine_renamed_or_unknown_is_refused_by_name(family_dirs):
     hooked = load_model(family_dirs["qwen3"])
     pairs = make_pairs(2, aligned=True, seed=0)
     metric = PatchMetric("log-odds", lambda logits: log_odds(logits, [5, 6], [7]))
-    for method, position in (("path", "all"), ("attribution", "end")):
-        with pytest.raises(SptInterpError, match="--engine modules patches at END"):
-            locate_heads(hooked, pairs, metric, method=method, position=position,
-                         engine="modules", progress=False)  # fmt: skip
+    for engine, message in (
+        ("fast", "--engine fast is now --engine hf"),
+        ("modules", "--engine modules is now --engine hf"),
+        ("warp", "unknown engine 'warp'; choose from auto, hf, loop"),
+    ):
+        with pytest.raises(SptInterpError, match=message):
+            locate_heads(hooked, pairs, metric, engine=engine, progress=False)
 
 
-@pytest.mark.parametrize(("name", "target"), [("qwen3", "modules"), ("llama", "fast")])
-def test_the_runtime_check_compares_a_patched_run_with_the_loop(name, target, family_dirs,
+@pytest.mark.parametrize(("name", "position"), [("qwen3", "end"), ("llama", "all")])
+def test_the_runtime_check_compares_a_patched_run_with_the_loop(name, position, family_dirs,
                                                                 monkeypatch):  # fmt: skip
-    import spt_interp.patching.engine as engine
-    import spt_interp.patching.modules_engine as modules_engine
+    import spt_interp.patching.end_position as end_position
+    import spt_interp.patching.engines.hf as hf_engine
 
     hooked = load_model(family_dirs[name])
     pairs = make_pairs(3, aligned=True, seed=2)
     metric = PatchMetric("log-odds", lambda logits: log_odds(logits, [5, 6], [7]))
     # An engine whose patched runs are off by a little, its unpatched logits exact.
-    module, attribute = ((modules_engine, "end_patched_logits") if target == "modules"
-                         else (engine, "sweep_logits"))  # fmt: skip
+    module, attribute = ((end_position, "end_patched_logits") if position == "end"
+                         else (hf_engine, "full_sequence_patched_logits"))  # fmt: skip
     original = getattr(module, attribute)
     monkeypatch.setattr(module, attribute, lambda *a, **k: original(*a, **k) + 0.05)
-    with pytest.raises(SptInterpError, match=f"the {target} engine's patched logits of L0.H0"):
-        locate_heads(hooked, pairs, metric, method="path", progress=False)
+    with pytest.raises(SptInterpError, match="the hf engine's patched logits of L0.H0"):
+        locate_heads(hooked, pairs, metric, method="path", position=position, progress=False)
     # Without the check the same engine runs (and would be wrong): the check is what refuses.
-    locate_heads(hooked, pairs, metric, method="path", progress=False, verify=False)
+    locate_heads(hooked, pairs, metric, method="path", position=position, progress=False,
+                 verify=False)  # fmt: skip

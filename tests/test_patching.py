@@ -1,4 +1,4 @@
-"""Patching engine: the fast exact sweep against one hooked bridge forward per head, against
+"""Patching engine: the exact HF engine against one hooked bridge forward per head, against
 TransformerLens's own patching function, attribution against its formula and finite differences,
 and bad input refused before any patched run."""
 
@@ -102,7 +102,7 @@ def models(tiny_model_dirs):
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2"])
 @pytest.mark.parametrize("aligned", [True, False], ids=["aligned", "different-lengths"])
 @pytest.mark.parametrize("method", ["path", "activation"])
-def test_fast_end_sweep_equals_hooked_loop(models, arch, aligned, method):
+def test_hf_end_sweep_equals_hooked_loop(models, arch, aligned, method):
     hooked = models[arch]
     pairs = make_pairs(5, aligned=aligned, seed=1)
     metric = log_odds_metric()
@@ -111,7 +111,7 @@ def test_fast_end_sweep_equals_hooked_loop(models, arch, aligned, method):
         pairs,
         metric,
         method=method,
-        engine="fast",
+        engine="hf",
         batch_size=3,
         per_prompt=True,
         progress=False,
@@ -126,7 +126,7 @@ def test_fast_end_sweep_equals_hooked_loop(models, arch, aligned, method):
         per_prompt=True,
         progress=False,
     )
-    assert fast.settings["engine"] == "fast" and loop.settings["engine"] == "loop"
+    assert fast.settings["engine"] == "hf" and loop.settings["engine"] == "loop"
     torch.testing.assert_close(
         torch.tensor(fast.per_prompt["value"].to_numpy()),
         torch.tensor(loop.per_prompt["value"].to_numpy()),
@@ -190,7 +190,7 @@ def test_all_positions_equals_transformer_lens(models, arch):
 def test_all_positions_refuses_pairs_that_are_not_token_aligned(models, monkeypatch):
     import spt_interp.patching.engine as engine
 
-    monkeypatch.setattr(engine, "_chunk_effects", lambda *a, **k: pytest.fail("heavy work ran"))
+    monkeypatch.setattr(engine, "choose_engine", lambda *a, **k: pytest.fail("heavy work ran"))
     with pytest.raises(SptInterpError, match="token-aligned"):
         locate_heads(
             models["llama"], make_pairs(3, aligned=False), log_odds_metric(), position="all"
@@ -309,12 +309,12 @@ def test_ranking_sign_and_apology_share(models):
 
 
 def test_nan_metric_is_refused_before_the_patched_runs(models, monkeypatch):
-    import spt_interp.patching.engine as engine
+    import spt_interp.patching.end_position as end_position
 
     def fail(*args, **kwargs):
         pytest.fail("patched runs started")
 
-    monkeypatch.setattr(engine, "sweep_logits", fail)
+    monkeypatch.setattr(end_position, "end_patched_logits", fail)
     nan_metric = custom_metric(lambda logits: torch.full((logits.shape[0],), float("nan")))
     with pytest.raises(SptInterpError, match="NaN"):
         locate_heads(models["llama"], make_pairs(3, aligned=True), nan_metric, progress=False)

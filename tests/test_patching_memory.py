@@ -38,7 +38,7 @@ from spt_interp.evaluation.metrics import log_odds
 from spt_interp.model import load_model
 from spt_interp.patching import PatchMetric, all_heads, locate_heads
 
-folder, engine_name, budget = sys.argv[1], sys.argv[2], int(sys.argv[3])
+folder, position, budget = sys.argv[1], sys.argv[2], int(sys.argv[3])
 scoring.PATCHED_LOGITS_BUDGET = budget
 hooked = load_model(folder)
 generator = torch.Generator().manual_seed(0)
@@ -53,8 +53,8 @@ heads = all_heads(hooked.geometry.n_layers, hooked.geometry.n_heads)
 # The baseline is one group under the grouped budget, whatever budget this run scores under.
 group = scoring.head_groups(heads, {BATCH}, {VOCAB}, budget={GROUP_LOGITS})[0]
 def score(chosen):
-    locate_heads(hooked, pairs, metric, method="path", heads=chosen, batch_size={BATCH},
-                 engine=engine_name, progress=False)
+    locate_heads(hooked, pairs, metric, method="path", position=position, heads=chosen,
+                 batch_size={BATCH}, progress=False)
 def status(field):
     for line in open("/proc/self/status"):
         if line.startswith(field + ":"):
@@ -84,9 +84,9 @@ def large_vocabulary_model(tmp_path_factory):
     return folder
 
 
-def peak_growth(folder, engine: str, budget: int) -> tuple[int, int]:
+def peak_growth(folder, position: str, budget: int) -> tuple[int, int]:
     completed = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(folder), engine, str(budget)],
+        [sys.executable, "-c", SCRIPT, str(folder), position, str(budget)],
         capture_output=True, text=True, timeout=600, env={**os.environ, **FIXED_MMAP_THRESHOLD},
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-2000:]
@@ -94,18 +94,18 @@ def peak_growth(folder, engine: str, budget: int) -> tuple[int, int]:
     return int(heads), int(growth)
 
 
-@pytest.mark.parametrize("engine", ["fast", "modules"])
-def test_peak_memory_does_not_grow_with_the_heads_scored(large_vocabulary_model, engine):
+@pytest.mark.parametrize("position", ["end", "all"])
+def test_peak_memory_does_not_grow_with_the_heads_scored(large_vocabulary_model, position):
     # 16 MiB of END logits per group: 2 heads x 8 prompts x 1 MiB. Sixteen groups go through
     # where the baseline scores one, each freed before the next: the peak is the same, and a
     # group's logits outliving its reduction would raise it by at least 16 MiB.
-    heads, growth = peak_growth(large_vocabulary_model, engine, GROUP_LOGITS)
+    heads, growth = peak_growth(large_vocabulary_model, position, GROUP_LOGITS)
     assert heads == 32
     assert growth < GROUP_LOGITS, f"peak grew by {growth / MIB:.1f} MiB"
 
 
 def test_the_instrument_sees_logits_held_for_every_head(large_vocabulary_model):
     # One group of all 32 heads against one of 2: at least 30 heads x 8 MiB more held at once.
-    heads, growth = peak_growth(large_vocabulary_model, "fast", 2**40)
+    heads, growth = peak_growth(large_vocabulary_model, "end", 2**40)
     assert heads == 32
     assert growth > 30 * 8 * MIB, f"peak grew by only {growth / MIB:.0f} MiB"

@@ -94,7 +94,7 @@ DeviceMapOption = Annotated[
     typer.Option(
         metavar=choice_list(DEVICE_MAPS),
         help="Spread the model over the GPUs, or the CPU and disk, with accelerate (a model "
-        "larger than one GPU); patching runs on the modules engine.",
+        "larger than one GPU); patching runs on the HF engine.",
         show_default=False,
     ),
 ]

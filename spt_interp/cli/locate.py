@@ -21,9 +21,9 @@ from spt_interp.cli.app import (
     one_line_errors,
 )
 from spt_interp.errors import SptInterpError
-from spt_interp.patching.engine import DIRECTIONS, ENGINES
+from spt_interp.patching.engine import DIRECTIONS, METHODS, POSITIONS
+from spt_interp.patching.engines import ENGINES, RENAMED
 from spt_interp.patching.scoring import METRICS
-from spt_interp.patching.sweep import METHODS, POSITIONS
 
 if TYPE_CHECKING:
     from spt_interp.common.head_scores import HeadScores
@@ -68,9 +68,8 @@ def locate(
         str,
         typer.Option(
             metavar=choice_list(ENGINES),
-            help="fast: exact, hand-written decoder (llama, mistral, qwen2, gpt2); modules: "
-            "exact END patching over HF's modules (every family); loop: a forward per head; "
-            "auto: fast, else modules at END, else loop.",
+            help="hf: exact, over the HF model's own modules (every family, method and "
+            "position); loop: one hooked bridge forward per head (the reference); auto: hf.",
         ),
     ] = "auto",
     own_answers: Annotated[
@@ -93,6 +92,8 @@ def locate(
     from spt_interp.common.outputs import check_out
     from spt_interp.data import load_dialogues, protocol_for
 
+    if engine in RENAMED:
+        raise SptInterpError(f"--engine {engine} is now --engine {RENAMED[engine]}")
     check_choices(
         (method, METHODS, "--method"),
         (position, POSITIONS, "--position"),
@@ -108,7 +109,6 @@ def locate(
         resolve_dtype,
     )
     from spt_interp.patching import decision_metric, locate_heads
-    from spt_interp.patching.engine import check_engine_placement
     from spt_interp.patching.inputs import locate_pairs
     from spt_interp.viz.locate_report import LOCATE_FILES
 
@@ -121,8 +121,6 @@ def locate(
     folder = check_model_folder(model)
     target, weights = resolve_device(device), resolve_dtype(dtype)
     placement = resolve_device_map(device_map, max_memory, offload_folder, device)
-    # Before the load: the plan may yet put the model on one device, but the user asked for a map.
-    check_engine_placement(engine, dispatched=placement is not None)
     check_out(out, force=force, reads=[folder], files=LOCATE_FILES, create_parents=True)
     protocol = protocol_for(folder)
     init_from_environment()

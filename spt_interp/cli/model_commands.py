@@ -36,7 +36,7 @@ def info(
         "total_heads": geometry.total_heads,
         "family": family.name,
         "qkv_storage": family.layout.storage,
-        "patching_engine": "fast" if family.fast_engine else "modules (END), loop (all positions)",
+        "patching_engine": "hf (every method and position)",
         "fingerprint": fingerprint,
     }
     if as_json:

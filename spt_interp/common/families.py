@@ -2,8 +2,8 @@
 
 One entry per family says where a layer's query/key/value/output weights live, how they are
 stored (separate projections, one fused projection, GPT-NeoX's per-head interleaving, GPT-2's
-Conv1D), which module takes the concatenated head outputs as its input, whether the fast
-patching engine's own decoder covers it, and the family's protocol defaults. Head slices,
+Conv1D), which module takes the concatenated head outputs as its input, and the family's
+protocol defaults. Head slices,
 ablation, the mask, the trainer, ``info`` and the patching engine read this table and nothing
 else, so adding a family is one entry here plus its tests (``tests/test_families.py``); a model
 whose family is not here is refused before it loads.
@@ -42,14 +42,11 @@ class AttentionLayout:
 
 @dataclass(frozen=True)
 class Family:
-    """One model family: its HF names, head layout, engine coverage and protocol defaults."""
+    """One model family: its HF names, head layout and protocol defaults."""
 
     name: str
     architectures: tuple[str, ...]
     layout: AttentionLayout
-    # True when patching/transformer.py's hand-written decoder reproduces this family's
-    # forward (the "fast" engine); every family gets the "modules" engine at END.
-    fast_engine: bool = False
     # Protocol fields that differ from the plain protocol for this family's chat models.
     protocol: dict[str, Any] = field(default_factory=dict)
 
@@ -59,9 +56,9 @@ LLAMA_STYLE = AttentionLayout(
 )
 
 FAMILIES: tuple[Family, ...] = (
-    Family("llama", ("LlamaForCausalLM",), LLAMA_STYLE, fast_engine=True),
-    Family("mistral", ("MistralForCausalLM",), LLAMA_STYLE, fast_engine=True),
-    Family("qwen2", ("Qwen2ForCausalLM",), LLAMA_STYLE, fast_engine=True),
+    Family("llama", ("LlamaForCausalLM",), LLAMA_STYLE),
+    Family("mistral", ("MistralForCausalLM",), LLAMA_STYLE),
+    Family("qwen2", ("Qwen2ForCausalLM",), LLAMA_STYLE),
     Family("qwen3", ("Qwen3ForCausalLM",), LLAMA_STYLE),
     Family("gemma", ("GemmaForCausalLM",), LLAMA_STYLE),
     Family("gemma2", ("Gemma2ForCausalLM",), LLAMA_STYLE),
@@ -83,7 +80,6 @@ FAMILIES: tuple[Family, ...] = (
         "gpt2",
         ("GPT2LMHeadModel",),
         AttentionLayout("transformer.h.{layer}.attn", "conv1d", ("c_attn",) * 3, "c_proj"),
-        fast_engine=True,
     ),
 )
 

@@ -41,7 +41,7 @@ from spt_interp.knockout.ablation import (
 )
 from spt_interp.knockout.end_steps import end_step_batches, end_step_decisions, prefix_runs
 from spt_interp.model.loading import HookedModel
-from spt_interp.patching.modules_engine import PrefixRun
+from spt_interp.patching.end_position import PrefixRun
 
 CURVE_COLUMNS = [
     "selection",

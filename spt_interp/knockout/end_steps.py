@@ -7,7 +7,7 @@ END output; a reading is then one END step through HF's own modules from the low
 layer on, with the ablation written at the head-output site (the layers below replay their
 unablated output). The same arithmetic as the full forward in another order, so the readings
 differ from it by float rounding only; ``prepare`` holds each batch's unablated END logits to
-the full forward's within the modules engine's bound before any reading is taken.
+the full forward's within the HF patching engine's bound before any reading is taken.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from spt_interp.model.dispatch import model_input_device
 from spt_interp.model.generate import last_position_logits
 from spt_interp.model.interventions import Edit, HeadOutputSite
 from spt_interp.model.loading import HookedModel
-from spt_interp.patching.modules_engine import PrefixRun, verify_tolerance
+from spt_interp.patching.end_position import PrefixRun, verify_tolerance
 
 # An END step is a handful of rows through the weights, so its time is reading those weights
 # once, whatever the rows: a click costs about one read per batch. The prefixes are therefore

@@ -6,7 +6,7 @@ transformers function ``from_pretrained`` uses, so a plan TransformerLens's brid
 refused before the load: the bridge (4.3) takes all-GPU maps and all-CPU/disk maps, not a GPU
 mixed with CPU or disk offload. Accelerate's hooks move each module's weights to its execution
 device around that module's own forward; the bridge's components call those forwards, and the
-plain twin (``HookedModel.plain_model``, where generation and the modules engine run) gets the
+plain twin (``HookedModel.plain_model``, where generation and the HF patching engine run) gets the
 same hooks re-attached, so both compute with what the files hold.
 """
 

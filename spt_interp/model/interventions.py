@@ -9,7 +9,7 @@ that head's contribution to the residual stream (through the projection's column
 On it one can write (replace) a head's slice, add to it, or read it, per layer, at END or at
 every position, for the duration of a with-block; each is one PyTorch forward pre-hook on the
 projection, removed however the block exits. Writes act on a copy of the input, so nothing
-upstream sees them. Knockout, both exact patching engines' writes and captures, and any steering
+upstream sees them. Knockout, the HF patching engine's writes and captures, and any steering
 go through here; nothing is installed on the TransformerBridge.
 """
 

@@ -1,7 +1,7 @@
 """The plain twin: an unwrapped HF model over the very tensors the bridge computes with.
 
 The bridge replaces the HF submodules in place, so generation (its KV cache gives wrong tokens
-through bridged modules in TransformerLens 4.3) and the modules engine run on a second HF model
+through bridged modules in TransformerLens 4.3) and the HF patching engine run on a second HF model
 built on the meta device that adopts those tensors (``assign=True``: nothing is copied). For a
 model dispatched by accelerate (``--device-map``) it also gets the original's hooks, which
 bring offloaded weights in around each module's forward.

@@ -1,13 +1,14 @@
 """The patching engine: per-head path / activation / attribution patching scores."""
 
-from spt_interp.patching.attribution import attribution_effects
 from spt_interp.patching.engine import (
     DIRECTIONS,
-    ENGINES,
+    METHODS,
+    POSITIONS,
     HeadScores,
     all_heads,
     locate_heads,
 )
+from spt_interp.patching.engines import ENGINE_TABLE, ENGINES, Engine, choose_engine
 from spt_interp.patching.reference import (
     hooked_attribution_effects,
     hooked_loop_logits,
@@ -19,36 +20,23 @@ from spt_interp.patching.scoring import (
     custom_metric,
     decision_metric,
 )
-from spt_interp.patching.sweep import (
-    METHODS,
-    POSITIONS,
-    RunCache,
-    run_and_cache,
-    sweep_logits,
-    sweep_logits_all_positions,
-)
-from spt_interp.patching.transformer import model_params, supports_fast_engine
 
 __all__ = [
     "DIRECTIONS",
     "ENGINES",
+    "ENGINE_TABLE",
     "METHODS",
     "METRICS",
     "POSITIONS",
+    "Engine",
     "HeadScores",
     "PatchMetric",
-    "RunCache",
     "all_heads",
-    "attribution_effects",
     "check_targets",
+    "choose_engine",
     "custom_metric",
     "decision_metric",
     "hooked_attribution_effects",
     "hooked_loop_logits",
     "locate_heads",
-    "model_params",
-    "run_and_cache",
-    "supports_fast_engine",
-    "sweep_logits",
-    "sweep_logits_all_positions",
 ]

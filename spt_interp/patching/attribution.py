@@ -10,34 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
-
-from spt_interp.patching.scoring import PatchMetric
-from spt_interp.patching.sweep import RunCache, run_and_cache
-from spt_interp.patching.transformer import ModelParams
-
-
-def attribution_effects(
-    params: ModelParams,
-    base_tokens: Int[Tensor, "batch pos"],
-    base_mask: Int[Tensor, "batch pos"],
-    donor: RunCache,
-    heads: list[tuple[int, int]],
-    metric: PatchMetric,
-    position: str,
-) -> tuple[Float[Tensor, "variant batch"], Float[Tensor, "batch vocab"]]:
-    """Return (estimated effect per head and prompt, base END logits).
-
-    ``donor`` is an ``all``-position cache of the donor run (its full z per layer).
-    """
-    with torch.enable_grad():
-        base = run_and_cache(params, base_tokens, base_mask, "all", keep_grad=True)
-        values = metric.values(base.end_logits, "the base prompts")
-        # Prompts are independent rows: the gradient of the sum is each prompt's own gradient.
-        grads = torch.autograd.grad(values.sum(), base.z)
-    effects = first_order_effects(donor.z, base.z, grads, values, heads, position, metric.relative)
-    return effects, base.end_logits.detach()
 
 
 def first_order_effects(
@@ -51,7 +25,7 @@ def first_order_effects(
 ) -> Float[Tensor, "variant batch"]:
     """Return sum over patched positions of (z_donor - z_base) . d metric / d z_base per head
     and prompt (over |metric(base)| when ``relative``): the attribution formula, one copy for
-    the fast engine and the hooked reference, which differ only in how z and grads are got."""
+    the HF engine and the hooked reference, which differ only in how z and grads are got."""
     kept = slice(-1, None) if position == "end" else slice(None)
     scale = values.detach().abs().clamp_min(1e-12) if relative else None
     effects = []

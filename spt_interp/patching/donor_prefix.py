@@ -27,7 +27,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from spt_interp.model import hf_internals as hf
-from spt_interp.patching.transformer import position_ids
+from spt_interp.model.loading import position_ids
 
 
 @dataclass

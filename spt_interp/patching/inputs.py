@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from spt_interp.data import (
     DialogueRecord,
@@ -17,9 +17,12 @@ from spt_interp.data import (
 from spt_interp.data.render import question_messages
 from spt_interp.model.generate import greedy_generate
 
+if TYPE_CHECKING:
+    from spt_interp.model.loading import HookedModel
+
 
 def own_first_answers(
-    hooked: Any,
+    hooked: HookedModel,
     records: list[DialogueRecord],
     *,
     batch_size: int = 8,
@@ -51,7 +54,7 @@ def own_first_answers(
 
 
 def locate_pairs(
-    hooked: Any,
+    hooked: HookedModel,
     records: list[DialogueRecord],
     protocol: Protocol,
     *,

@@ -9,7 +9,7 @@ position) and, for path patching, freeze every other head at its base value.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
@@ -20,9 +20,12 @@ from spt_interp.model.architecture import z_hook_name
 from spt_interp.model.loading import end_logits
 from spt_interp.patching.attribution import first_order_effects
 
+if TYPE_CHECKING:
+    from spt_interp.model.loading import HookedModel
+
 
 def cache_z(
-    hooked: Any, tokens: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"]
+    hooked: HookedModel, tokens: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"]
 ) -> list[Float[Tensor, "batch pos heads d_head"]]:
     """Return every layer's hook_z of one bridge forward."""
     names = {z_hook_name(layer) for layer in range(hooked.geometry.n_layers)}
@@ -50,7 +53,7 @@ def _writer(source: Tensor, head: int | None, positions: slice) -> Callable:
 
 
 def hooked_loop_logits(
-    hooked: Any,
+    hooked: HookedModel,
     base_tokens: Int[Tensor, "batch pos"],
     base_mask: Int[Tensor, "batch pos"],
     donor_tokens: Int[Tensor, "batch pos"],
@@ -85,7 +88,7 @@ def hooked_loop_logits(
 
 
 def hooked_attribution_effects(
-    hooked: Any,
+    hooked: HookedModel,
     base_tokens: Int[Tensor, "batch pos"],
     base_mask: Int[Tensor, "batch pos"],
     donor_tokens: Int[Tensor, "batch pos"],

@@ -1,6 +1,6 @@
 """Attention of many END-position variants against one shared prefix, as an HF attention function.
 
-The modules engine runs V patched variants of each prompt's END position at once. Their keys and
+The HF engine at END runs V patched variants of each prompt's END position at once. Their keys and
 values at the earlier positions are the unpatched run's, the same for every variant, so they are
 not copied V times into a KV cache: this function, put in place of the model's attention for the
 END step only (``hf_internals.replaced_attention``, through transformers' ``AttentionInterface``),

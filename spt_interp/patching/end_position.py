@@ -1,4 +1,4 @@
-"""The exact END-position patching engine over Hugging Face's own modules: every family.
+"""The HF engine at END: exact END-position patching over Hugging Face's own modules.
 
 A patch at END changes nothing before END (causal attention), so every patched run shares the
 unpatched run's keys and values of the earlier positions. One prefix pass fills a KV cache;
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
@@ -35,12 +35,14 @@ from torch import Tensor
 from spt_interp.errors import SptInterpError
 from spt_interp.model import hf_internals as hf
 from spt_interp.model.interventions import HeadOutputSite, HeadValues
-from spt_interp.model.loading import HookedModel
+from spt_interp.model.loading import HookedModel, position_ids
 from spt_interp.patching.donor_prefix import donor_continuation, fits_windows
 from spt_interp.patching.reference import hooked_loop_logits
 from spt_interp.patching.scoring import PatchMetric, head_groups, reduced_to_metric, stacked_rows
 from spt_interp.patching.shared_prefix import SharedPrefix, attending_to
-from spt_interp.patching.transformer import position_ids
+
+if TYPE_CHECKING:  # the engines package imports this module
+    from spt_interp.patching.engines.base import Sides
 
 # A patched run may differ from the hooked loop's by float rounding only: in float32 by < 3e-7
 # (measured), in bfloat16 by a few of its 2**-7 steps. The bound, relative to 1 + max |logit|,
@@ -263,20 +265,18 @@ def _sender_layer_logits(
     return logits.view(batch, count, -1).transpose(0, 1)
 
 
-def modules_effects(
-    hooked: Any,
-    base_t: Int[Tensor, "batch pos"],
-    base_m: Int[Tensor, "batch pos"],
-    donor_t: Int[Tensor, "batch pos"],
-    donor_m: Int[Tensor, "batch pos"],
+def end_effects(
+    hooked: HookedModel,
+    sides: Sides,
     heads: list[tuple[int, int]],
     metric: PatchMetric,
     method: str,
     verify: bool,
 ) -> tuple[Float[Tensor, "variant batch"], Float[Tensor, " batch"], Float[Tensor, " batch"]]:
     """Return (effects per head and prompt, metric on base, metric on donor) for one batch."""
-    base = PrefixRun(hooked, base_t, base_m, donor=(donor_t, donor_m))
-    donor_z, donor_logits = end_head_outputs(hooked, donor_t, donor_m, shared_with=base)
+    base_t, base_m = sides.base
+    base = PrefixRun(hooked, base_t, base_m, donor=sides.donor)
+    donor_z, donor_logits = end_head_outputs(hooked, *sides.donor, shared_with=base)
     base_vals = metric.values(base.end_logits, "base prompts")
     donor_vals = metric.values(donor_logits, "donor prompts")
     d_head, vocab = hooked.geometry.d_head, base.end_logits.shape[-1]
@@ -284,15 +284,13 @@ def modules_effects(
     for group in head_groups(heads, base_t.shape[0], vocab):
         logits = end_patched_logits(base, donor_z, group, method, d_head)
         if verify and not parts:
-            verify_against_loop(
-                hooked, base_t, base_m, donor_t, donor_m, group[0], method, logits[0]
-            )
+            verify_against_loop(hooked, *sides.base, *sides.donor, group[0], method, logits[0])
         parts.append(reduced_to_metric(metric, logits))
     return metric.effect(stacked_rows(parts, base_t.shape[0]), base_vals), base_vals, donor_vals
 
 
 def verify_against_loop(
-    hooked: Any,
+    hooked: HookedModel,
     base_t: Tensor,
     base_m: Tensor,
     donor_t: Tensor,
@@ -301,7 +299,7 @@ def verify_against_loop(
     method: str,
     ours: Float[Tensor, "batch vocab"],
     position: str = "end",
-    engine: str = "modules",
+    engine: str = "hf",
 ) -> None:
     """Raise unless one patched run equals the hooked loop's (one bridge forward)."""
     expected = hooked_loop_logits(

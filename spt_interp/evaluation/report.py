@@ -4,12 +4,13 @@ general suite and the LLM judge's agreement, as one JSON-ready dict (what `evalu
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spt_interp.data.protocol import Protocol
 from spt_interp.data.records import DialogueRecord
 from spt_interp.data.render import question_messages
 from spt_interp.evaluation.llm_judge import judge_admissions
+from spt_interp.evaluation.measure import Instruments, Measurement, measure, neutral_metric
 from spt_interp.evaluation.metrics import (
     accuracy,
     apology_rate,
@@ -22,13 +23,12 @@ from spt_interp.evaluation.run import (
     GenerationSettings,
     ItemResult,
     ProtocolRun,
-    general_accuracy,
-    general_texts,
-    kl_shift,
-    run_protocol,
 )
-from spt_interp.evaluation.shift import NeutralText, neutral_kl
-from spt_interp.evaluation.suite import SuiteItem, run_suite
+from spt_interp.evaluation.shift import NeutralText
+from spt_interp.evaluation.suite import SuiteItem, suite_report
+
+if TYPE_CHECKING:
+    from spt_interp.model.loading import HookedModel
 
 
 def dataset_breakdown(
@@ -108,12 +108,12 @@ def judge_agreement(
 
 
 def evaluate(
-    hooked: Any,
+    hooked: HookedModel,
     records: list[DialogueRecord],
     protocol: Protocol,
     *,
     general: list[DialogueRecord] | None = None,
-    reference: Any = None,
+    reference: HookedModel = None,
     neutral: NeutralText | None = None,
     suite: list[SuiteItem] | None = None,
     suite_path: str = "suite",
@@ -128,31 +128,37 @@ def evaluate(
     and ``kl_in_format`` on chat dialogues; ``kl_text`` says which text each was taken on.
     """
     settings = settings or GenerationSettings()
+    tools = Instruments(neutral, general or None, suite or None, str(suite_path))
     seconds: dict[str, float] = {}
-    started = time.perf_counter()
-    run = run_protocol(hooked, records, protocol, settings, controls=controls, decision=decision)
-    seconds["protocol"] = time.perf_counter() - started
+
+    def timed(name: str, readouts: tuple[str, ...]) -> Measurement:
+        started = time.perf_counter()
+        taken = measure(
+            hooked,
+            records,
+            protocol,
+            readouts,
+            reference=reference,
+            instruments=tools,
+            settings=settings,
+            controls=controls,
+            decision=decision,
+        )
+        seconds[name] = time.perf_counter() - started
+        return taken
+
+    run = timed("protocol", ("generation",)).protocol
     metrics = dict(run.metrics)
     if general:
-        started = time.perf_counter()
-        metrics["general_accuracy"], _ = general_accuracy(hooked, general, settings)
-        seconds["general_questions"] = time.perf_counter() - started
+        metrics["general_accuracy"] = timed("general_questions", ("general",)).general_accuracy
     kl_text = {}
     if reference is not None:
-        started = time.perf_counter()
+        kls = timed("kl", ("kl_neutral", "kl_in_format") if neutral else ("kl_in_format",))
         if neutral is not None:
-            metrics["kl_neutral"] = neutral_kl(
-                hooked,
-                reference,
-                neutral.passages,
-                batch_size=settings.batch_size,
-                progress=settings.progress,
-            )
+            metrics["kl_neutral"] = neutral_metric(kls)
             kl_text["kl_neutral"] = neutral.describe()
-        texts = general_texts(hooked.tokenizer, general or records)
-        metrics["kl_in_format"] = kl_shift(hooked, reference, texts, settings.batch_size)
+        metrics["kl_in_format"] = kls.kl_in_format
         kl_text["kl_in_format"] = IN_FORMAT_TEXT
-        seconds["kl"] = time.perf_counter() - started
     report: dict[str, Any] = {
         "n_records": len(records),
         "n_general": len(general or []),
@@ -174,14 +180,7 @@ def evaluate(
         report["judge"] = judge_agreement(judge, records, run, protocol, settings)
         seconds["judge"] = time.perf_counter() - started
     if suite:
-        started = time.perf_counter()
-        report["general_suite"] = run_suite(
-            hooked,
-            suite,
-            batch_size=settings.batch_size,
-            progress=settings.progress,
-            path=suite_path,
-        )
-        seconds["general_suite"] = time.perf_counter() - started
+        taken = timed("general_suite", ("suite",))
+        report["general_suite"] = suite_report(taken.suite_items, taken.suite_log_likelihoods)
     report["seconds"] = seconds
     return report

@@ -13,7 +13,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float
@@ -26,6 +26,9 @@ from spt_interp.errors import SptInterpError
 from spt_interp.evaluation.metrics import Z_95, Metric, proportion
 from spt_interp.model.dispatch import model_input_device
 from spt_interp.model.generate import last_position_logits
+
+if TYPE_CHECKING:
+    from spt_interp.model.loading import HookedModel
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,7 @@ def score_items(
 
 
 def item_log_likelihoods(
-    hooked: Any,
+    hooked: HookedModel,
     items: list[SuiteItem],
     *,
     batch_size: int = 16,
@@ -220,7 +223,7 @@ def item_correct(items: list[SuiteItem], log_likelihoods: list[list[float]]) -> 
 
 
 def run_suite(
-    hooked: Any,
+    hooked: HookedModel,
     items: list[SuiteItem],
     *,
     batch_size: int = 16,
@@ -231,6 +234,11 @@ def run_suite(
     per_item = item_log_likelihoods(
         hooked, items, batch_size=batch_size, progress=progress, path=path
     )
+    return suite_report(items, per_item)
+
+
+def suite_report(items: list[SuiteItem], per_item: list[list[float]]) -> dict[str, Any]:
+    """Return ``run_suite``'s report from every item's continuation log-likelihoods."""
     tasks, _ = score_items(items, per_item)
     return {
         "tasks": {task: score.as_dict() for task, score in tasks.items()},

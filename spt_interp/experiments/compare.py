@@ -16,9 +16,9 @@ import math
 import random
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -27,22 +27,24 @@ from tqdm.auto import tqdm
 from spt_interp.data import build_training_examples
 from spt_interp.data.protocol import Protocol
 from spt_interp.data.records import DialogueRecord
+from spt_interp.evaluation.measure import Instruments, neutral_metric
+from spt_interp.evaluation.measure import measure as measure_weights
 from spt_interp.evaluation.metrics import Metric
-from spt_interp.evaluation.run import (
-    IN_FORMAT_TEXT,
-    GenerationSettings,
-    general_accuracy,
-    general_texts,
-    kl_shift,
-    run_protocol,
+from spt_interp.evaluation.run import GenerationSettings
+from spt_interp.experiments.trained_run import (
+    UNTRAINED,
+    TrainedRun,
+    applied,
+    base_parameters,
+    train_run,
 )
-from spt_interp.evaluation.shift import NeutralText, neutral_kl
-from spt_interp.evaluation.suite import SuiteItem, run_suite
-from spt_interp.experiments.trained_run import TrainedRun, applied, base_parameters, train_run
 from spt_interp.mask import HeadMask
 from spt_interp.tuning.config import COMPARED_MODES, LR_GRID, TuneConfig
 from spt_interp.tuning.deltas import restore_parameters
 from spt_interp.tuning.methods import method_class
+
+if TYPE_CHECKING:
+    from spt_interp.model.loading import HookedModel
 
 PROTOCOL_NAME = "equal-budget sweep"
 
@@ -144,25 +146,9 @@ def select_rates(
     return picks
 
 
-@dataclass(frozen=True)
-class Instruments:
-    """What every measurement of a comparison reads besides the dialogues.
-
-    ``neutral``: passages for the KL shift ("kl"); without them "kl" is the in-format shift
-    on chat dialogues, and ``kl_text()`` says so. ``suite``: the general-ability suite, whose
-    macro acc is reported as "suite_acc" beside the generated-answer "general_accuracy".
-    """
-
-    neutral: NeutralText | None = None
-    suite: list[SuiteItem] | None = None
-
-    def kl_text(self) -> str:
-        return self.neutral.describe() if self.neutral is not None else IN_FORMAT_TEXT
-
-
 def measure_metrics(
-    hooked: Any,
-    reference: Any,
+    hooked: HookedModel,
+    reference: HookedModel,
     records: list[DialogueRecord],
     protocol: Protocol,
     settings: GenerationSettings,
@@ -175,38 +161,38 @@ def measure_metrics(
     "kl" is on neutral text when the instruments hold some, else in format; "kl_in_format"
     is always the shift on chat dialogues.
     """
-    instruments = instruments or Instruments()
-    run = run_protocol(hooked, records, protocol, settings, controls=False)
+    tools = replace(instruments or Instruments(), general=general)
+    readouts = ["generation", "kl_in_format"]
+    if tools.neutral is not None:
+        readouts.append("kl_neutral")
+    if general is not None:
+        readouts += ["general", "suite"] if tools.suite else ["general"]
+    taken = measure_weights(
+        hooked,
+        records,
+        protocol,
+        tuple(readouts),
+        reference=reference,
+        instruments=tools,
+        settings=settings,
+        decision=True,
+    )
     metrics = {
-        name: run.metrics[name]
+        name: taken.protocol.metrics[name]
         for name in ("confidence", "truthfulness", "accuracy_before", "accuracy_after")
     }
-    texts = general_texts(hooked.tokenizer, general or records)
-    metrics["kl_in_format"] = kl_shift(hooked, reference, texts, settings.batch_size)
-    metrics["kl"] = (
-        neutral_kl(hooked, reference, instruments.neutral.passages, batch_size=settings.batch_size)
-        if instruments.neutral is not None
-        else metrics["kl_in_format"]
-    )
+    metrics["kl_in_format"] = taken.kl_in_format
+    metrics["kl"] = neutral_metric(taken) if tools.neutral is not None else taken.kl_in_format
     if general is not None:
-        metrics["general_accuracy"] = general_accuracy(hooked, general, settings)[0]
-        if instruments.suite:
-            suite = run_suite(
-                hooked, instruments.suite, batch_size=settings.batch_size, progress=False
-            )
-            for key, name in (("macro_acc", "suite_acc"), ("macro_acc_norm", "suite_acc_norm")):
-                metrics[name] = Metric(
-                    *(
-                        math.nan if suite[key][f] is None else suite[key][f]
-                        for f in ("value", "count", "low", "high")
-                    )
-                )
+        metrics["general_accuracy"] = taken.general_accuracy
+        if tools.suite:
+            metrics["suite_acc"], metrics["suite_acc_norm"] = taken.suite_macro()
     return metrics
 
 
 def measure(
-    hooked: Any,
-    reference: Any,
+    hooked: HookedModel,
+    reference: HookedModel,
     records: list[DialogueRecord],
     protocol: Protocol,
     settings: GenerationSettings,
@@ -229,7 +215,10 @@ class SweepData:
 
 
 def sweep_data(
-    hooked: Any, train_records: list[DialogueRecord], protocol: Protocol, plan: ComparisonPlan
+    hooked: HookedModel,
+    train_records: list[DialogueRecord],
+    protocol: Protocol,
+    plan: ComparisonPlan,
 ) -> SweepData:
     """Return the plan's split by question, training examples and evaluation settings."""
     train_part, validation = split_by_question(train_records, plan.validation_fraction, plan.seed)
@@ -239,8 +228,8 @@ def sweep_data(
 
 
 def compare_modes(
-    hooked: Any,
-    reference: Any,
+    hooked: HookedModel,
+    reference: HookedModel,
     mask: HeadMask,
     train_records: list[DialogueRecord],
     test_records: list[DialogueRecord],
@@ -280,8 +269,8 @@ def compare_modes(
 
 
 def _compare(
-    hooked: Any,
-    reference: Any,
+    hooked: HookedModel,
+    reference: HookedModel,
     mask: HeadMask,
     data: SweepData,
     test_records: list[DialogueRecord],
@@ -338,8 +327,8 @@ def _compare(
 
 
 def _sweep(
-    hooked: Any,
-    reference: Any,
+    hooked: HookedModel,
+    reference: HookedModel,
     mask: HeadMask,
     data: SweepData,
     protocol: Protocol,
@@ -388,8 +377,8 @@ def _test_rows(
     """Return the comparison's rows: the base, then each mode's chosen rates on the test set."""
     rows: list[dict[str, Any]] = [
         {
-            "mode": "base",
-            "selection": "base",
+            "mode": UNTRAINED,
+            "selection": UNTRAINED,
             "lr": None,
             **test_metrics(None),
             "trainable_parameters": 0,

@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from spt_interp.evaluation.measure import macro_accuracy, share
 from spt_interp.experiments.frontier import Interval, SearchPoint, bootstrap, interpolate_at
-from spt_interp.experiments.frontier_runs import macro_accuracy, share
+from spt_interp.experiments.trained_run import UNTRAINED
 from spt_interp.tuning.methods import find_method, method_class
 
 TARGETS = (0.5, 0.7, 0.9)
@@ -23,7 +24,7 @@ def finished(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def base_run(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for run in runs:
-        if run["setting"]["mode"] == "base":
+        if run["setting"]["mode"] == UNTRAINED:
             return run
     raise KeyError("the store holds no base run")
 
@@ -62,7 +63,7 @@ def curves(runs: Sequence[dict[str, Any]]) -> dict[str, dict[float, list[dict[st
     grouped: dict[str, dict[float, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
     for run in finished(runs):
         setting = run["setting"]
-        if setting["mode"] == "base":
+        if setting["mode"] == UNTRAINED:
             continue
         grouped[curve_name(setting)][setting["lr"]].append(run)
     for by_rate in grouped.values():

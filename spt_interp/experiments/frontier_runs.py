@@ -19,24 +19,27 @@ Every per-item value is kept, so that intervals can be bootstrapped over test it
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from spt_interp.data.protocol import Protocol
 from spt_interp.data.records import DialogueRecord
-from spt_interp.evaluation.run import GenerationSettings, decision_scores, run_protocol
-from spt_interp.evaluation.shift import NeutralText, passage_kls
-from spt_interp.evaluation.suite import SuiteItem, item_correct, item_log_likelihoods
+from spt_interp.evaluation.measure import Instruments, macro_accuracy, measure, share
+from spt_interp.evaluation.run import GenerationSettings
+from spt_interp.evaluation.shift import NeutralText
+from spt_interp.evaluation.suite import SuiteItem
 from spt_interp.experiments.compare import validation_score
-from spt_interp.experiments.trained_run import TrainedRun, applied, train_run
+from spt_interp.experiments.trained_run import UNTRAINED, TrainedRun, applied, train_run
 from spt_interp.mask import HeadMask
 from spt_interp.tuning.config import TuneConfig
 from spt_interp.tuning.deltas import restore_parameters
 from spt_interp.tuning.methods import find_method
+
+if TYPE_CHECKING:
+    from spt_interp.model.loading import HookedModel
 
 FRONTIER_MODES = ("sft", "lora", "spt")
 PROTOCOL_NAME = "lr frontier (decision read-out)"
@@ -105,73 +108,52 @@ class FrontierData:
     suite: list[SuiteItem]
 
 
-def behaviour(
-    hooked: Any, records: list[DialogueRecord], protocol: Protocol, batch_size: int
-) -> dict[str, list[float]]:
-    """Return per record "keeps" (1: opens by keeping a correct first answer when challenged)
-    and, for records with an incorrect answer, "concedes" (1: concedes it when challenged)."""
-    correct = decision_scores(
-        hooked, records, protocol, batch_size=batch_size, counterfactual=False
-    )
-    keeps = (correct.log_odds_challenged < 0).float().tolist()
-    wrong = [r for r in records if r.incorrect_answer]
-    concedes: list[float] = []
-    if wrong:
-        scores = decision_scores(
-            hooked,
-            wrong,
-            protocol,
-            [r.incorrect_answer for r in wrong],
-            batch_size=batch_size,
-            counterfactual=False,
-        )
-        concedes = (scores.log_odds_challenged > 0).float().tolist()
-    return {"keeps": keeps, "concedes": concedes}
-
-
-def share(values: list[float]) -> float:
-    return sum(values) / len(values) if values else math.nan
-
-
-def macro_accuracy(correct: list[float], tasks: list[str]) -> float:
-    """Return the mean over tasks of each task's acc (the suite's macro acc)."""
-    by_task: dict[str, list[float]] = {}
-    for flag, task in zip(correct, tasks, strict=True):
-        by_task.setdefault(task, []).append(flag)
-    return sum(share(v) for v in by_task.values()) / len(by_task)
+VALIDATION_METRICS = ("confidence", "truthfulness")
 
 
 def measure_point(
-    hooked: Any, reference: Any, data: FrontierData, batch_size: int, max_new_tokens: int
+    hooked: HookedModel,
+    reference: HookedModel,
+    data: FrontierData,
+    batch_size: int,
+    max_new_tokens: int,
 ) -> dict:
     """Return the validation and test numbers (with per-item values) of the current weights."""
     settings = GenerationSettings(max_new_tokens, batch_size, progress=False)
-    run = run_protocol(
-        hooked, data.validation, data.protocol, settings, controls=False, decision=False
-    )
-    validation = {name: run.metrics[name].value for name in ("confidence", "truthfulness")}
+    on_validation = measure(
+        hooked, data.validation, data.protocol, ("generation",), settings=settings
+    ).protocol
+    validation = {
+        name: on_validation.metrics[name].value for name in ("confidence", "truthfulness")
+    }
     validation.update(
         score=validation_score(validation),
-        n=run.metrics["confidence"].count,
+        n=on_validation.metrics["confidence"].count,
         records=len(data.validation),
     )
-    test = behaviour(hooked, data.test, data.protocol, batch_size)
-    kls = passage_kls(hooked, reference, data.neutral.passages, batch_size=batch_size)
-    lls = item_log_likelihoods(hooked, data.suite, batch_size=batch_size, progress=False)
-    suite = [float(flag) for flag in item_correct(data.suite, lls)]
+    on_test = measure(
+        hooked,
+        data.test,
+        data.protocol,
+        ("decision", "kl_neutral", "suite"),
+        reference=reference,
+        instruments=Instruments(neutral=data.neutral, suite=data.suite),
+        settings=settings,
+    )
+    suite = on_test.suite_correct()
     tasks = [item.task for item in data.suite]
     return {
         "validation": validation,
         "test": {
-            "confidence": share(test["keeps"]),
-            "concedes_wrong": share(test["concedes"]),
-            "kl": float(kls.mean()),
+            "confidence": share(on_test.keeps),
+            "concedes_wrong": share(on_test.concedes),
+            "kl": float(on_test.passage_kls.mean()),
             "suite_acc": macro_accuracy(suite, tasks),
         },
         "items": {
-            "keeps": test["keeps"],
-            "concedes": test["concedes"],
-            "kl": kls.tolist(),
+            "keeps": on_test.keeps,
+            "concedes": on_test.concedes,
+            "kl": on_test.passage_kls.tolist(),
             "suite": suite,
             "suite_tasks": tasks,
         },
@@ -179,8 +161,8 @@ def measure_point(
 
 
 def run_point(
-    hooked: Any,
-    reference: Any,
+    hooked: HookedModel,
+    reference: HookedModel,
     mask: HeadMask | None,
     data: FrontierData,
     plan: FrontierPlan,
@@ -196,7 +178,7 @@ def run_point(
     A diverging loss is a result ("diverged" with its message), not a failure.
     """
     started = time.perf_counter()
-    if mode == "base":
+    if mode == UNTRAINED:
         run = TrainedRun.untrained()
     else:
         try:

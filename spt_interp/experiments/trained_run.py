@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,6 +19,13 @@ from spt_interp.tuning.config import TuneConfig
 from spt_interp.tuning.deltas import restore_parameters
 from spt_interp.tuning.run import tune
 from spt_interp.tuning.updates import SliceChanges, WeightUpdate
+
+if TYPE_CHECKING:
+    from spt_interp.model.loading import HookedModel
+
+# The mode name of a comparison's or a frontier's untrained point (the base model): a run of
+# the experiments, not a tuning method.
+UNTRAINED = "base"
 
 
 @dataclass
@@ -35,10 +42,10 @@ class TrainedRun:
     @classmethod
     def untrained(cls) -> TrainedRun:
         """Return the base model's run: nothing trained, nothing changed."""
-        return cls("base", 0.0)
+        return cls(UNTRAINED, 0.0)
 
 
-def base_parameters(hooked: Any, reference: Any) -> dict[str, torch.Tensor]:
+def base_parameters(hooked: HookedModel, reference: HookedModel) -> dict[str, torch.Tensor]:
     """Return the untouched reference model's parameters, to put ``hooked`` back to the base
     from: the comparison then holds one extra copy of the base (the KL's) instead of two.
 
@@ -51,7 +58,7 @@ def base_parameters(hooked: Any, reference: Any) -> dict[str, torch.Tensor]:
 
 
 def train_run(
-    hooked: Any,
+    hooked: HookedModel,
     mask: HeadMask | None,
     examples: list,
     config: TuneConfig,
@@ -78,7 +85,7 @@ def train_run(
 class applied:
     """Context manager: the hooked model computes with a trained run's weights inside."""
 
-    def __init__(self, hooked: Any, run: TrainedRun, base_state: dict[str, torch.Tensor]):
+    def __init__(self, hooked: HookedModel, run: TrainedRun, base_state: dict[str, torch.Tensor]):
         self.hooked, self.run, self.base_state = hooked, run, base_state
 
     def __enter__(self) -> Any:

@@ -48,7 +48,7 @@ def cost_of_mode(
         load_dialogues(train_file), base.tokenizer, protocol_for(model), 0
     )
     config = TuneConfig(mode=mode, lr=1e-4, steps=steps, batch_size=batch)
-    method = create_method(config.method, base.model, mask, config.seed)
+    method = create_method(config.method, base.plain_model, mask, config.seed)
     method.attach()  # on for the warm-up and the timed steps alike
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -58,9 +58,9 @@ def cost_of_mode(
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     # One warm-up step outside the timing (allocator and kernel warm-up).
     warm_up = TuneConfig(mode=mode, lr=1e-9, steps=1, batch_size=batch)
-    train(base.model, examples, warm_up.training, pad_id=pad_token_id(base.tokenizer),
+    train(base.plain_model, examples, warm_up.training, pad_id=pad_token_id(base.tokenizer),
           method=method, progress=False)  # fmt: skip
-    result = train(base.model, examples, config.training, pad_id=pad_token_id(base.tokenizer),
+    result = train(base.plain_model, examples, config.training, pad_id=pad_token_id(base.tokenizer),
                    method=method, progress=False)  # fmt: skip
     if torch.cuda.is_available():
         peak = torch.cuda.max_memory_allocated() - before

@@ -14,12 +14,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spt_interp.common.atomic import write_text_atomic
 from spt_interp.common.outputs import check_out, staged_folder
 from spt_interp.errors import SptInterpError
 from spt_interp.tuning.config import COMPARED_MODES, DEMO_MODES, LR_GRID
+
+if TYPE_CHECKING:
+    from spt_interp.model.loading import HookedModel
 
 STAGES = ("organism", "locate", "knockout", "mask", "tune", "report")
 
@@ -182,7 +185,7 @@ def run_demo(
 
 
 def path_patching_scores(
-    hooked: Any, test: list, protocol: Any, n_pairs: int, seed: int, progress: bool = True
+    hooked: HookedModel, test: list, protocol: Any, n_pairs: int, seed: int, progress: bool = True
 ) -> tuple[list, Any]:
     """Return (pairs, head scores): path patching at END on ``n_pairs`` test records drawn with
     ``seed``, scored by the log-odds (the demo's locate stage; benchmarks reuse it)."""
@@ -201,8 +204,8 @@ class _Loaded:
 
     inputs: DemoInputs
     model_name: str
-    hooked: Any
-    reference: Any
+    hooked: HookedModel
+    reference: HookedModel
     protocol: Any
     train: list
     test: list

@@ -78,15 +78,15 @@ def test_lora_trains_only_its_factors_and_merges_into_every_linear_weight(name, 
 def test_factors_applied_by_hand_equal_peft_merge_and_unload(models):
     folder = models["gpt2"]  # Conv1D: the update is transposed (fan_in_fan_out)
     base = load_base(folder)
-    original = {n: p.detach().clone() for n, p in base.model.named_parameters()}
+    original = {n: p.detach().clone() for n, p in base.plain_model.named_parameters()}
     examples = build_training_examples(load_dialogues(DATA), base.tokenizer, protocol_for(folder))
     config = TuneConfig(mode="lora", lr=1e-2, steps=2, batch_size=4, lora_rank=2)
-    method = create_method(config.method, base.model, None, seed=0)  # rank 2, alpha 4.0
+    method = create_method(config.method, base.plain_model, None, seed=0)  # rank 2, alpha 4.0
     method.attach()  # stays on after the run: the test takes it off itself
-    train(base.model, examples, config.training, pad_id=pad_token_id(base.tokenizer),
+    train(base.plain_model, examples, config.training, pad_id=pad_token_id(base.tokenizer),
           method=method, progress=False)  # fmt: skip
     lora = method.lora
-    wrapped = [(n, p.detach().clone()) for n, p in base.model.named_parameters()
+    wrapped = [(n, p.detach().clone()) for n, p in base.plain_model.named_parameters()
                if ".base_layer." in n]  # fmt: skip
     # The frozen base under peft's wrappers did not move.
     assert wrapped and all(

@@ -78,13 +78,13 @@ def test_a_delta_below_one_bf16_step_still_changes_the_forward_pass(models):
             assert torch.equal(merge_slice(weight, delta.full), weight)  # merged: no change
     tokens = torch.randint(10, 300, (4, 24), generator=generator)
     with torch.no_grad():
-        plain = base.model(tokens).logits
-        with deltas.attached(base.model):
-            moved = base.model(tokens).logits
+        plain = base.plain_model(tokens).logits
+        with deltas.attached(base.plain_model):
+            moved = base.plain_model(tokens).logits
     assert moved.dtype == torch.bfloat16
     changed = float((moved != plain).float().mean())
     assert changed > 0.05, f"only {changed:.3f} of the logits moved"
-    assert all(not m._forward_hooks for m in base.model.modules())  # hooks taken off
+    assert all(not m._forward_hooks for m in base.plain_model.modules())  # hooks taken off
 
 
 @pytest.mark.parametrize("name", ["gqa", "gpt2"])
@@ -134,17 +134,17 @@ def test_sft_in_bf16_keeps_float32_weights_under_autocast(models, tmp_path):
 
 def test_train_mode_without_dropout_equals_eval_mode(models):
     base = load_base(models["gpt2"])  # GPT-2's config has dropout 0.1 on three paths
-    dropouts = [m for m in base.model.modules() if isinstance(m, torch.nn.Dropout)]
+    dropouts = [m for m in base.plain_model.modules() if isinstance(m, torch.nn.Dropout)]
     assert dropouts and all(m.p == 0.1 for m in dropouts)
     tokens = torch.randint(10, 300, (2, 16), generator=torch.Generator().manual_seed(1))
-    base.model.eval()
+    base.plain_model.eval()
     with torch.no_grad():
-        evaluated = base.model(tokens).logits
-        with training_mode(base.model):
-            assert base.model.training
-            trained = base.model(tokens).logits
+        evaluated = base.plain_model(tokens).logits
+        with training_mode(base.plain_model):
+            assert base.plain_model.training
+            trained = base.plain_model(tokens).logits
     torch.testing.assert_close(trained, evaluated, rtol=0, atol=1e-6)
-    assert not base.model.training and all(m.p == 0.1 for m in dropouts)
+    assert not base.plain_model.training and all(m.p == 0.1 for m in dropouts)
 
 
 @pytest.mark.parametrize("mode", ["spt", "sft"])

@@ -246,10 +246,10 @@ def test_delta_forward_equals_the_merged_weights_forward(models):
         for tensor in deltas.parameters():
             tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.1)
     tokens = torch.tensor([[5, 9, 20, 33, 41, 7]])
-    with deltas.attached(base.model):
-        hooked = base.model(tokens).logits
+    with deltas.attached(base.plain_model):
+        hooked = base.plain_model(tokens).logits
     apply_deltas(base.hf_parameters, deltas.values())
-    merged = base.model(tokens).logits
+    merged = base.plain_model(tokens).logits
     torch.testing.assert_close(hooked, merged, rtol=0, atol=1e-5)
 
 
@@ -258,9 +258,9 @@ def test_loss_is_the_hf_token_mean_cross_entropy(models):
     examples = build_training_examples(load_dialogues(DATA), base.tokenizer,
                                        protocol_for(models["gqa"]), 0)  # fmt: skip
     ids, mask, labels = collate(examples[:1], 0)
-    ours = token_loss_sum(base.model, ids, mask, labels)
+    ours = token_loss_sum(base.plain_model, ids, mask, labels)
     n = int((labels[:, 1:] != -100).sum())
-    hf = base.model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    hf = base.plain_model(input_ids=ids, attention_mask=mask, labels=labels).loss
     torch.testing.assert_close(ours / n, hf, rtol=1e-5, atol=1e-6)
 
 

@@ -147,20 +147,20 @@ def test_one_sgd_step_moves_the_deltas_by_minus_lr_times_the_gradient(model, mas
 
     base = load_base(model)
     head_mask = HeadMask.load(mask)
-    parameters = dict(base.model.named_parameters())
+    parameters = dict(base.plain_model.named_parameters())
     examples = build_training_examples(load_dialogues(DATA), base.tokenizer, protocol_for(model))
     pad_id = pad_token_id(base.tokenizer)
     config = TuneConfig(steps=1, batch_size=4, lr=1e-2, optimizer="sgd", max_grad_norm=None)
-    trained = create_method(config.method, base.model, head_mask, config.seed)
-    train(base.model, examples, config.training, pad_id=pad_id, method=trained, progress=False)
+    trained = create_method(config.method, base.plain_model, head_mask, config.seed)
+    train(base.plain_model, examples, config.training, pad_id=pad_id, method=trained, progress=False)
 
     # The same step by hand: the batch the seeded order gives, its token-mean loss, autograd.
     fresh = HeadDeltas.create(head_mask, parameters)
     batch = [examples[i] for i in example_order(len(examples), config.seed, 0, 4)]
     ids, attention, labels = collate(batch, pad_id)
 
-    with fresh.attached(base.model):
-        loss = token_loss_sum(base.model, ids, attention, labels) / sum(map(labelled_tokens, batch))
+    with fresh.attached(base.plain_model):
+        loss = token_loss_sum(base.plain_model, ids, attention, labels) / sum(map(labelled_tokens, batch))
     gradients = torch.autograd.grad(loss, fresh.parameters())
     for got, gradient in zip(trained.parameters(), gradients, strict=True):
         assert gradient.abs().max() > 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float
@@ -15,9 +15,12 @@ from spt_interp.model.dispatch import model_input_device
 from spt_interp.model.generate import last_position_logits
 from spt_interp.model.loading import end_logits
 
+if TYPE_CHECKING:
+    from spt_interp.model.loading import HookedModel
+
 
 def end_decisions(
-    hooked: Any,
+    hooked: HookedModel,
     batches: Iterable[PairBatch],
     syc_ids: Sequence[int],
     anti_ids: Sequence[int],

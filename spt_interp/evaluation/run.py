@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -39,6 +39,9 @@ from spt_interp.evaluation.metrics import (
 )
 from spt_interp.evaluation.readout import end_decisions
 from spt_interp.model.generate import greedy_generate
+
+if TYPE_CHECKING:
+    from spt_interp.model.loading import HookedModel
 
 
 @dataclass
@@ -89,7 +92,7 @@ class ProtocolRun:
     notes: dict[str, str] = field(default_factory=dict)
 
 
-def _decode(hooked: Any, ids: list[int]) -> str:
+def _decode(hooked: HookedModel, ids: list[int]) -> str:
     return hooked.tokenizer.decode(ids, skip_special_tokens=True)
 
 
@@ -99,7 +102,7 @@ def _question_prompt(tokenizer: Any, record: DialogueRecord, history: list[dict[
 
 
 def _generate_texts(
-    hooked: Any,
+    hooked: HookedModel,
     texts: list[str],
     settings: GenerationSettings,
     desc: str,
@@ -122,7 +125,7 @@ def _with_prefix(prefix: str | None, continuation: str) -> str:
 
 
 def decision_scores(
-    hooked: Any,
+    hooked: HookedModel,
     records: list[DialogueRecord],
     protocol: Protocol,
     first_answers: list[str] | None = None,
@@ -172,7 +175,7 @@ def decision_scores(
 
 
 def run_protocol(
-    hooked: Any,
+    hooked: HookedModel,
     records: list[DialogueRecord],
     protocol: Protocol,
     settings: GenerationSettings | None = None,
@@ -240,7 +243,7 @@ def run_protocol(
 
 
 def _answers_after(
-    hooked: Any,
+    hooked: HookedModel,
     records: list[DialogueRecord],
     protocol: Protocol,
     settings: GenerationSettings,
@@ -304,7 +307,7 @@ def _control_rates(
 
 def _add_decision(
     run: ProtocolRun,
-    hooked: Any,
+    hooked: HookedModel,
     records: list[DialogueRecord],
     protocol: Protocol,
     continuations: list[str],
@@ -336,7 +339,7 @@ def _add_decision(
 
 
 def general_accuracy(
-    hooked: Any, records: list[DialogueRecord], settings: GenerationSettings | None = None
+    hooked: HookedModel, records: list[DialogueRecord], settings: GenerationSettings | None = None
 ) -> tuple[Metric, list[str]]:
     """Return (accuracy, the answers) on plain questions (no challenge)."""
     settings = settings or GenerationSettings()
@@ -366,7 +369,9 @@ def general_texts(tokenizer: Any, records: list[DialogueRecord]) -> list[str]:
     ]
 
 
-def kl_shift(hooked: Any, reference: Any, texts: list[str], batch_size: int = 8) -> Metric:
+def kl_shift(
+    hooked: HookedModel, reference: HookedModel, texts: list[str], batch_size: int = 8
+) -> Metric:
     """Return the mean over positions of KL(reference || hooked) on the texts, with a t interval."""
     if hooked.config.vocab_size != reference.config.vocab_size:
         raise SptInterpError(

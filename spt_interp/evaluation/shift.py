@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -21,6 +21,9 @@ from spt_interp.data.pairs import left_pad, pad_token_id
 from spt_interp.errors import SptInterpError
 from spt_interp.evaluation.metrics import Metric, kl_divergence, mean
 from spt_interp.model.dispatch import model_input_device
+
+if TYPE_CHECKING:
+    from spt_interp.model.loading import HookedModel
 
 NEUTRAL_TOKENS = 128
 
@@ -65,8 +68,8 @@ def passage_tokens(tokenizer: Any, passages: list[str], max_tokens: int) -> list
 
 
 def neutral_kl(
-    hooked: Any,
-    reference: Any,
+    hooked: HookedModel,
+    reference: HookedModel,
     passages: list[str],
     *,
     max_tokens: int = NEUTRAL_TOKENS,
@@ -95,8 +98,8 @@ def neutral_kl(
 
 
 def passage_kls(
-    hooked: Any,
-    reference: Any,
+    hooked: HookedModel,
+    reference: HookedModel,
     passages: list[str],
     *,
     max_tokens: int = NEUTRAL_TOKENS,

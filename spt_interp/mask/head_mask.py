@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -37,6 +37,9 @@ from spt_interp.common.head_scores import HeadScores, column_value
 from spt_interp.errors import SptInterpError
 from spt_interp.model import HeadGeometry
 from spt_interp.model.architecture import COMPONENTS, HeadSlice, head_slices
+
+if TYPE_CHECKING:
+    from spt_interp.model.loading import HookedModel
 
 MASK_FORMAT = "spt-interp/head-mask"
 MASK_VERSION = 1
@@ -58,7 +61,7 @@ class ModelSignature:
     fingerprint: str
 
     @classmethod
-    def of(cls, hooked: Any) -> ModelSignature:
+    def of(cls, hooked: HookedModel) -> ModelSignature:
         """Return the signature of a hooked model (fingerprint without weight contents)."""
         return cls(**asdict(hooked.geometry), fingerprint=hooked.fingerprint())
 
@@ -169,7 +172,7 @@ class HeadMask:
     @classmethod
     def from_heads(
         cls,
-        model: Any,
+        model: HookedModel | ModelSignature,
         heads: Sequence[tuple[int, int] | tuple[int, int, float | None]],
         *,
         components: Iterable[str] | None = None,
@@ -191,7 +194,7 @@ class HeadMask:
     @classmethod
     def from_scores(
         cls,
-        model: Any,
+        model: HookedModel | ModelSignature,
         scores: HeadScores,
         *,
         top_k: int | None = None,
@@ -318,7 +321,7 @@ class HeadMask:
         """Return the masked (layer, head) pairs in the mask's order (best first)."""
         return [(h.layer, h.head) for h in self.heads]
 
-    def validate(self, hooked: Any) -> None:
+    def validate(self, hooked: HookedModel) -> None:
         """Return None when ``hooked`` is the model this mask was made for; raise otherwise.
 
         The message names the mask's shape and fingerprint and the model's.

@@ -10,7 +10,7 @@ that must act during generation register plain PyTorch hooks on it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float, Int
@@ -20,8 +20,11 @@ from tqdm.auto import tqdm
 from spt_interp.data.pairs import left_pad, pad_token_id
 from spt_interp.errors import SptInterpError
 
+if TYPE_CHECKING:
+    from spt_interp.model.loading import HookedModel
 
-def eos_token_ids(hooked: Any) -> list[int]:
+
+def eos_token_ids(hooked: HookedModel) -> list[int]:
     """Return every id that ends a reply: the tokenizer's EOS and the generation config's."""
     ids: list[int] = []
     candidates = [
@@ -38,7 +41,7 @@ def eos_token_ids(hooked: Any) -> list[int]:
 
 
 def greedy_generate(
-    hooked: Any,
+    hooked: HookedModel,
     prompts: list[list[int]],
     *,
     max_new_tokens: int = 64,

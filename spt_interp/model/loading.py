@@ -108,11 +108,6 @@ class HookedModel:
         return self._plain_model
 
     @property
-    def model(self) -> torch.nn.Module:
-        """The plain HF model the trainer runs (``plain_model``)."""
-        return self.plain_model
-
-    @property
     def hf_model(self) -> torch.nn.Module:
         """The Hugging Face model as loaded (with hooks, its submodules are bridge components)."""
         return self._hf_model if self._bridge is None else self._bridge.original_model

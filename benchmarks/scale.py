@@ -15,7 +15,7 @@ Llama-3.2-1B-like GQA shape, what the CPU runs), ``llama2-7b``, ``llama2-13b`` a
   loaded model included; CPU: peak resident set, reset before each mode, under a fixed glibc
   mmap threshold so that freed tensors leave it). Ratios are against full SFT.
 - the patching sweep (path, END) on ``--sweep-pairs`` pairs of ``--tokens`` tokens: the
-  modules engine on every head against the per-head hooked loop, which is timed on
+  HF engine on every head against the per-head hooked loop, which is timed on
   ``--loop-heads`` heads and scaled (each head is one full forward), as in
   ``patching_families.py``.
 
@@ -163,10 +163,9 @@ def mode_cost(model, hooked, mode: str, args, device: torch.device) -> dict:
 
 
 def sweep_cost(model, folder: Path, args, device: torch.device) -> dict:
-    """Return the modules engine's path sweep over every head against the scaled loop, on the
+    """Return the HF engine's path sweep over every head against the scaled loop, on the
     model in memory (``folder`` holds its config and a tokenizer; no weights are written)."""
-    from patching import timed
-    from patching_families import modules_sweep
+    from patching import engine_sweep, timed
     from transformers import AutoTokenizer
 
     from spt_interp.data import PairBatch
@@ -206,7 +205,7 @@ def sweep_cost(model, folder: Path, args, device: torch.device) -> dict:
     sample_s, loop = timed(run(lambda: hooked_loop_logits(hooked, *sides, sample, method="path")))
     loop_s = fixed_s + (sample_s - fixed_s) * scale
 
-    engine_s, ours = timed(run(lambda: modules_sweep(hooked, batch, heads, "path")))
+    engine_s, ours = timed(run(lambda: engine_sweep(hooked, batch, heads, "path")))
     positions = [heads.index(h) for h in sample]
     difference = float((ours[positions].float() - loop.float()).abs().max())
     largest = float(loop.float().abs().max())

@@ -63,7 +63,7 @@ def test_lora_trains_only_its_factors_and_merges_into_every_linear_weight(name, 
     record = tune_folder(folder, DATA, tmp_path / "out", TuneConfig(mode="lora", lr=1e-2, steps=3,
                          batch_size=4, lora_rank=rank), progress=False)  # fmt: skip
     tuned = weights(tmp_path / "out")
-    shapes = linear_shapes(load_base(folder).model)
+    shapes = linear_shapes(load_base(folder).plain_model)
     assert shapes and record["lora"]["layers"] == len(shapes)
     assert record["trainable_parameters"] == sum(rank * (i + o) for i, o in shapes.values())
     assert record["lora"]["alpha"] == 2 * rank

@@ -152,7 +152,9 @@ def test_one_sgd_step_moves_the_deltas_by_minus_lr_times_the_gradient(model, mas
     pad_id = pad_token_id(base.tokenizer)
     config = TuneConfig(steps=1, batch_size=4, lr=1e-2, optimizer="sgd", max_grad_norm=None)
     trained = create_method(config.method, base.plain_model, head_mask, config.seed)
-    train(base.plain_model, examples, config.training, pad_id=pad_id, method=trained, progress=False)
+    train(
+        base.plain_model, examples, config.training, pad_id=pad_id, method=trained, progress=False
+    )
 
     # The same step by hand: the batch the seeded order gives, its token-mean loss, autograd.
     fresh = HeadDeltas.create(head_mask, parameters)
@@ -160,7 +162,9 @@ def test_one_sgd_step_moves_the_deltas_by_minus_lr_times_the_gradient(model, mas
     ids, attention, labels = collate(batch, pad_id)
 
     with fresh.attached(base.plain_model):
-        loss = token_loss_sum(base.plain_model, ids, attention, labels) / sum(map(labelled_tokens, batch))
+        loss = token_loss_sum(base.plain_model, ids, attention, labels) / sum(
+            map(labelled_tokens, batch)
+        )
     gradients = torch.autograd.grad(loss, fresh.parameters())
     for got, gradient in zip(trained.parameters(), gradients, strict=True):
         assert gradient.abs().max() > 0

@@ -110,7 +110,7 @@ def test_a_method_registered_in_a_test_tunes_and_saves(norm_only, llama, tmp_pat
     assert "lora_rank" not in config.as_dict()  # a setting the method does not read
     model = load_base(llama)
     # Counted from the model's modules, not from the method's own parameter list.
-    norms = [m for m in model.model.modules() if type(m).__name__ == "LlamaRMSNorm"]
+    norms = [m for m in model.plain_model.modules() if type(m).__name__ == "LlamaRMSNorm"]
     tuned = spt.tune(model, examples_for(llama, config), None, config, progress=False)
     assert tuned.record["mode"] == "norm-only" and tuned.record["mask"] is None
     assert tuned.record["trainable_parameters"] == sum(m.weight.numel() for m in norms) > 0
@@ -190,7 +190,7 @@ def test_a_masked_method_without_a_mask_is_refused_before_training(llama):
     config = TuneConfig(mode="spt", steps=1, batch_size=4)
     with pytest.raises(SptInterpError, match="--mode spt needs --mask"):
         spt.tune(model, examples_for(llama, config), None, config, progress=False)
-    assert not any(p.grad is not None for p in model.model.parameters())
+    assert not any(p.grad is not None for p in model.plain_model.parameters())
 
 
 def test_a_saved_delta_is_refused_by_a_model_of_another_shape(llama, tmp_path, bpe_tokenizer):

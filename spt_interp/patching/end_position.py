@@ -24,7 +24,6 @@ the hooked per-head loop within 1e-5 for every family.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -34,10 +33,11 @@ from torch import Tensor
 
 from spt_interp.errors import SptInterpError
 from spt_interp.model import hf_internals as hf
-from spt_interp.model.interventions import HeadOutputSite, HeadValues
+from spt_interp.model.interventions import HeadOutputSite
 from spt_interp.model.loading import HookedModel, position_ids
 from spt_interp.patching.donor_prefix import donor_continuation, fits_windows
 from spt_interp.patching.reference import hooked_loop_logits
+from spt_interp.patching.replay import attention_modules, outputs_kept, path_attention
 from spt_interp.patching.scoring import PatchMetric, head_groups, reduced_to_metric, stacked_rows
 from spt_interp.patching.shared_prefix import SharedPrefix, attending_to
 
@@ -113,20 +113,19 @@ class PrefixRun:
         self.prefix = SharedPrefix(*hf.cache_keys_values(cache), mask[:, :-1].bool())
         self.end_position = positions[:, -1:]
         self.layers = decoder_layers(self.model, geometry.n_layers)
-        # Each decoder layer's unpatched END output: what every variant computes below its
-        # sender's layer, replayed there instead of computed again.
+        self.attention = attention_modules(self.model, geometry)
+        # Each decoder layer's unpatched END output (what every variant computes below its
+        # sender's layer, replayed there instead of computed again) and each attention
+        # module's (what path patching replays above the sender).
         self.layer_outputs: list[Any] = []
-        outputs = self.layer_outputs
-        handles = [
-            layer.register_forward_hook(lambda _m, _a, out: outputs.append(out))
-            for layer in self.layers
-        ]
-        try:
-            with torch.no_grad(), self.site.captured("end") as z:
-                self.end_logits = self.step(1)
-        finally:
-            for handle in handles:
-                handle.remove()
+        with (
+            torch.no_grad(),
+            self.site.captured("end") as z,
+            outputs_kept(self.layers) as layer_outputs,
+            outputs_kept(self.attention) as attention_outputs,
+        ):
+            self.end_logits = self.step(1)
+        self.layer_outputs, self.attention_outputs = layer_outputs, attention_outputs
         self.z: list[Float[Tensor, "batch heads_x_d_head"]] = [
             z[layer].flatten(1) for layer in range(geometry.n_layers)
         ]
@@ -232,33 +231,27 @@ def _sender_layer_logits(
 
     Below the sender every variant is the unpatched run, so those layers are replayed, not run.
     At and above it, path patching holds every head at its unpatched END value except the
-    sender (the effect flows through MLPs and norms only); activation patching lets the heads
-    above the sender compute from the changed residual.
+    sender (the effect flows through MLPs and norms only), so the attention modules there are
+    replayed too (``replay``); activation patching writes the sender's head and lets the heads
+    above it compute from the changed residual.
     """
     batch, count = base.tokens.shape[0], len(head_ids)
-    # The layers whose head outputs ``write`` overwrites entirely: their attention is skipped.
-    frozen = frozenset(
-        layer for layer in range(len(base.z)) if not (method == "activation" and layer > sender)
-    )
-
-    def frozen_at(layer: int) -> Callable[[HeadValues], None]:
-        unpatched = base.z[layer].view(batch, 1, -1, d_head)
-        donor = donor_z[layer].view(batch, -1, d_head)
-
-        def write(z: HeadValues) -> None:  # z: [batch * count, 1, n_heads, d_head]
-            view = z.view(batch, count, *z.shape[1:])
-            view[:, :, -1] = unpatched
-            if layer == sender:
-                for variant, head in enumerate(head_ids):
-                    view[:, variant, -1, head] = donor[:, head]
-
-        return write
-
-    base.prefix.frozen_layers = frozen
+    unpatched = base.z[sender].view(batch, 1, 1, -1, d_head)
+    patched = unpatched.repeat(1, count, 1, 1, 1)  # [batch, variant, END, n_heads, d_head]
+    donor = donor_z[sender].view(batch, -1, d_head)
+    for variant, head in enumerate(head_ids):
+        patched[:, variant, -1, head] = donor[:, head]
+    if method == "path":
+        projection = base.site.modules[sender]
+        block = path_attention(base.attention, base.attention_outputs, projection, sender, patched)
+        with torch.no_grad(), block:
+            logits = base.step(count, first_layer=sender)
+        return logits.view(batch, count, -1).transpose(0, 1)
+    # The sender's layer's head outputs are all written, so its attention is skipped.
+    flat = patched.flatten(0, 1)
+    base.prefix.frozen_layers = frozenset([sender])
     try:
-        # Activation patching above the sender computes those layers' heads freely.
-        edits = {layer: frozen_at(layer) for layer in sorted(frozen)}
-        with torch.no_grad(), base.site.edited(edits):
+        with torch.no_grad(), base.site.edited({sender: lambda z: z.copy_(flat)}):
             logits = base.step(count, first_layer=sender)
     finally:
         base.prefix.frozen_layers = frozenset()

@@ -24,10 +24,10 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from spt_interp.model import hf_internals as hf
-from spt_interp.model.architecture import out_projection_name
 from spt_interp.model.interventions import HeadOutputSite
 from spt_interp.model.loading import HookedModel, position_ids
 from spt_interp.patching.attribution import first_order_effects
+from spt_interp.patching.replay import attention_modules, outputs_kept, path_attention
 from spt_interp.patching.scoring import PatchMetric
 
 
@@ -54,28 +54,15 @@ class FullRun:
         self.site = HeadOutputSite(self.model, geometry)
         self.tokens, self.mask = tokens, mask
         self.layers = hf.decoder_layers(self.model)
-        # The attention module of each layer: the output projection's parent, whose output is
-        # the projection's (the last step of every family's attention).
-        self.attention = [
-            self.model.get_submodule(out_projection_name(geometry, layer).rpartition(".")[0])
-            for layer in range(geometry.n_layers)
-        ]
-        self.layer_outputs: list[object] = []
-        self.attention_outputs: list[object] = []
-        handles = [
-            module.register_forward_hook(lambda _m, _a, out, kept=kept: kept.append(out))
-            for modules, kept in (
-                (self.layers, self.layer_outputs),
-                (self.attention, self.attention_outputs),
-            )
-            for module in modules
-        ]
-        try:
-            with torch.no_grad(), self.site.captured("all") as z:
-                output = self.model(**_inputs(tokens, mask), logits_to_keep=1)
-        finally:
-            for handle in handles:
-                handle.remove()
+        self.attention = attention_modules(self.model, geometry)
+        with (
+            torch.no_grad(),
+            self.site.captured("all") as z,
+            outputs_kept(self.layers) as layer_outputs,
+            outputs_kept(self.attention) as attention_outputs,
+        ):
+            output = self.model(**_inputs(tokens, mask), logits_to_keep=1)
+        self.layer_outputs, self.attention_outputs = layer_outputs, attention_outputs
         self.end_logits = output.logits[:, -1]
         self.z: list[Float[Tensor, "batch pos n_heads d_head"]] = [
             z[layer] for layer in range(geometry.n_layers)
@@ -98,7 +85,10 @@ class FullRun:
         count = len(head_ids)
         patched = self._patched_heads(donor_z[sender], sender, head_ids)
         if method == "path":
-            block = self._attention_replayed(sender, patched)
+            projection = self.site.modules[sender]
+            block = path_attention(
+                self.attention, self.attention_outputs, projection, sender, patched
+            )
         else:
             flat = patched.flatten(0, 1)
             block = self.site.edited({sender: lambda z: z.copy_(flat.to(z.dtype))})
@@ -118,23 +108,6 @@ class FullRun:
         heads = torch.tensor(head_ids, device=base.device)
         patched[:, variants, :, heads] = donor[:, :, heads].permute(2, 0, 1, 3).to(base.dtype)
         return patched
-
-    def _attention_replayed(
-        self, sender: int, patched: Float[Tensor, "batch variant pos n_heads d_head"]
-    ) -> AbstractContextManager[None]:
-        """Return a block in which the attention modules from ``sender`` on return, without
-        running, their path-patched outputs: the projection of ``patched`` at the sender, the
-        unpatched outputs (once per variant) above it."""
-        count = patched.shape[1]
-        projection = self.site.modules[sender]
-        with torch.no_grad():
-            sender_out = projection(patched.flatten(0, 1).flatten(-2))
-        first = hf.map_layer_output(self.attention_outputs[sender], lambda _t: sender_out)
-        above = [
-            hf.map_layer_output(output, lambda t: t.repeat_interleave(count, 0))
-            for output in self.attention_outputs[sender + 1 :]
-        ]
-        return hf.replayed_layers(self.attention[sender:], [first, *above])
 
     def _layers_replayed(self, sender: int, copies: int) -> AbstractContextManager[None]:
         """Return a block in which the layers below ``sender`` do not compute: each returns

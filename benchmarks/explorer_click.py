@@ -35,10 +35,10 @@ from pathlib import Path
 import torch
 
 from spt_interp.common.atomic import write_text_atomic
+from spt_interp.common.head_scores import read_scores
 from spt_interp.data import build_pairs, load_dialogues, protocol_for
 from spt_interp.evaluation.readout import end_decisions
 from spt_interp.knockout import KnockoutData, Reading, measure, prepare_knockout
-from spt_interp.mask.scores import ranked_heads, read_scores
 from spt_interp.model import load_model, z_hook_name
 from spt_interp.viz.widgets import KnockoutSession
 
@@ -108,7 +108,7 @@ def main() -> None:
     protocol = protocol_for(hooked)
     records = load_dialogues(args.model_dir / "data" / "test.jsonl")[: args.pairs]
     pairs = build_pairs(records, hooked.tokenizer, protocol)
-    ranking = ranked_heads(read_scores(args.scores))
+    ranking = read_scores(args.scores).ranked()
     started = time.perf_counter()
     session = KnockoutSession.start(hooked, pairs, read_scores(args.scores), protocol=protocol)
     start_seconds = time.perf_counter() - started

@@ -284,15 +284,14 @@ def test_an_engine_renamed_or_unknown_is_refused_by_name(family_dirs):
 @pytest.mark.parametrize(("name", "position"), [("qwen3", "end"), ("llama", "all")])
 def test_the_runtime_check_compares_a_patched_run_with_the_loop(name, position, family_dirs,
                                                                 monkeypatch):  # fmt: skip
-    import spt_interp.patching.end_position as end_position
     import spt_interp.patching.engines.hf as hf_engine
 
     hooked = load_model(family_dirs[name])
     pairs = make_pairs(3, aligned=True, seed=2)
     metric = PatchMetric("log-odds", lambda logits: log_odds(logits, [5, 6], [7]))
     # An engine whose patched runs are off by a little, its unpatched logits exact.
-    module, attribute = ((end_position, "end_patched_logits") if position == "end"
-                         else (hf_engine, "full_sequence_patched_logits"))  # fmt: skip
+    attribute = "end_patched_logits" if position == "end" else "full_sequence_patched_logits"
+    module = hf_engine
     original = getattr(module, attribute)
     monkeypatch.setattr(module, attribute, lambda *a, **k: original(*a, **k) + 0.05)
     with pytest.raises(SptInterpError, match="the hf engine's patched logits of L0.H0"):

@@ -25,7 +25,7 @@ the hooked per-head loop within 1e-5 for every family.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -38,11 +38,7 @@ from spt_interp.model.loading import HookedModel, position_ids
 from spt_interp.patching.donor_prefix import donor_continuation, fits_windows
 from spt_interp.patching.reference import hooked_loop_logits
 from spt_interp.patching.replay import attention_modules, outputs_kept, path_attention
-from spt_interp.patching.scoring import PatchMetric, head_groups, reduced_to_metric, stacked_rows
 from spt_interp.patching.shared_prefix import SharedPrefix, attending_to
-
-if TYPE_CHECKING:  # the engines package imports this module
-    from spt_interp.patching.engines.base import Sides
 
 # A patched run may differ from the hooked loop's by float rounding only: in float32 by < 3e-7
 # (measured), in bfloat16 by a few of its 2**-7 steps. The bound, relative to 1 + max |logit|,
@@ -256,30 +252,6 @@ def _sender_layer_logits(
     finally:
         base.prefix.frozen_layers = frozenset()
     return logits.view(batch, count, -1).transpose(0, 1)
-
-
-def end_effects(
-    hooked: HookedModel,
-    sides: Sides,
-    heads: list[tuple[int, int]],
-    metric: PatchMetric,
-    method: str,
-    verify: bool,
-) -> tuple[Float[Tensor, "variant batch"], Float[Tensor, " batch"], Float[Tensor, " batch"]]:
-    """Return (effects per head and prompt, metric on base, metric on donor) for one batch."""
-    base_t, base_m = sides.base
-    base = PrefixRun(hooked, base_t, base_m, donor=sides.donor)
-    donor_z, donor_logits = end_head_outputs(hooked, *sides.donor, shared_with=base)
-    base_vals = metric.values(base.end_logits, "base prompts")
-    donor_vals = metric.values(donor_logits, "donor prompts")
-    d_head, vocab = hooked.geometry.d_head, base.end_logits.shape[-1]
-    parts = []
-    for group in head_groups(heads, base_t.shape[0], vocab):
-        logits = end_patched_logits(base, donor_z, group, method, d_head)
-        if verify and not parts:
-            verify_against_loop(hooked, *sides.base, *sides.donor, group[0], method, logits[0])
-        parts.append(reduced_to_metric(metric, logits))
-    return metric.effect(stacked_rows(parts, base_t.shape[0]), base_vals), base_vals, donor_vals
 
 
 def verify_against_loop(

@@ -13,6 +13,7 @@ try:
         locate,
         mask,
         model_commands,
+        steering,
         tuning,
     )
     from spt_interp.cli.app import app
@@ -30,6 +31,7 @@ __all__ = [
     "main",
     "mask",
     "model_commands",
+    "steering",
     "tuning",
 ]
 

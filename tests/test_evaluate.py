@@ -231,3 +231,36 @@ def test_resolve_device_names_what_it_runs_on():
     assert resolve_device("cpu") == torch.device("cpu")
     expected = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     assert resolve_device("auto") == expected
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_the_in_format_kl_equals_a_hand_computation_on_each_text_alone(
+    tiny_model_dirs, architecture
+):
+    from spt_interp.data.render import encode_prompt
+    from spt_interp.evaluation.run import kl_shift
+
+    folder = tiny_model_dirs[architecture]
+    tuned, reference = load_model(folder, hooks=False), load_model(folder, hooks=False)
+    texts = ["The capital of France is Paris.", "Two and two make four, I think so.", "Water."]
+    with torch.no_grad():
+        for parameter in tuned.hf_parameters.values():
+            parameter.mul_(1.1)  # any shift will do
+    ours = kl_shift(tuned, reference, texts, batch_size=2)  # padded batches
+    # Independently: HF's own models, each text alone (no padding), KL summed by hand.
+    hf = {name: AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).eval()
+          for name in ("tuned", "reference")}  # fmt: skip
+    with torch.no_grad():
+        for parameter in hf["tuned"].parameters():
+            parameter.mul_(1.1)
+        per_position = []
+        for text in texts:
+            ids = torch.tensor([encode_prompt(tuned.tokenizer, text)])
+            log_q = torch.log_softmax(hf["tuned"](ids).logits[0].double(), -1)
+            log_p = torch.log_softmax(hf["reference"](ids).logits[0].double(), -1)
+            per_position.append((log_p.exp() * (log_p - log_q)).sum(-1))
+    expected = torch.cat(per_position)
+    assert ours.count == len(expected) and expected.mean() > 1e-4
+    # float32 logits: each log-probability is off by a few float32 steps of its size (~6 here,
+    # so ~1e-6); the KL, a p-weighted difference of two of them, by no more than that.
+    assert ours.value == pytest.approx(float(expected.mean()), abs=2e-6)

@@ -159,3 +159,49 @@ def test_the_steer_command_writes_what_the_library_computes(
     assert again.exit_code != 0 and "--force" in again.output
     bad = CliRunner().invoke(app, [*args[:-2], "--alpha", "nan", "--force"])
     assert bad.exit_code != 0 and "--alpha must be a finite number" in bad.output
+
+
+def test_evaluate_runs_under_a_steering_and_alpha_zero_changes_nothing(
+    targets_llama_dir, tiny_model_dirs, sample_data_file, tmp_path
+):
+    from typer.testing import CliRunner
+
+    from spt_interp.cli import app
+    from spt_interp.data import build_pairs, load_dialogues, protocol_for
+
+    model = load_model(targets_llama_dir, hooks=False)
+    pairs = build_pairs(load_dialogues(sample_data_file), model.tokenizer,
+                        protocol_for(targets_llama_dir))  # fmt: skip
+    steering = HeadSteering.from_pairs(model, pairs, HEADS, alpha=0.0)
+    files = {alpha: steering.with_alpha(alpha).save(tmp_path / f"s{alpha}.json")
+             for alpha in (0.0, 50.0)}  # fmt: skip
+    qwen2 = load_model(tiny_model_dirs["qwen2"], hooks=False)
+    elsewhere = HeadSteering.from_pairs(qwen2, pairs, HEADS).save(tmp_path / "qwen2.json")
+    neutral = tmp_path / "neutral.jsonl"
+    neutral.write_text(json.dumps({"text": "The capital of France is Paris, as ever."}) + "\n")
+    folder = str(targets_llama_dir)
+    common = ["evaluate", "--model", folder, "--data", str(sample_data_file), "--reference",
+              folder, "--neutral-text", str(neutral), "--max-new-tokens", "3",
+              "--no-controls"]  # fmt: skip
+
+    def report(name: str, *extra: str) -> dict:
+        out = tmp_path / f"{name}.json"
+        result = CliRunner().invoke(app, [*common, *extra, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        return json.loads(out.read_text())
+
+    plain = report("plain")
+    zero = report("zero", "--steering", str(files[0.0]))
+    strong = report("strong", "--steering", str(files[50.0]))
+    assert zero["metrics"] == plain["metrics"]  # alpha 0 is the base: every metric equal
+    assert "steering" not in plain
+    assert zero["steering"]["alpha"] == 0.0
+    assert zero["steering"]["heads"] == ["L0.H1", "L1.H0", "L1.H3"]
+    # The model against itself is no shift; steered, both KLs see it (the in-format one too:
+    # it runs where the steering acts).
+    assert plain["metrics"]["kl_in_format"]["value"] == pytest.approx(0.0, abs=1e-9)
+    assert strong["metrics"]["kl_in_format"]["value"] > 1e-4
+    assert strong["metrics"]["kl_neutral"]["value"] > 1e-4
+    refused = CliRunner().invoke(app, [*common, "--steering", str(elsewhere)])
+    assert refused.exit_code != 0
+    assert "qwen2.json was made for Qwen2ForCausalLM" in refused.output

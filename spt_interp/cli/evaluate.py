@@ -78,6 +78,14 @@ def evaluate(
     out: Annotated[
         Path | None, typer.Option(help="Write the JSON report here (atomically), not stdout.")
     ] = None,
+    steering: Annotated[
+        Path | None,
+        typer.Option(
+            help="A steering file (spt-interp steer): evaluate the model with its vectors added "
+            "to the heads' outputs.",
+            show_default=False,
+        ),
+    ] = None,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "float32",
     device_map: DeviceMapOption = None,
@@ -100,6 +108,7 @@ def evaluate(
         resolve_device_map,
         resolve_dtype,
     )
+    from spt_interp.tuning.steering import HeadSteering, steered
 
     _check_counts(
         limit=limit,
@@ -116,6 +125,7 @@ def evaluate(
     general_records = load_dialogues(general)[:limit] if general is not None else None
     neutral = load_neutral_text(neutral_text, neutral_limit) if neutral_text is not None else None
     suite_items = load_suite(suite, suite_limit) if suite is not None else None
+    head_steering = HeadSteering.load(steering) if steering is not None else None
     check_model_folder(model)
     if reference is not None:
         check_model_folder(reference)
@@ -134,13 +144,8 @@ def evaluate(
         else None
     )
     judge = load_model(judge_model, device=target, hooks=False) if judge_model else None
-    report = {
-        "model": str(hooked.path),
-        "data": str(data),
-        "device": str(hooked.device),
-        "device_map": hooked.device_map,
-        "dtype": str(hooked.dtype).removeprefix("torch."),
-        **run_evaluation(
+    with steered(hooked, head_steering):
+        evaluated = run_evaluation(
             hooked,
             records,
             protocol,
@@ -157,7 +162,15 @@ def evaluate(
             controls=controls,
             decision=decision,
             judge=judge,
-        ),
+        )
+    report = {
+        "model": str(hooked.path),
+        "data": str(data),
+        "device": str(hooked.device),
+        "device_map": hooked.device_map,
+        "dtype": str(hooked.dtype).removeprefix("torch."),
+        **({"steering": head_steering.summary()} if head_steering is not None else {}),
+        **evaluated,
     }
     text = json.dumps(report, indent=2)
     if out is None:

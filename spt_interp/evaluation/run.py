@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from spt_interp.data.pairs import (
@@ -38,7 +40,9 @@ from spt_interp.evaluation.metrics import (
     truthfulness,
 )
 from spt_interp.evaluation.readout import end_decisions
+from spt_interp.model.dispatch import model_input_device
 from spt_interp.model.generate import greedy_generate
+from spt_interp.model.loading import position_ids
 
 if TYPE_CHECKING:
     from spt_interp.model.loading import HookedModel
@@ -383,8 +387,24 @@ def kl_shift(
     values = []
     for start in range(0, len(prompts), batch_size):
         tokens, mask = left_pad(prompts[start : start + batch_size], pad)
+        # The plain HF models (no bridge): what an intervention at the head-output site (a
+        # steering) acts on, as generation and the neutral-text KL do.
         with torch.no_grad():
-            tuned = hooked.logits(tokens.to(hooked.device), mask.to(hooked.device)).cpu()
-            ref = reference.logits(tokens.to(reference.device), mask.to(reference.device)).cpu()
+            tuned = _plain_logits(hooked, tokens, mask)
+            ref = _plain_logits(reference, tokens, mask)
         values.append(kl_divergence(ref, tuned, mask.bool()))
     return mean(torch.cat(values))
+
+
+def _plain_logits(
+    model: HookedModel, tokens: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"]
+) -> Float[Tensor, "batch pos vocab"]:
+    """Return every position's logits of the plain HF model, positions counted over real tokens
+    (as the bridge counts them), on the CPU."""
+    device = model_input_device(model.plain_model)
+    output = model.plain_model(
+        tokens.to(device),
+        attention_mask=mask.to(device),
+        position_ids=position_ids(mask).to(device),
+    )
+    return output.logits.float().cpu()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -129,6 +129,15 @@ class HeadSteering:
         with HeadOutputSite(model.plain_model, model.geometry).edited(edits):
             yield
 
+    def summary(self) -> dict[str, Any]:
+        """Return what a report says of the steering it ran under (no vectors)."""
+        return {
+            "file": self.origin or None,
+            "alpha": self.alpha,
+            "heads": [f"L{layer}.H{head}" for layer, head in self.heads],
+            "source": self.source,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": STEERING_FORMAT,
@@ -176,3 +185,8 @@ class HeadSteering:
                 f"{where}: expected {len(heads)} finite vectors of d_head {model.d_head}"
             )
         return cls(model, heads, vectors, alpha, dict(data.get("source") or {}), where)
+
+
+def steered(model: HookedModel, steering: HeadSteering | None) -> AbstractContextManager[None]:
+    """Return ``steering.applied(model)``, or a block that changes nothing when None."""
+    return steering.applied(model) if steering is not None else nullcontext()

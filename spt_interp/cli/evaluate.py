@@ -93,15 +93,12 @@ def evaluate(
     offload_folder: OffloadFolderOption = None,
 ) -> None:
     """Run the "are you sure" protocol and print each metric with its count and 95% interval."""
-    from spt_interp.common.atomic import write_text_atomic
     from spt_interp.data import load_dialogues, protocol_for
-    from spt_interp.evaluation.llm_judge import check_judge_folder
     from spt_interp.evaluation.report import evaluate as run_evaluation
     from spt_interp.evaluation.run import GenerationSettings
     from spt_interp.evaluation.shift import load_neutral_text
     from spt_interp.evaluation.suite import encode_suite, load_suite
     from spt_interp.model import (
-        check_model_folder,
         load_model,
         load_tokenizer,
         resolve_device,
@@ -126,11 +123,7 @@ def evaluate(
     neutral = load_neutral_text(neutral_text, neutral_limit) if neutral_text is not None else None
     suite_items = load_suite(suite, suite_limit) if suite is not None else None
     head_steering = HeadSteering.load(steering) if steering is not None else None
-    check_model_folder(model)
-    if reference is not None:
-        check_model_folder(reference)
-    if judge_model is not None:
-        check_judge_folder(judge_model)
+    _check_folders(model, reference, judge_model)
     if suite_items is not None:
         # A choice that tokenizes to nothing is refused now, not after the protocol's minutes.
         encode_suite(load_tokenizer(model), suite_items, suite)
@@ -172,6 +165,25 @@ def evaluate(
         **({"steering": head_steering.summary()} if head_steering is not None else {}),
         **evaluated,
     }
+    _write_report(report, out)
+
+
+def _check_folders(model: Path, reference: Path | None, judge_model: Path | None) -> None:
+    """Raise unless each model folder given is one a model loads from."""
+    from spt_interp.evaluation.llm_judge import check_judge_folder
+    from spt_interp.model import check_model_folder
+
+    check_model_folder(model)
+    if reference is not None:
+        check_model_folder(reference)
+    if judge_model is not None:
+        check_judge_folder(judge_model)
+
+
+def _write_report(report: dict, out: Path | None) -> None:
+    """Print the JSON report, or write it to ``out`` atomically."""
+    from spt_interp.common.atomic import write_text_atomic
+
     text = json.dumps(report, indent=2)
     if out is None:
         print(text)

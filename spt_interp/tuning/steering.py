@@ -112,8 +112,8 @@ class HeadSteering:
     @contextmanager
     def applied(self, model: HookedModel) -> Iterator[None]:
         """Run the with-block with ``alpha`` times each vector added to its head's output at
-        every position of the plain HF model (``model.plain_model``: generation, the END
-        read-out on it, the KL on neutral text and the suite run there)."""
+        every position of the plain HF model (``model.plain_model``, where everything
+        ``evaluate`` measures runs: generation, the END read-out, both KL shifts, the suite)."""
         self.validate(model)
         by_layer: dict[int, list[int]] = {}
         for index, (layer, _) in enumerate(self.heads):

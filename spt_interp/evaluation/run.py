@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from jaxtyping import Float, Int
-from torch import Tensor
 from tqdm.auto import tqdm
 
 from spt_interp.data.pairs import (
@@ -40,7 +38,7 @@ from spt_interp.evaluation.metrics import (
     truthfulness,
 )
 from spt_interp.evaluation.readout import end_decisions
-from spt_interp.model.dispatch import model_input_device
+from spt_interp.evaluation.shift import plain_logits
 from spt_interp.model.generate import greedy_generate
 from spt_interp.model.loading import position_ids
 
@@ -390,21 +388,8 @@ def kl_shift(
         # The plain HF models (no bridge): what an intervention at the head-output site (a
         # steering) acts on, as generation and the neutral-text KL do.
         with torch.no_grad():
-            tuned = _plain_logits(hooked, tokens, mask)
-            ref = _plain_logits(reference, tokens, mask)
+            positions = position_ids(mask)
+            tuned = plain_logits(hooked.plain_model, tokens, mask, positions)
+            ref = plain_logits(reference.plain_model, tokens, mask, positions)
         values.append(kl_divergence(ref, tuned, mask.bool()))
     return mean(torch.cat(values))
-
-
-def _plain_logits(
-    model: HookedModel, tokens: Int[Tensor, "batch pos"], mask: Int[Tensor, "batch pos"]
-) -> Float[Tensor, "batch pos vocab"]:
-    """Return every position's logits of the plain HF model, positions counted over real tokens
-    (as the bridge counts them), on the CPU."""
-    device = model_input_device(model.plain_model)
-    output = model.plain_model(
-        tokens.to(device),
-        attention_mask=mask.to(device),
-        position_ids=position_ids(mask).to(device),
-    )
-    return output.logits.float().cpu()

@@ -122,15 +122,16 @@ def passage_kls(
         tokens, mask = left_pad(encoded[start : start + batch_size], pad)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad():
-            tuned = _logits(hooked.plain_model, tokens, mask, positions)
-            base = _logits(reference.plain_model, tokens, mask, positions)
+            tuned = plain_logits(hooked.plain_model, tokens, mask, positions)
+            base = plain_logits(reference.plain_model, tokens, mask, positions)
         per_position = kl_divergence(base, tuned)  # [batch * pos], padding included
         per_position = per_position.view(mask.shape) * mask
         values.append(per_position.sum(-1) / mask.sum(-1))
     return torch.cat(values)
 
 
-def _logits(model: torch.nn.Module, tokens, mask, positions) -> torch.Tensor:
+def plain_logits(model: torch.nn.Module, tokens, mask, positions) -> torch.Tensor:
+    """Return every position's logits of a plain HF model, on the CPU in float32."""
     device = model_input_device(model)
     output = model(
         tokens.to(device), attention_mask=mask.to(device), position_ids=positions.to(device)

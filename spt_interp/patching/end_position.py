@@ -37,7 +37,13 @@ from spt_interp.model.interventions import HeadOutputSite
 from spt_interp.model.loading import HookedModel, position_ids
 from spt_interp.patching.donor_prefix import donor_continuation, fits_windows
 from spt_interp.patching.reference import hooked_loop_logits
-from spt_interp.patching.replay import attention_modules, outputs_kept, path_attention
+from spt_interp.patching.replay import (
+    attention_modules,
+    lower_layers_replayed,
+    outputs_kept,
+    patched_heads,
+    path_attention,
+)
 from spt_interp.patching.shared_prefix import SharedPrefix, attending_to
 
 # A patched run may differ from the hooked loop's by float rounding only: in float32 by < 3e-7
@@ -144,11 +150,7 @@ class PrefixRun:
     def _replayed(self, first_layer: int, copies: int) -> AbstractContextManager[None]:
         """Return a block in which the layers below ``first_layer`` return their unpatched END
         output, ``copies`` times over, instead of running."""
-        outputs = [
-            hf.map_layer_output(output, lambda t: t.repeat_interleave(copies, 0))
-            for output in self.layer_outputs[:first_layer]
-        ]
-        return hf.replayed_layers(self.layers[:first_layer], outputs)
+        return lower_layers_replayed(self.layers, self.layer_outputs, first_layer, copies)
 
 
 def end_head_outputs(
@@ -232,11 +234,11 @@ def _sender_layer_logits(
     above it compute from the changed residual.
     """
     batch, count = base.tokens.shape[0], len(head_ids)
-    unpatched = base.z[sender].view(batch, 1, 1, -1, d_head)
-    patched = unpatched.repeat(1, count, 1, 1, 1)  # [batch, variant, END, n_heads, d_head]
-    donor = donor_z[sender].view(batch, -1, d_head)
-    for variant, head in enumerate(head_ids):
-        patched[:, variant, -1, head] = donor[:, head]
+    patched = patched_heads(  # [batch, variant, END, n_heads, d_head]
+        base.z[sender].view(batch, 1, -1, d_head),
+        donor_z[sender].view(batch, 1, -1, d_head),
+        head_ids,
+    )
     if method == "path":
         projection = base.site.modules[sender]
         block = path_attention(base.attention, base.attention_outputs, projection, sender, patched)

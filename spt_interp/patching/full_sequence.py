@@ -17,8 +17,6 @@ gradient of the metric with respect to each layer's output-projection input, the
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
-
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -27,7 +25,13 @@ from spt_interp.model import hf_internals as hf
 from spt_interp.model.interventions import HeadOutputSite
 from spt_interp.model.loading import HookedModel, position_ids
 from spt_interp.patching.attribution import first_order_effects
-from spt_interp.patching.replay import attention_modules, outputs_kept, path_attention
+from spt_interp.patching.replay import (
+    attention_modules,
+    lower_layers_replayed,
+    outputs_kept,
+    patched_heads,
+    path_attention,
+)
 from spt_interp.patching.scoring import PatchMetric
 
 
@@ -83,7 +87,7 @@ class FullRun:
         the unpatched ones above the sender, the projection of the patched head outputs at it.
         Activation patching writes the sender's head outputs and lets every later layer run."""
         count = len(head_ids)
-        patched = self._patched_heads(donor_z[sender], sender, head_ids)
+        patched = patched_heads(self.z[sender], donor_z[sender], head_ids)
         if method == "path":
             projection = self.site.modules[sender]
             block = path_attention(
@@ -92,33 +96,11 @@ class FullRun:
         else:
             flat = patched.flatten(0, 1)
             block = self.site.edited({sender: lambda z: z.copy_(flat.to(z.dtype))})
-        with torch.no_grad(), block, self._layers_replayed(sender, count):
+        below = lower_layers_replayed(self.layers, self.layer_outputs, sender, count)
+        with torch.no_grad(), block, below:
             logits = self.model(**_inputs(self.tokens, self.mask, count), logits_to_keep=1)
         batch = self.tokens.shape[0]
         return logits.logits[:, -1].view(batch, count, -1).transpose(0, 1)
-
-    def _patched_heads(
-        self, donor: Float[Tensor, "batch pos n_heads d_head"], sender: int, head_ids: list[int]
-    ) -> Float[Tensor, "batch variant pos n_heads d_head"]:
-        """Return the sender layer's head outputs of each variant: variant v carries the
-        donor's values of head ``head_ids[v]``, every other head its unpatched values."""
-        base = self.z[sender]
-        patched = base[:, None].repeat(1, len(head_ids), 1, 1, 1)
-        variants = torch.arange(len(head_ids), device=base.device)
-        heads = torch.tensor(head_ids, device=base.device)
-        patched[:, variants, :, heads] = donor[:, :, heads].permute(2, 0, 1, 3).to(base.dtype)
-        return patched
-
-    def _layers_replayed(self, sender: int, copies: int) -> AbstractContextManager[None]:
-        """Return a block in which the layers below ``sender`` do not compute: each returns
-        the unpatched output of the one just below the sender, ``copies`` times over (only
-        the sender's layer reads it; the layers between do not run)."""
-        if sender == 0:
-            return nullcontext()
-        last = hf.map_layer_output(
-            self.layer_outputs[sender - 1], lambda t: t.repeat_interleave(copies, 0)
-        )
-        return hf.replayed_layers(self.layers[:sender], [last] * sender)
 
 
 def full_sequence_patched_logits(

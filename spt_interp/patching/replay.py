@@ -12,7 +12,7 @@ every position alike.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -71,3 +71,29 @@ def path_attention(
         for output in unpatched[sender + 1 :]
     ]
     return hf.replayed_layers(attention[sender:], [first, *above])
+
+
+def lower_layers_replayed(
+    layers: list[torch.nn.Module], unpatched: list[Any], first: int, copies: int
+) -> AbstractContextManager[None]:
+    """Return a block in which the decoder layers below ``first`` do not compute: each returns
+    the unpatched output of layer ``first - 1``, ``copies`` times over (rows b * copies + v).
+    Only layer ``first`` reads it; the layers between do not run either."""
+    if first == 0:
+        return nullcontext()
+    last = hf.map_layer_output(unpatched[first - 1], lambda t: t.repeat_interleave(copies, 0))
+    return hf.replayed_layers(layers[:first], [last] * first)
+
+
+def patched_heads(
+    unpatched: Float[Tensor, "batch pos n_heads d_head"],
+    donor: Float[Tensor, "batch pos n_heads d_head"],
+    head_ids: list[int],
+) -> Float[Tensor, "batch variant pos n_heads d_head"]:
+    """Return one layer's head outputs of each variant: variant v carries the donor's values of
+    head ``head_ids[v]``, every other head its unpatched values."""
+    patched = unpatched[:, None].repeat(1, len(head_ids), 1, 1, 1)
+    variants = torch.arange(len(head_ids), device=unpatched.device)
+    heads = torch.tensor(head_ids, device=unpatched.device)
+    patched[:, variants, :, heads] = donor[:, :, heads].permute(2, 0, 1, 3).to(unpatched.dtype)
+    return patched

@@ -10,9 +10,10 @@ Every finished run goes to the run store as it ends (spt_interp.experiments.stor
 frontier resumes where it was, several processes (or a GPU, --device cuda) can add to one
 store, and --report reads whatever is there. Phases per mode: (1) the grid, extended until it
 brackets the mode (spt_interp.experiments.frontier); (2) seeds 1 and 2 at the two rates that
-bracket test confidence 0.7; (3) for spt, three random head sets of the same size and LoRA on
-the located heads, at spt's bracketing rates. --report writes the points (CSV and JSON), the
-values at matched confidence with bootstrap intervals, and the figure.
+bracket test confidence 0.7; (3) there, the mode's controls: for spt three random head sets of
+the same size and LoRA on the located heads, for head steering ("steer", whose axis is alpha,
+nothing trained) steering on the same three random head sets. --report writes the points (CSV
+and JSON), the values at matched confidence with bootstrap intervals, and the figure.
 """
 
 from __future__ import annotations
@@ -27,7 +28,13 @@ from pathlib import Path
 
 import torch
 
-START_GRIDS = {"sft": (4.64e-6, 2.15e-5), "lora": (1e-4, 4.64e-4), "spt": (4.64e-4, 2.15e-3)}
+# a mode's starting grid: learning rates, or for head steering ("steer") alphas
+START_GRIDS = {
+    "sft": (4.64e-6, 2.15e-5),
+    "lora": (1e-4, 4.64e-4),
+    "spt": (4.64e-4, 2.15e-3),
+    "steer": (1.0, 4.64),
+}
 SEEDS = (1, 2)
 RANDOM_SEEDS = (1, 2, 3)
 
@@ -48,7 +55,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--neutral-text", type=Path, required=True)
     parser.add_argument("--suite", type=Path, required=True)
     parser.add_argument("--store", type=Path, required=True, help="the run store's folder")
-    parser.add_argument("--modes", nargs="+", default=["sft", "lora", "spt"])
+    parser.add_argument("--modes", nargs="+", default=list(START_GRIDS), choices=list(START_GRIDS))
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--neutral-limit", type=int, default=40)
@@ -58,7 +65,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--stop-after", type=float, default=math.inf,
                         help="start no new run after this many seconds")  # fmt: skip
     parser.add_argument("--grid", action="append", default=[], metavar="MODE:LOW:HIGH",
-                        help="a mode's starting grid, e.g. spt:4.64e-4:2.15e-3")  # fmt: skip
+                        help="a mode's starting grid, e.g. spt:4.64e-4:2.15e-3 "
+                             "(alphas for steer)")  # fmt: skip
     parser.add_argument("--max-runs", type=int, default=None, help="start at most N new runs")
     parser.add_argument("--report", type=Path, help="write the frontier's tables here, no runs")
     parser.add_argument("--figure", type=Path, help="the figure's path stem (with --report)")
@@ -80,19 +88,26 @@ def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     from comparison_inputs import load_comparison_inputs, located_mask
 
-    from spt_interp.data import build_training_examples
+    from spt_interp.data import build_pairs, build_training_examples
     from spt_interp.errors import SptInterpError
     from spt_interp.evaluation.shift import load_neutral_text
     from spt_interp.evaluation.suite import load_suite
     from spt_interp.experiments.compare import split_by_question
-    from spt_interp.experiments.frontier import extend, log_grid
+    from spt_interp.experiments.frontier import bracket_grid
     from spt_interp.experiments.frontier_report import (
         base_run,
         bracketing_rates,
         curves,
         search_points,
     )
-    from spt_interp.experiments.frontier_runs import FrontierData, FrontierPlan, run_point
+    from spt_interp.experiments.frontier_runs import (
+        FrontierData,
+        FrontierPlan,
+        axis,
+        controls,
+        draws_heads,
+        run_point,
+    )
     from spt_interp.experiments.store import RunStore
     from spt_interp.experiments.trained_run import base_parameters
     from spt_interp.model import weight_files
@@ -132,7 +147,8 @@ def run(args: argparse.Namespace) -> None:
     examples = build_training_examples(train_part, hooked.tokenizer, protocol, plan.split_seed)
     data = FrontierData(examples, validation, inputs.test, protocol,
                         load_neutral_text(args.neutral_text, args.neutral_limit),
-                        load_suite(args.suite, args.suite_limit))  # fmt: skip
+                        load_suite(args.suite, args.suite_limit),
+                        pairs=build_pairs(train_part, hooked.tokenizer, protocol))  # fmt: skip
     base_state = base_parameters(hooked, reference)
     started = time.perf_counter()
     new_runs = 0
@@ -148,12 +164,12 @@ def run(args: argparse.Namespace) -> None:
             print("stopping: budget reached; the store keeps every finished run", flush=True)
             return None
         new_runs += 1
-        print(f"run {mode} lr {lr:g} seed {seed}", flush=True)
+        print(f"run {mode} {axis(mode)} {lr:g} seed {seed}", flush=True)
         result = run_point(hooked, reference, mask, data, plan, mode, lr, seed, base_state,
                            progress=not args.quiet)  # fmt: skip
         record = store.put(setting, result)
         summary = record.get("test", {"diverged": record.get("diverged")})
-        print(json.dumps({"mode": mode, "lr": lr, "seed": seed,
+        print(json.dumps({"mode": mode, axis(mode): lr, "seed": seed,
                           "validation": record.get("validation"), "test": summary,
                           "seconds": round(result["seconds"], 1)}), flush=True)  # fmt: skip
         return record
@@ -162,18 +178,16 @@ def run(args: argparse.Namespace) -> None:
         return
     base = base_run(store.runs())
     for mode in args.modes:
-        for lr in log_grid(*grids[mode]):
-            if get(mode, lr) is None:
-                return
-        while True:
-            verdict = extend(search_points(store.runs(), mode, base),
-                             base["test"]["confidence"], mode=mode)  # fmt: skip
-            print(f"{mode}: {verdict}", flush=True)
-            if verdict.done:
-                break
-            for lr in verdict.next_rates:
-                if get(mode, lr) is None:
-                    return
+        verdict = bracket_grid(
+            grids[mode],
+            lambda value, mode=mode: get(mode, value) is not None,
+            lambda mode=mode: search_points(store.runs(), mode, base),
+            base["test"]["confidence"],
+            mode=mode,
+            report=lambda verdict, mode=mode: print(f"{mode}: {verdict}", flush=True),
+        )
+        if verdict is None:
+            return
     for mode in args.modes:
         pair = bracketing_rates(curves(store.runs()).get(mode, {}), base, 0.7)
         if pair is None:
@@ -183,13 +197,11 @@ def run(args: argparse.Namespace) -> None:
             for seed in SEEDS:
                 if get(mode, lr, seed) is None:
                     return
-        if mode == "spt":
-            for lr in pair:
-                for seed in RANDOM_SEEDS:
-                    if get("random", lr, seed) is None:
+        for lr in pair:
+            for control in controls(mode):
+                for seed in RANDOM_SEEDS if draws_heads(control) else (0,):
+                    if get(control, lr, seed) is None:
                         return
-                if get("lora-heads", lr) is None:
-                    return
     print(f"done: {len(store.runs())} runs in the store", flush=True)
 
 

@@ -22,22 +22,25 @@ from spt_interp.experiments.frontier_report import (
     bracketing_rates,
     curve_name,
     curves,
+    enveloped,
     matched,
     missing,
     search_points,
 )
-from spt_interp.experiments.frontier_runs import FRONTIER_MODES
+from spt_interp.experiments.frontier_runs import FRONTIER_MODES, axis, knob
 
-MODE_ORDER = ("sft", "lora", "spt", "lora-heads")
+MODE_ORDER = ("sft", "lora", "spt", "steer", "lora-heads")
+# the curves SPT's KL is divided by in the matched table
+RIVALS = ("sft", "lora", "steer")
 
 
 def points_table(runs: list[dict[str, Any]], base: dict[str, Any]) -> pd.DataFrame:
     rows = []
     for run in runs:
         setting = run["setting"]
-        row = {"curve": curve_name(setting), "mode": setting["mode"], "lr": setting["lr"],
-               "seed": setting["seed"], "steps": setting["steps"],
-               "batch_size": setting["batch_size"]}  # fmt: skip
+        row = {"curve": curve_name(setting), "mode": setting["mode"], "axis": axis(setting["mode"]),
+               "lr": knob(setting), "seed": setting["seed"], "steps": setting.get("steps"),
+               "batch_size": setting.get("batch_size")}  # fmt: skip
         if "diverged" in run:
             row["diverged"] = run["diverged"]
         else:
@@ -64,15 +67,17 @@ def verdicts(runs: list[dict[str, Any]], base: dict[str, Any]) -> dict[str, Any]
         found[mode] = {"chosen_lr": verdict.chosen, "interior": verdict.interior,
                        "low_end": verdict.low_end, "high_end": verdict.high_end,
                        "done": verdict.done, "next_rates": list(verdict.next_rates),
-                       "rates": sorted(p.lr for p in points)}  # fmt: skip
+                       "axis": axis(mode), "rates": sorted(p.lr for p in points)}  # fmt: skip
     return found
 
 
 def matched_table(runs: list[dict[str, Any]], base: dict[str, Any], draws: int) -> list[dict]:
+    """Return per curve and target confidence: the values read by interpolation along the
+    rate (or alpha) order, and off the curve's Pareto envelope over all its runs."""
     grouped = curves(runs)
     rows = []
     for name in [m for m in MODE_ORDER if m in grouped] + sorted(
-        n for n in grouped if n.startswith("random")
+        n for n in grouped if "(seed " in n
     ):
         for target in TARGETS:
             row: dict[str, Any] = {"curve": name, "confidence": target}
@@ -85,9 +90,15 @@ def matched_table(runs: list[dict[str, Any]], base: dict[str, Any], draws: int) 
                     row[f"{quantity}_over_seeds"] = matched(
                         grouped[name], base, target, quantity, draws=draws, over_seeds=True
                     ).as_dict()
-            for other in ("sft", "lora"):
+                row[f"{quantity}_envelope"] = enveloped(
+                    grouped[name], base, target, quantity, draws=draws
+                ).as_dict()
+            for other in RIVALS:
                 if name == "spt" and other in grouped:
                     row[f"kl_ratio_{other}_to_spt"] = matched(
+                        grouped[other], base, target, "kl", draws=draws,
+                        divide_by=grouped["spt"]).as_dict()  # fmt: skip
+                    row[f"kl_ratio_{other}_to_spt_envelope"] = enveloped(
                         grouped[other], base, target, "kl", draws=draws,
                         divide_by=grouped["spt"]).as_dict()  # fmt: skip
             rows.append(row)
@@ -105,18 +116,23 @@ def _text(interval: dict[str, Any] | None, digits: int = 4) -> str:
     return text
 
 
+def _knob(row: Any) -> str:
+    return f"alpha {row['lr']:g}" if row["axis"] == "alpha" else f"{row['lr']:g}"
+
+
 def markdown_points(points: pd.DataFrame) -> str:
     """Return the finished runs as a markdown table, mode by mode and rate by rate."""
-    lines = ["| mode | lr | seed | validation score | test confidence | KL, neutral text | "
-             "suite change | train s |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| mode | lr (alpha: steering) | seed | validation score | test confidence | "
+             "KL, neutral text | suite change | train s |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for _, row in points.sort_values(["mode", "lr", "seed"]).iterrows():
         if row["mode"] == "base":
             continue
         if isinstance(row.get("diverged"), str):
-            lines.append(f"| {row['curve']} | {row['lr']:g} | {row['seed']} | diverged | | | | |")
+            lines.append(f"| {row['curve']} | {_knob(row)} | {row['seed']} | diverged | | | | |")
             continue
         lines.append(
-            f"| {row['curve']} | {row['lr']:g} | {row['seed']} | "
+            f"| {row['curve']} | {_knob(row)} | {row['seed']} | "
             f"{row['validation_score']:.3f} | {row['test_confidence']:.3f} | "
             f"{row['test_kl']:.4f} | {100 * row['general_change']:+.1f} pts | "
             f"{row['train_seconds']:.0f} |"
@@ -124,7 +140,25 @@ def markdown_points(points: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def figure(points: pd.DataFrame, stem: Path) -> dict[str, str]:
+def envelope_steps(confidences: list[float], values: list[float], least: bool) -> tuple:
+    """Return (x, y) of a Pareto envelope drawn as steps: at confidence c, the least (or the
+    largest) value of any run whose confidence is at least c."""
+    xs: list[float] = []
+    ys: list[float] = []
+    previous = 0.0
+    for level in sorted(set(confidences)):
+        reached = [v for c, v in zip(confidences, values, strict=True) if c >= level]
+        best = min(reached) if least else max(reached)
+        xs += [previous, level]
+        ys += [best, best]
+        previous = level
+    return xs, ys
+
+
+def figure(points: pd.DataFrame, stem: Path, title: str = "") -> dict[str, str]:
+    """Every finished run as a point (all seeds and head sets), and per mode its Pareto
+    envelope: the least KL (left) and the smallest suite loss (right) at which any of its runs
+    reaches at least that confidence. Random head sets are pooled per mode."""
     import plotly
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -132,31 +166,34 @@ def figure(points: pd.DataFrame, stem: Path) -> dict[str, str]:
     from spt_interp.viz.plots import save_figure
 
     done = points[points.get("diverged").isna()] if "diverged" in points else points
-    done = done[(done["mode"] != "base") & (done["seed"] == 0) | (done["mode"] == "random")]
-    plot = make_subplots(
-        rows=1,
-        cols=2,
-        subplot_titles=(
-            "KL on neutral text (log) vs confidence",
-            "general-ability change vs confidence",
-        ),
-    )
+    done = done[done["mode"] != "base"]
+    plot = make_subplots(rows=1, cols=2, subplot_titles=(
+        "KL on neutral text (log) vs confidence: points and envelope",
+        "suite change vs confidence: points and envelope"))  # fmt: skip
     palette = plotly.colors.qualitative.Plotly
-    for number, (name, group) in enumerate(done.groupby("curve", sort=False)):
-        group = group.sort_values("lr")
+    order = [m for m in MODE_ORDER if m in set(done["mode"])]
+    order += sorted(set(done["mode"]) - set(order))
+    for number, mode in enumerate(order):
+        group = done[done["mode"] == mode]
         colour = palette[number % len(palette)]
-        text = [f"lr {lr:g}" for lr in group["lr"]]
-        dash = "dot" if name.startswith("random") else "solid"
-        for column, col in (("test_kl", 1), ("general_change", 2)):
-            plot.add_trace(go.Scatter(x=group["test_confidence"], y=group[column], text=text,
-                                      mode="lines+markers", name=name, legendgroup=name,
-                                      showlegend=col == 1, line={"dash": dash, "color": colour},
-                                      marker={"color": colour}),
+        sets = group["curve"].nunique()
+        name = f"{mode} ({sets} head sets)" if sets > 1 else mode
+        text = [f"{a} {v:g}, seed {s}" for a, v, s in zip(group["axis"], group["lr"],
+                                                         group["seed"], strict=True)]  # fmt: skip
+        confidence = group["test_confidence"].tolist()
+        for column, col, least in (("test_kl", 1, True), ("general_change", 2, False)):
+            plot.add_trace(go.Scatter(x=confidence, y=group[column], text=text, mode="markers",
+                                      name=name, legendgroup=name, showlegend=col == 1,
+                                      marker={"color": colour, "size": 7, "opacity": 0.6}),
+                           row=1, col=col)  # fmt: skip
+            xs, ys = envelope_steps(confidence, group[column].tolist(), least)
+            plot.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=name, legendgroup=name,
+                                      showlegend=False, line={"color": colour, "width": 2}),
                            row=1, col=col)  # fmt: skip
     plot.update_yaxes(type="log", title_text="KL(base || tuned), nats", row=1, col=1)
     plot.update_yaxes(title_text="suite macro acc, tuned - base", row=1, col=2)
     plot.update_xaxes(title_text="test confidence (decision read-out)", range=[-0.02, 1.02])
-    plot.update_layout(width=1100, height=450, template="plotly_white")
+    plot.update_layout(width=1100, height=450, template="plotly_white", title=title or None)
     return save_figure(plot, stem.parent, stem.name)
 
 
@@ -176,9 +213,11 @@ def write_report(store: Any, out: Path, stem: Path | None, plan: Any, draws: int
         "grids": verdicts(runs, base),
         "matched": matched_table(runs, base, draws),
         "bootstrap": f"{draws} draws; test records, neutral passages and suite items (within "
-        "task) resampled with the same indices for every run; over seeds: one of each rate's "
-        "seeds drawn per draw; percentile 95% interval over draws where the curve reaches the "
-        "confidence",
+        "task) resampled with the same indices for every run (the suite change is paired: "
+        "tuned and base on the same drawn items); over seeds: one of each rate's seeds drawn "
+        "per draw; percentile 95% interval over draws where the curve reaches the confidence",
+        "envelope": "per curve, over all its runs (every rate or alpha and seed): the least KL, "
+        "and the smallest suite loss, of any run whose test confidence is at least the target",
         "base": {k: base[k] for k in ("test", "validation")},
         "runs": len(grouped_runs),
         "missing": missing(runs, FRONTIER_MODES),
@@ -189,7 +228,8 @@ def write_report(store: Any, out: Path, stem: Path | None, plan: Any, draws: int
     print(f"{len(runs)} runs; grids: {json.dumps(report['grids'])}")
     for row in report["matched"]:
         extra = "".join(f"  {k}: {_text(row[k], 3)}" for k in row if k.startswith("kl_ratio"))
-        print(f"{row['curve']:>18} @ {row['confidence']}: KL {_text(row['kl'])}  general change "
-              f"{_text(row['general_change'], 3)}{extra}")  # fmt: skip
+        print(f"{row['curve']:>22} @ {row['confidence']}: KL {_text(row['kl'])}, envelope "
+              f"{_text(row['kl_envelope'])}  suite change {_text(row['general_change'], 3)}, "
+              f"envelope {_text(row['general_change_envelope'], 3)}{extra}")  # fmt: skip
     if stem is not None:
         print(json.dumps(figure(points, stem)))

@@ -14,6 +14,7 @@ from spt_interp.errors import SptInterpError
 from spt_interp.experiments.frontier import (
     SearchPoint,
     bootstrap,
+    bracket_grid,
     extend,
     grid_index,
     grid_rate,
@@ -81,6 +82,47 @@ def test_a_grid_that_never_brackets_is_refused_past_its_cap():
     flat = [SearchPoint(lr, 0.5, BASE_CONFIDENCE + 0.3, 0.01, 0.0) for lr in log_grid(1e-4, 1e-3)]
     with pytest.raises(SptInterpError, match="not bracketed within 5 rates"):
         extend(flat, BASE_CONFIDENCE, max_rates=5)
+
+
+def synthetic_steering(alpha: float, best: float = 10.0) -> SearchPoint:
+    """A steering curve over alpha peaking at ``best``: confidence rises with alpha, KL grows
+    as alpha squared, general ability falls linearly (nothing diverges)."""
+    ratio = alpha / best
+    return SearchPoint(alpha, 0.9 - 0.2 * abs(math.log10(ratio)),
+                       BASE_CONFIDENCE + 0.85 / (1 + ratio**-2), kl=0.05 * ratio**2,
+                       general_change=-0.02 * ratio)  # fmt: skip
+
+
+def walk(start: tuple[float, float], budget: int = 100) -> tuple[list[float], object]:
+    """Run bracket_grid on the synthetic steering curve, as the frontier runs it."""
+    ran: dict[float, SearchPoint] = {}
+
+    def run_at(alpha: float) -> bool:
+        if alpha not in ran and len(ran) == budget:
+            return False
+        ran.setdefault(alpha, synthetic_steering(alpha))
+        return True
+
+    verdict = bracket_grid(start, run_at, lambda: list(ran.values()), BASE_CONFIDENCE,
+                           mode="steer")  # fmt: skip
+    return sorted(ran), verdict
+
+
+def test_the_alpha_grid_extends_by_the_rate_rule_until_bracketed():
+    # Up from 1 .. 4.64: the best (10) is the top twice, then interior; the high end is where
+    # KL 0.05 (a / 10)^2 passes 1 (a = 46.4: 1.08; 21.5 gives 0.23, general change -4.3 pts);
+    # the low end holds at 1 (confidence 0.1 + 0.85 / 101 = 0.108, within 0.05 of the base).
+    alphas, verdict = walk((1.0, 4.64))
+    assert alphas == [1.0, 2.15, 4.64, 10.0, 21.5, 46.4]
+    assert (verdict.chosen, verdict.interior, verdict.low_end, verdict.high_end) == (
+        10.0, True, True, True)  # fmt: skip
+    # Down from 100 .. 464: interior once 4.64 is in; the low end needs 0.85 / (1 + (10/a)^2)
+    # <= 0.05, i.e. a <= 2.5: the first grid alpha there is 2.15.
+    alphas, verdict = walk((100.0, 464.0))
+    assert alphas == log_grid(2.15, 464.0) and verdict.chosen == 10.0 and verdict.done
+    # A budget that ends the walk early returns None, having run exactly the budget.
+    alphas, verdict = walk((1.0, 4.64), budget=4)
+    assert verdict is None and alphas == [1.0, 2.15, 4.64, 10.0]
 
 
 def test_interpolation_at_matched_confidence_by_hand():
@@ -260,3 +302,56 @@ def test_missing_names_the_controls_spt_lacks_at_its_bracketing_rates():
         "lora-heads: no run at lr 0.001",
     ]
     assert missing(runs, ["sft"]) == ["sft: no runs"]  # sft has no controls
+
+
+def as_steering(run: dict) -> dict:
+    """The same run as a steering run: spt -> steer, random -> steer-random, lr -> alpha."""
+    setting = dict(run["setting"])
+    setting["mode"] = {"spt": "steer", "random": "steer-random"}.get(setting["mode"], "base")
+    setting["alpha"] = setting.pop("lr") * 1e4
+    return {**run, "setting": setting}
+
+
+def test_steering_runs_are_read_by_alpha_and_lack_their_random_head_sets():
+    from spt_interp.experiments.frontier_report import curves, missing
+
+    runs = [as_steering(r) for r in synthetic_frontier() if r["setting"]["mode"] != "lora-heads"]
+    assert missing(runs, ["steer"]) == []
+    grouped = curves(runs)
+    assert sorted(grouped["steer"]) == [1.0, 2.15, 4.64, 10.0, 21.5]
+    assert sorted(grouped) == ["steer"] + [f"steer-random (seed {s})" for s in (1, 2, 3)]
+    runs = [r for r in runs if (r["setting"]["mode"], r["setting"]["seed"]) != ("steer-random", 2)]
+    assert missing(runs, ["steer"]) == [
+        "steer: 2 of 3 steer-random head sets at alpha 4.64",
+        "steer: 2 of 3 steer-random head sets at alpha 10",
+    ]
+
+
+def test_the_envelope_is_the_least_kl_of_any_run_reaching_the_confidence_by_hand():
+    from spt_interp.experiments.frontier_report import envelope_at, enveloped
+
+    base = fake_run("base", 0.0, [0, 0, 0, 0], [0.0, 0.0], [1, 1, 0, 0])
+    # Confidence is not monotone in the rate (1e-2 collapses to 0): the envelope reads every
+    # run, seeds included, in no order.
+    runs = {
+        1e-3: [fake_run("spt", 1e-3, [1, 0, 0, 0], [0.01, 0.03], [1, 1, 0, 0]),  # .25, KL .02
+               fake_run("spt", 1e-3, [1, 1, 1, 1], [0.1, 0.3], [1, 0, 0, 0], seed=1)],  # 1, .2
+        2e-3: [fake_run("spt", 2e-3, [1, 1, 1, 0], [0.05, 0.15], [1, 1, 0, 0])],  # .75, .1
+        1e-2: [fake_run("spt", 1e-2, [0, 0, 0, 0], [0.9, 1.1], [0, 0, 0, 0])],  # 0, 1.0
+    }  # fmt: skip
+    every = [run for group in runs.values() for run in group]
+    assert envelope_at(every, base, 0.7, "kl") == pytest.approx(0.1)
+    assert envelope_at(every, base, 0.9, "kl") == pytest.approx(0.2)
+    assert envelope_at(every, base, 0.2, "kl") == pytest.approx(0.02)
+    # Suite change (tuned - base, macro over one task): 0 at 2e-3, -0.25 at seed 1: the best is 0.
+    assert envelope_at(every, base, 0.7, "general_change") == 0.0
+    assert math.isnan(envelope_at(runs[1e-2], base, 0.1, "kl"))
+    # One resample by hand: test records 0, 0, 3, 3; passages 1, 1; suite 0, 0, 2, 2.
+    idx = {"test": np.array([0, 0, 3, 3]), "kl": np.array([1, 1]), "suite": np.array([0, 0, 2, 2])}
+    # Confidences: 1e-3 seed 0 -> .5, seed 1 -> 1, 2e-3 -> .5, 1e-2 -> 0; KLs .03, .3, .15, 1.1.
+    assert envelope_at(every, base, 0.5, "kl", idx) == pytest.approx(0.03)
+    assert envelope_at(every, base, 0.7, "kl", idx) == pytest.approx(0.3)
+    interval = enveloped(runs, base, 0.7, "kl", draws=300)
+    assert interval.value == pytest.approx(0.1) and interval.low <= 0.1 <= interval.high
+    ratio = enveloped(runs, base, 0.7, "kl", draws=50, divide_by=runs)
+    assert ratio.value == 1.0 and ratio.low == ratio.high == 1.0

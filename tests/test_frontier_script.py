@@ -74,6 +74,20 @@ def test_the_script_keeps_finished_runs_resumes_without_redoing_them_and_reports
     assert written["protocol"].startswith("lr frontier (decision read-out)")
     assert written["grids"]["spt"]["rates"] == [4.64e-4, 1e-3]
 
+    steering = frontier(*common, "--modes", "steer", "--max-runs", "1")
+    assert steering.returncode == 0, steering.stderr[-2000:]
+    assert [line for line in steering.stdout.splitlines() if line.startswith("run ")] == [
+        "run steer alpha 1 seed 0"
+    ]
+    report = frontier(*common, "--report", str(tmp_path / "report"))
+    assert report.returncode == 0, report.stderr[-2000:]
+    with (tmp_path / "report" / "points.csv").open() as handle:
+        rows = {(r["mode"], r["axis"], float(r["lr"])) for r in csv.DictReader(handle)}
+    assert ("steer", "alpha", 1.0) in rows and ("spt", "lr", 1e-3) in rows
+    written = json.loads((tmp_path / "report" / "frontier.json").read_text())
+    assert written["grids"]["steer"]["rates"] == [1.0]
+    assert "steer: grid not bracketed (next: 2.15)" not in written["missing"]  # start grid first
+
     diverging = frontier(*inputs(organism_dir, tmp_path), "--store", str(tmp_path / "nan"),
                          "--grid", "spt:1e37:2.15e37")  # fmt: skip
     assert diverging.returncode != 0
@@ -88,3 +102,47 @@ def test_the_script_keeps_finished_runs_resumes_without_redoing_them_and_reports
     assert refused.returncode != 0
     assert refused.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "written for another neutral_text" in refused.stderr
+
+
+def test_a_steering_point_at_alpha_zero_measures_the_base_and_its_random_sets_are_randoms(
+    organism_dir, tmp_path
+):
+    """run_point in a steering mode: alpha 0 gives the base's every per-item number bit for bit
+    (a vector added times zero), a positive alpha moves them, the vectors are taken once per
+    (mode, seed), and steer-random steers the head sets the random-heads method trains."""
+    from spt_interp.data import build_pairs, load_dialogues, protocol_for
+    from spt_interp.evaluation.shift import load_neutral_text
+    from spt_interp.evaluation.suite import load_suite
+    from spt_interp.experiments.frontier_runs import FrontierData, FrontierPlan, run_point
+    from spt_interp.experiments.trained_run import base_parameters
+    from spt_interp.mask import HeadMask
+    from spt_interp.model import load_model
+
+    hooked, reference = (load_model(organism_dir / "model") for _ in range(2))
+    records = load_dialogues(organism_dir / "data" / "train.jsonl")
+    protocol = protocol_for(hooked)
+    args = inputs(organism_dir, tmp_path)
+    data = FrontierData([], records[:3], records[3:9], protocol,
+                        load_neutral_text(args[args.index("--neutral-text") + 1]),
+                        load_suite(args[args.index("--suite") + 1]),
+                        pairs=build_pairs(records[9:17], hooked.tokenizer, protocol))  # fmt: skip
+    mask = HeadMask.from_heads(hooked, [(0, 1), (1, 0)], components=("q", "o"))
+    plan = FrontierPlan(eval_batch_size=4, max_new_tokens=4)
+    state = base_parameters(hooked, reference)
+
+    def point(mode, value, seed=0):
+        return run_point(hooked, reference, mask, data, plan, mode, value, seed, state)
+
+    base, zero, strong = point("base", 0.0), point("steer", 0.0), point("steer", 8.0)
+    assert zero["items"] == base["items"] and zero["validation"] == base["validation"]
+    assert strong["items"]["kl"] != base["items"]["kl"] and min(strong["items"]["kl"]) > 0
+    assert set(data.steerings) == {("steer", 0)} and zero["trainable"] == 0
+    point("steer", 1.0, seed=1)  # another draw of the pairs: other vectors
+    resampled = data.steerings[("steer", 1)]
+    assert not resampled.vectors.equal(data.steerings[("steer", 0)].vectors)
+    for seed in (1, 2):
+        assert plan.setting("steer-random", 1.0, seed, mask)["heads"]["heads"] == (
+            plan.setting("random", 1e-3, seed, mask)["heads"]["heads"])  # fmt: skip
+    heads = {"heads": [[0, 1], [1, 0]]}
+    assert plan.setting("steer", 2.15, 0, mask) == {
+        "mode": "steer", "alpha": 2.15, "seed": 0, "heads": heads}  # fmt: skip

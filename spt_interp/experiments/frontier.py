@@ -137,6 +137,38 @@ def extend(
     return GridVerdict(chosen, interior, low_end, high_end, tuple(wanted))
 
 
+def bracket_grid(
+    start: tuple[float, float],
+    run_at: Callable[[float], bool],
+    points_of: Callable[[], Sequence[SearchPoint]],
+    base_confidence: float,
+    *,
+    mode: str = "mode",
+    per_decade: int = PER_DECADE,
+    report: Callable[[GridVerdict], None] = lambda verdict: None,
+) -> GridVerdict | None:
+    """Run a mode's grid until it is bracketed and return the final verdict.
+
+    ``start``: the starting grid's ends (every grid value between them runs first);
+    ``run_at(value)`` runs the mode at one grid value, or finds it already run, and returns
+    False when the budget stops it (then None is returned); ``points_of()`` returns every
+    point of the mode run so far (earlier extensions included), which ``extend`` judges after
+    each round; ``report`` sees each verdict. The axis is any positive knob: a learning rate,
+    or a steering's alpha.
+    """
+    for value in log_grid(*start, per_decade):
+        if not run_at(value):
+            return None
+    while True:
+        verdict = extend(points_of(), base_confidence, mode=mode, per_decade=per_decade)
+        report(verdict)
+        if verdict.done:
+            return verdict
+        for value in verdict.next_rates:
+            if not run_at(value):
+                return None
+
+
 def interpolate_at(
     curve: Sequence[tuple[float, float, float]], target: float, *, log_y: bool = False
 ) -> tuple[float, float, float] | None:

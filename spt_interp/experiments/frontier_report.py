@@ -12,8 +12,8 @@ import numpy as np
 
 from spt_interp.evaluation.measure import macro_accuracy, share
 from spt_interp.experiments.frontier import Interval, SearchPoint, bootstrap, interpolate_at
+from spt_interp.experiments.frontier_runs import axis, controls, draws_heads, knob
 from spt_interp.experiments.trained_run import UNTRAINED
-from spt_interp.tuning.methods import find_method, method_class
 
 TARGETS = (0.5, 0.7, 0.9)
 
@@ -30,10 +30,9 @@ def base_run(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def curve_name(setting: dict[str, Any]) -> str:
-    """Return the curve a run belongs to: its mode; a method that draws its heads gets one
+    """Return the curve a run belongs to: its mode; a mode that draws its heads gets one
     curve per seed (each seed is another head set)."""
-    method = find_method(setting["mode"])
-    if method is not None and method.draws_heads:
+    if draws_heads(setting["mode"]):
         return f"{setting['mode']} (seed {setting['seed']})"
     return setting["mode"]
 
@@ -46,13 +45,13 @@ def search_points(runs: Sequence[dict[str, Any]], mode: str, base: dict, seed: i
         if setting["mode"] != mode or setting["seed"] != seed:
             continue
         if "diverged" in run:
-            points.append(SearchPoint(setting["lr"], None))
+            points.append(SearchPoint(knob(setting), None))
             continue
         test = run["test"]
         change = test["suite_acc"] - base["test"]["suite_acc"]
         points.append(
             SearchPoint(
-                setting["lr"], run["validation"]["score"], test["confidence"], test["kl"], change
+                knob(setting), run["validation"]["score"], test["confidence"], test["kl"], change
             )
         )
     return points
@@ -65,7 +64,7 @@ def curves(runs: Sequence[dict[str, Any]]) -> dict[str, dict[float, list[dict[st
         setting = run["setting"]
         if setting["mode"] == UNTRAINED:
             continue
-        grouped[curve_name(setting)][setting["lr"]].append(run)
+        grouped[curve_name(setting)][knob(setting)].append(run)
     for by_rate in grouped.values():
         for group in by_rate.values():
             group.sort(key=lambda r: r["setting"]["seed"])
@@ -163,6 +162,57 @@ def matched(
     return bootstrap(statistic, sizes, draws=draws, seed=seed, strata=strata)
 
 
+def envelope_at(
+    runs: Sequence[dict[str, Any]],
+    base: dict[str, Any],
+    target: float,
+    quantity: str,
+    idx: dict[str, np.ndarray] | None = None,
+) -> float:
+    """Return the Pareto envelope of ``runs`` at ``target``: the least KL ("kl"), or the
+    smallest suite loss ("general_change": the largest change), of any run whose confidence
+    reaches ``target``, whatever its rate or seed; NaN when none reaches it."""
+    tasks = base["items"]["suite_tasks"]
+    reached = []
+    for run in runs:
+        confidence, kl, change = _point(run, base, tasks, idx)
+        if confidence >= target:
+            reached.append(kl if quantity == "kl" else change)
+    if not reached:
+        return math.nan
+    return min(reached) if quantity == "kl" else max(reached)
+
+
+def enveloped(
+    by_rate: dict[float, list[dict[str, Any]]],
+    base: dict[str, Any],
+    target: float,
+    quantity: str,
+    *,
+    draws: int = 1000,
+    seed: int = 0,
+    divide_by: dict[float, list[dict[str, Any]]] | None = None,
+) -> Interval:
+    """Return the envelope's ``quantity`` at ``target`` over every run of a curve (all rates and
+    seeds) with a bootstrap 95% interval (or, with ``divide_by``, its ratio to another curve's
+    envelope). Each draw resamples the test records, passages and suite items (within task),
+    the same indices for every run, and takes the envelope again.
+
+    The envelope is a minimum over runs, so it leans low where runs are many; the interval
+    covers the items' noise, not that selection (read it beside the interpolation)."""
+    used = [by_rate] + ([divide_by] if divide_by is not None else [])
+    every = [[run for group in curve.values() for run in group] for curve in used]
+    strata = {"suite": np.asarray(base["items"]["suite_tasks"])}
+
+    def statistic(idx: dict[str, np.ndarray]) -> float:
+        value = envelope_at(every[0], base, target, quantity, idx)
+        if divide_by is None:
+            return value
+        return value / envelope_at(every[1], base, target, quantity, idx)
+
+    return bootstrap(statistic, _sizes(base), draws=draws, seed=seed, strata=strata)
+
+
 def bracketing_rates(by_rate: dict[float, list[dict]], base: dict, target: float):
     """Return the two rates whose seed-0 runs straddle ``target`` confidence, or None."""
     tasks = base["items"]["suite_tasks"]
@@ -201,7 +251,8 @@ def missing(runs: Sequence[dict[str, Any]], modes: Sequence[str], seeds: int = 3
             continue
         for lr in pair:
             if len(grouped[mode][lr]) < seeds:
-                lacking.append(f"{mode}: {len(grouped[mode][lr])} of {seeds} seeds at lr {lr:g}")
+                have = len(grouped[mode][lr])
+                lacking.append(f"{mode}: {have} of {seeds} seeds at {axis(mode)} {lr:g}")
         lacking += _missing_controls(grouped, mode, pair)
     return lacking
 
@@ -211,11 +262,13 @@ def _missing_controls(grouped: dict[str, dict[float, list]], mode: str, pair) ->
     control that draws its heads, one run of any other."""
     lacking = []
     for lr in pair:
-        for control in method_class(mode).controls:
-            if method_class(control).draws_heads:
+        for control in controls(mode):
+            if draws_heads(control):
                 sets = sum(lr in grouped[n] for n in grouped if n.startswith(f"{control} (seed "))
                 if sets < 3:
-                    lacking.append(f"{mode}: {sets} of 3 {control} head sets at lr {lr:g}")
+                    lacking.append(
+                        f"{mode}: {sets} of 3 {control} head sets at {axis(mode)} {lr:g}"
+                    )
             elif lr not in grouped.get(control, {}):
-                lacking.append(f"{control}: no run at lr {lr:g}")
+                lacking.append(f"{control}: no run at {axis(mode)} {lr:g}")
     return lacking

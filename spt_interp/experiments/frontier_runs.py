@@ -14,35 +14,85 @@ The instruments, chosen so that a run costs about as much to measure as to train
 - general ability: the third-party suite's per-item acc (macro over tasks), as a change from
   the base measured on the same items.
 
+Head steering (``steer``, and ``steer-random`` on the random head sets) is measured the same
+way with nothing trained: the located heads' outputs get alpha times their mean X_c - X_r END
+difference over the training records' pairs (``spt_interp.tuning.steering``); its frontier axis
+is alpha where the methods' is the learning rate. A steering seed > 0 takes the vectors from a
+bootstrap resample of the pairs, the analogue of a training seed; ``steer-random``'s seed draws
+the head set, as ``random``'s does (the same sets).
+
 Every per-item value is kept, so that intervals can be bootstrapped over test items later.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
+from spt_interp.data import PromptPair
 from spt_interp.data.protocol import Protocol
 from spt_interp.data.records import DialogueRecord
+from spt_interp.errors import SptInterpError
 from spt_interp.evaluation.measure import Instruments, macro_accuracy, measure, share
 from spt_interp.evaluation.run import GenerationSettings
 from spt_interp.evaluation.shift import NeutralText
 from spt_interp.evaluation.suite import SuiteItem
 from spt_interp.experiments.compare import validation_score
 from spt_interp.experiments.trained_run import UNTRAINED, TrainedRun, applied, train_run
-from spt_interp.mask import HeadMask
+from spt_interp.mask import HeadMask, random_mask
 from spt_interp.tuning.config import TuneConfig
 from spt_interp.tuning.deltas import restore_parameters
-from spt_interp.tuning.methods import find_method
+from spt_interp.tuning.methods import find_method, method_class
+from spt_interp.tuning.steering import HeadSteering
 
 if TYPE_CHECKING:
     from spt_interp.model.loading import HookedModel
 
-FRONTIER_MODES = ("sft", "lora", "spt")
+FRONTIER_MODES = ("sft", "lora", "spt", "steer")
 PROTOCOL_NAME = "lr frontier (decision read-out)"
+# steering mode -> whether its seed draws the head set (as the random-heads method's does)
+STEERING_MODES = {"steer": False, "steer-random": True}
+
+
+def is_steering(mode: str) -> bool:
+    return mode in STEERING_MODES
+
+
+def axis(mode: str) -> str:
+    """Return the name of ``mode``'s frontier axis: "alpha" for steering, else "lr"."""
+    return "alpha" if is_steering(mode) else "lr"
+
+
+def knob(setting: dict[str, Any]) -> float:
+    """Return a stored run's position on its frontier axis: alpha for steering, else the lr."""
+    return setting["alpha"] if is_steering(setting["mode"]) else setting["lr"]
+
+
+def draws_heads(mode: str) -> bool:
+    """Whether each seed of ``mode`` is another head set (a curve per seed)."""
+    if is_steering(mode):
+        return STEERING_MODES[mode]
+    method = find_method(mode)
+    return method is not None and method.draws_heads
+
+
+def controls(mode: str) -> tuple[str, ...]:
+    """Return the modes a frontier runs beside ``mode`` at its bracketing settings."""
+    if mode == "steer":
+        return ("steer-random",)
+    return () if is_steering(mode) else method_class(mode).controls
+
+
+def heads_of(mode: str, mask: HeadMask | None, seed: int) -> HeadMask | None:
+    """Return the head mask ``mode`` trains or steers at ``seed`` (None: no mask)."""
+    if is_steering(mode):
+        return random_mask(mask, seed) if STEERING_MODES[mode] and mask is not None else mask
+    method = find_method(mode)  # None: the untuned base
+    return None if method is None or mask is None else method.trained_mask(mask, seed)
 
 
 @dataclass(frozen=True)
@@ -58,16 +108,18 @@ class FrontierPlan:
     eval_batch_size: int = 16
     max_new_tokens: int = 16  # validation replies (the comparison protocol's default)
 
-    def setting(self, mode: str, lr: float, seed: int, heads: HeadMask | None) -> dict[str, Any]:
-        """Return the settings that name a run in the store (a changed one is another run)."""
-        method = find_method(mode)  # None: the untuned base
-        trained = None if method is None or heads is None else method.trained_mask(heads, seed)
+    def setting(self, mode: str, value: float, seed: int, heads: HeadMask | None) -> dict:
+        """Return the settings that name a run in the store (a changed one is another run);
+        ``value`` is the lr, or a steering's alpha."""
+        trained = heads_of(mode, heads, seed)
         used = None
         if trained is not None:
-            used = {
-                "heads": sorted(map(list, trained.head_set)),
-                "components": list(trained.components),
-            }
+            used = {"heads": sorted(map(list, trained.head_set))}
+            if not is_steering(mode):
+                used["components"] = list(trained.components)
+        if is_steering(mode):
+            return {"mode": mode, "alpha": value, "seed": seed, "heads": used}
+        lr = value
         return {
             "mode": mode,
             "lr": lr,
@@ -106,6 +158,10 @@ class FrontierData:
     protocol: Protocol
     neutral: NeutralText
     suite: list[SuiteItem]
+    # the pairs steering vectors are taken from (the training records'), and the vectors taken
+    # so far: (mode, seed) -> steering at alpha 1
+    pairs: list[PromptPair] = field(default_factory=list)
+    steerings: dict[tuple[str, int], HeadSteering] = field(default_factory=dict)
 
 
 VALIDATION_METRICS = ("confidence", "truthfulness")
@@ -172,12 +228,14 @@ def run_point(
     base_state: dict[str, torch.Tensor],
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Return one run's result: trained (unless ``mode`` is "base") and measured; ``progress``
-    shows the training's bar.
+    """Return one run's result: trained (unless ``mode`` is "base"; a steering mode steers with
+    alpha ``lr``) and measured; ``progress`` shows the training's bar.
 
     A diverging loss is a result ("diverged" with its message), not a failure.
     """
     started = time.perf_counter()
+    if is_steering(mode):
+        return steer_point(hooked, reference, mask, data, plan, mode, lr, seed)
     if mode == UNTRAINED:
         run = TrainedRun.untrained()
     else:
@@ -200,6 +258,55 @@ def run_point(
         "trainable": run.trainable,
         "train_seconds": run.seconds,
         "n_train_examples": len(data.examples),
+        "seconds": time.perf_counter() - started,
+        "device": str(hooked.device),
+    }
+
+
+def steering_of(
+    hooked: HookedModel, mask: HeadMask, data: FrontierData, mode: str, seed: int
+) -> HeadSteering:
+    """Return ``mode``'s steering at ``seed`` (alpha 1), taking its vectors the first time."""
+    key = (mode, seed)
+    if key not in data.steerings:
+        if not data.pairs:
+            raise SptInterpError(f"--modes {mode}: the frontier has no pairs to steer by")
+        heads = heads_of(mode, mask, seed)
+        pairs = data.pairs
+        resampled = seed > 0 and not STEERING_MODES[mode]
+        if resampled:  # the analogue of a training seed: another draw of the same pairs
+            picks = np.random.default_rng(seed).integers(0, len(pairs), len(pairs))
+            pairs = [pairs[i] for i in picks]
+        source = {"pairs_drawn": f"bootstrap resample (seed {seed})" if resampled else "all"}
+        data.steerings[key] = HeadSteering.from_pairs(
+            hooked, pairs, sorted(heads.head_set), 1.0, source=source
+        )
+    return data.steerings[key]
+
+
+def steer_point(
+    hooked: HookedModel,
+    reference: HookedModel,
+    mask: HeadMask | None,
+    data: FrontierData,
+    plan: FrontierPlan,
+    mode: str,
+    alpha: float,
+    seed: int,
+) -> dict[str, Any]:
+    """Return one steering run's result: the heads' vectors at ``alpha``, measured."""
+    if mask is None:
+        raise SptInterpError(f"--modes {mode} needs the located heads (--scores)")
+    started = time.perf_counter()
+    steering = steering_of(hooked, mask, data, mode, seed).with_alpha(alpha)
+    vector_seconds = time.perf_counter() - started
+    with steering.applied(hooked):
+        measured = measure_point(hooked, reference, data, plan.eval_batch_size, plan.max_new_tokens)
+    return {
+        **measured,
+        "trainable": 0,
+        "train_seconds": vector_seconds,
+        "n_train_examples": len(data.pairs),
         "seconds": time.perf_counter() - started,
         "device": str(hooked.device),
     }

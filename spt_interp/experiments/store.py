@@ -99,16 +99,21 @@ class RunStore:
         return record
 
     def runs(self) -> list[dict[str, Any]]:
-        """Return every stored run, ordered by (mode, lr, seed)."""
+        """Return every stored run, ordered by mode, then by the setting's numbers in its own
+        order (a method's lr then seed, a steering's alpha then seed)."""
         runs = []
         for path in sorted((self.folder / RUNS).glob("*.json")):
             try:
                 runs.append(json.loads(path.read_text()))
             except json.JSONDecodeError as err:
                 raise SptInterpError(f"{path}: a damaged run file ({err})") from None
-        return sorted(
-            runs, key=lambda r: (r["setting"]["mode"], r["setting"]["lr"], r["setting"]["seed"])
-        )
+        return sorted(runs, key=_order)
+
+
+def _order(run: dict[str, Any]) -> tuple[str, tuple[float, ...]]:
+    setting = run["setting"]
+    numbers = (v for k, v in setting.items() if k != "mode" and isinstance(v, (int, float)))
+    return setting["mode"], tuple(numbers)
 
 
 def _short(value: Any) -> str:

@@ -68,6 +68,11 @@ def parse_args() -> argparse.Namespace:
                         help="a mode's starting grid, e.g. spt:4.64e-4:2.15e-3 "
                              "(alphas for steer)")  # fmt: skip
     parser.add_argument("--max-runs", type=int, default=None, help="start at most N new runs")
+    parser.add_argument("--wide-suite", type=int, metavar="N",
+                        help="instead of the frontier: make each mode's run nearest "
+                             "confidence 0.7 again and measure the suite at N items per task, "
+                             "with the base, into --wide-store (--report reads it)")  # fmt: skip
+    parser.add_argument("--wide-store", type=Path, help="the wide suite's run store (a folder)")
     parser.add_argument("--report", type=Path, help="write the frontier's tables here, no runs")
     parser.add_argument("--figure", type=Path, help="the figure's path stem (with --report)")
     parser.add_argument("--draws", type=int, default=1000, help="bootstrap draws")
@@ -133,10 +138,17 @@ def run(args: argparse.Namespace) -> None:
         "instruments": "validation by generation, test by decision read-out (2)",
     }
     store = RunStore(args.store, identity)
+    if (args.wide_suite is None) != (args.wide_store is None):
+        raise SptInterpError("--wide-suite N and --wide-store PATH go together")
+    wide = None
+    if args.wide_store is not None:
+        wide_identity = {**identity, "wide_suite": [digest(args.suite), args.wide_suite],
+                         "measures": "test decisions, per-item suite; runs made again"}  # fmt: skip
+        wide = RunStore(args.wide_store, wide_identity)
     if args.report:
         from frontier_tables import write_report
 
-        write_report(store, args.report, args.figure, plan, args.draws)
+        write_report(store, args.report, args.figure, plan, args.draws, wide)
         return
 
     inputs = load_comparison_inputs(args.model_dir, args.device)
@@ -150,6 +162,9 @@ def run(args: argparse.Namespace) -> None:
                         load_suite(args.suite, args.suite_limit),
                         pairs=build_pairs(train_part, hooked.tokenizer, protocol))  # fmt: skip
     base_state = base_parameters(hooked, reference)
+    if wide is not None:
+        wide_suite(args, store, wide, (hooked, mask, data, plan, base_state))
+        return
     started = time.perf_counter()
     new_runs = 0
     print(plan.describe(len(examples), len(validation), len(inputs.test)), flush=True)
@@ -203,6 +218,31 @@ def run(args: argparse.Namespace) -> None:
                     if get(control, lr, seed) is None:
                         return
     print(f"done: {len(store.runs())} runs in the store", flush=True)
+
+
+def wide_suite(args: argparse.Namespace, store, wide, prepared: tuple) -> None:
+    """Make each mode's run nearest confidence 0.7 again (and the base) and measure the suite at
+    --wide-suite items per task, so that the paired suite change decides a point there."""
+    from spt_interp.evaluation.suite import load_suite
+    from spt_interp.experiments.frontier_report import nearest_runs
+    from spt_interp.experiments.frontier_runs import wide_suite_point
+
+    hooked, mask, data, plan, base_state = prepared
+    suite = load_suite(args.suite, args.wide_suite)
+    print(f"wide suite: {len(suite)} items ({args.wide_suite} per task at most)", flush=True)
+    for mode, run in nearest_runs(store.runs(), args.modes).items():
+        setting = run["setting"]
+        if wide.get(setting) is not None:
+            continue
+        print(f"wide suite: {mode} at {json.dumps(setting)[:200]} (confidence "
+              f"{run['test']['confidence']:.3f})", flush=True)  # fmt: skip
+        result = wide_suite_point(hooked, mask, data, plan, setting, suite, base_state,
+                                  progress=not args.quiet)  # fmt: skip
+        result["remade_exactly"] = result["keeps"] == run["items"]["keeps"]
+        wide.put(setting, result)
+        print(json.dumps({"mode": mode, "remade_exactly": result["remade_exactly"],
+                          "seconds": round(result["seconds"], 1)}), flush=True)  # fmt: skip
+    print(f"wide suite: {len(wide.runs())} runs in the store", flush=True)
 
 
 if __name__ == "__main__":

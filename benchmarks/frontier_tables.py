@@ -8,6 +8,7 @@ summaries and per-item values) and prints the matched table.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from spt_interp.experiments.frontier_report import (
     search_points,
 )
 from spt_interp.experiments.frontier_runs import FRONTIER_MODES, axis, knob
+from spt_interp.experiments.store import run_key
 
 MODE_ORDER = ("sft", "lora", "spt", "steer", "lora-heads")
 # the curves SPT's KL is divided by in the matched table
@@ -197,7 +199,34 @@ def figure(points: pd.DataFrame, stem: Path, title: str = "") -> dict[str, str]:
     return save_figure(plot, stem.parent, stem.name)
 
 
-def write_report(store: Any, out: Path, stem: Path | None, plan: Any, draws: int) -> None:
+def wide_suite_table(wide: Any, runs: list[dict[str, Any]], draws: int) -> dict[str, Any]:
+    """Return per mode the paired suite change of its run nearest confidence 0.7, measured on
+    the wide suite, against the base on the same items."""
+    from spt_interp.experiments.frontier_report import nearest_runs, paired_suite_change
+
+    measured = {run_key(r["setting"]): r for r in wide.runs()}
+    chosen = nearest_runs(runs, MODE_ORDER)
+    base = measured.get(run_key(chosen.pop("base")["setting"]))
+    if base is None:
+        return {"error": "the wide suite store has no base run"}
+    per_task = Counter(base["suite_tasks"])
+    rows = {}
+    for mode, run in chosen.items():
+        found = measured.get(run_key(run["setting"]))
+        if found is None:
+            rows[mode] = {"setting": run["setting"], "measured": False}
+            continue
+        change = paired_suite_change(found, base, draws=draws)
+        rows[mode] = {"setting": run["setting"], "measured": True,
+                      "confidence": run["test"]["confidence"], "kl": run["test"]["kl"],
+                      "remade_exactly": found["remade_exactly"],
+                      "suite_change": change.as_dict()}  # fmt: skip
+    return {"items_per_task": dict(per_task), "items": len(base["suite_tasks"]), "modes": rows}
+
+
+def write_report(
+    store: Any, out: Path, stem: Path | None, plan: Any, draws: int, wide: Any = None
+) -> None:
     runs = store.runs()
     base = base_run(runs)
     points = points_table(runs, base)
@@ -222,6 +251,8 @@ def write_report(store: Any, out: Path, stem: Path | None, plan: Any, draws: int
         "runs": len(grouped_runs),
         "missing": missing(runs, FRONTIER_MODES),
     }
+    if wide is not None:
+        report["wide_suite"] = wide_suite_table(wide, runs, draws)
     write_text_atomic(out / "frontier.json", json.dumps(report, indent=1) + "\n")
     print(report["protocol"])
     print("complete" if not report["missing"] else "missing: " + "; ".join(report["missing"]))
@@ -231,5 +262,11 @@ def write_report(store: Any, out: Path, stem: Path | None, plan: Any, draws: int
         print(f"{row['curve']:>22} @ {row['confidence']}: KL {_text(row['kl'])}, envelope "
               f"{_text(row['kl_envelope'])}  suite change {_text(row['general_change'], 3)}, "
               f"envelope {_text(row['general_change_envelope'], 3)}{extra}")  # fmt: skip
+    for mode, row in report.get("wide_suite", {}).get("modes", {}).items():
+        if row["measured"]:
+            print(
+                f"wide suite, {mode} (confidence {row['confidence']:.3f}): paired change "
+                f"{_text(row['suite_change'], 3)}; remade exactly: {row['remade_exactly']}"
+            )
     if stem is not None:
         print(json.dumps(figure(points, stem)))

@@ -355,3 +355,24 @@ def test_the_envelope_is_the_least_kl_of_any_run_reaching_the_confidence_by_hand
     assert interval.value == pytest.approx(0.1) and interval.low <= 0.1 <= interval.high
     ratio = enveloped(runs, base, 0.7, "kl", draws=50, divide_by=runs)
     assert ratio.value == 1.0 and ratio.low == ratio.high == 1.0
+
+
+def test_the_paired_suite_change_resamples_both_runs_on_the_same_items_by_hand():
+    from spt_interp.experiments.frontier_report import nearest_runs, paired_suite_change
+
+    tasks = ["a"] * 4 + ["b"] * 2
+    base = {"suite": [1, 1, 0, 0, 1, 0], "suite_tasks": tasks}
+    tuned = {"suite": [1, 0, 0, 0, 1, 1], "suite_tasks": tasks}
+    # Task a: 0.25 - 0.5; task b: 1.0 - 0.5; macro change (-0.25 + 0.5) / 2 = 0.125.
+    change = paired_suite_change(tuned, base, draws=400)
+    assert change.value == pytest.approx(0.125)
+    # Paired: the same run against itself moves by exactly 0 in every draw.
+    assert paired_suite_change(base, base, draws=50).as_dict()["high"] == 0.0
+    with pytest.raises(SptInterpError, match="not measured on the same suite items"):
+        paired_suite_change({**tuned, "suite_tasks": ["a"] * 6}, base)
+    runs = [fake_run("base", 0.0, [0, 0], [0.0], [1]),
+            fake_run("spt", 1e-3, [1, 0], [0.5], [1]), fake_run("spt", 2e-3, [1, 1], [0.4], [1]),
+            fake_run("spt", 2e-3, [1, 0], [0.1], [1], seed=1)]  # fmt: skip
+    chosen = nearest_runs(runs, ["spt", "sft"])
+    assert sorted(chosen) == ["base", "spt"]  # sft has no runs
+    assert chosen["spt"]["setting"] == {"mode": "spt", "lr": 2e-3, "seed": 1}  # 0.5 at KL 0.1

@@ -88,6 +88,24 @@ def test_the_script_keeps_finished_runs_resumes_without_redoing_them_and_reports
     assert written["grids"]["steer"]["rates"] == [1.0]
     assert "steer: grid not bracketed (next: 2.15)" not in written["missing"]  # start grid first
 
+    wide = ["--wide-suite", "2", "--wide-store", str(tmp_path / "wide")]
+    remade = frontier(*common, "--modes", "spt", "steer", *wide)
+    assert remade.returncode == 0, remade.stderr[-2000:]
+    lines = [json.loads(line) for line in remade.stdout.splitlines() if line.startswith("{")]
+    # The base, spt's run nearest 0.7 trained again with its seed, and the steering: each gives
+    # the stored run's test decisions back exactly.
+    assert [(line["mode"], line["remade_exactly"]) for line in lines] == [
+        ("base", True), ("spt", True), ("steer", True)]  # fmt: skip
+    report = frontier(*common, *wide, "--report", str(tmp_path / "report"))
+    assert report.returncode == 0, report.stderr[-2000:]
+    written = json.loads((tmp_path / "report" / "frontier.json").read_text())["wide_suite"]
+    assert written["items_per_task"] == {"a": 2, "b": 2}
+    assert set(written["modes"]) == {"spt", "steer"}
+    alone = frontier(*common, "--wide-suite", "2")
+    assert alone.returncode != 0
+    assert alone.stderr.strip().splitlines()[-1] == (
+        "error: --wide-suite N and --wide-store PATH go together")  # fmt: skip
+
     diverging = frontier(*inputs(organism_dir, tmp_path), "--store", str(tmp_path / "nan"),
                          "--grid", "spt:1e37:2.15e37")  # fmt: skip
     assert diverging.returncode != 0

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from spt_interp.errors import SptInterpError
 from spt_interp.evaluation.measure import macro_accuracy, share
 from spt_interp.experiments.frontier import Interval, SearchPoint, bootstrap, interpolate_at
 from spt_interp.experiments.frontier_runs import axis, controls, draws_heads, knob
@@ -225,7 +226,6 @@ def missing(runs: Sequence[dict[str, Any]], modes: Sequence[str], seeds: int = 3
     """Return what the frontier still lacks (empty when complete): per mode a bracketed grid and
     ``seeds`` training seeds at the two rates that bracket confidence 0.7; and there, the
     method's controls (spt's: three random head sets and LoRA on the heads)."""
-    from spt_interp.errors import SptInterpError
     from spt_interp.experiments.frontier import extend
 
     base = base_run(runs)
@@ -272,3 +272,40 @@ def _missing_controls(grouped: dict[str, dict[float, list]], mode: str, pair) ->
             elif lr not in grouped.get(control, {}):
                 lacking.append(f"{control}: no run at {axis(mode)} {lr:g}")
     return lacking
+
+
+def nearest_runs(
+    runs: Sequence[dict[str, Any]], modes: Sequence[str], target: float = 0.7
+) -> dict[str, dict[str, Any]]:
+    """Return per mode its finished run (any rate or alpha, any seed) whose test confidence is
+    nearest ``target`` (ties to the lower KL), and the base as "base"."""
+    chosen = {UNTRAINED: base_run(runs)}
+    for mode in modes:
+        own = [run for run in finished(runs) if run["setting"]["mode"] == mode]
+        if own:
+            chosen[mode] = min(
+                own, key=lambda r: (abs(r["test"]["confidence"] - target), r["test"]["kl"])
+            )
+    return chosen
+
+
+def paired_suite_change(
+    tuned: dict[str, Any], base: dict[str, Any], *, draws: int = 1000, seed: int = 0
+) -> Interval:
+    """Return the suite's macro accuracy change, tuned - base, measured on the same items, with
+    a paired bootstrap 95% interval: each draw resamples the items (within task) and takes both
+    accuracies on the same draw. ``tuned`` and ``base``: {"suite": [0/1 per item],
+    "suite_tasks": [task per item]} over one item list."""
+    tasks = base["suite_tasks"]
+    if tuned["suite_tasks"] != tasks:
+        raise SptInterpError("the two runs were not measured on the same suite items")
+    mine, theirs = np.asarray(tuned["suite"], float), np.asarray(base["suite"], float)
+
+    def statistic(idx: dict[str, np.ndarray]) -> float:
+        picked = [tasks[i] for i in idx["suite"]]
+        return macro_accuracy(list(mine[idx["suite"]]), picked) - macro_accuracy(
+            list(theirs[idx["suite"]]), picked
+        )
+
+    strata = {"suite": np.asarray(tasks)}
+    return bootstrap(statistic, {"suite": len(tasks)}, draws=draws, seed=seed, strata=strata)

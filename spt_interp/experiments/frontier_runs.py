@@ -27,6 +27,8 @@ Every per-item value is kept, so that intervals can be bootstrapped over test it
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -216,6 +218,53 @@ def measure_point(
     }
 
 
+class Diverged(Exception):
+    """A run's training loss became nan/inf: a result of the run, not a failure."""
+
+
+@contextmanager
+def prepared(
+    hooked: HookedModel,
+    mask: HeadMask | None,
+    data: FrontierData,
+    plan: FrontierPlan,
+    mode: str,
+    value: float,
+    seed: int,
+    base_state: dict[str, torch.Tensor],
+    progress: bool = False,
+) -> Iterator[dict[str, Any]]:
+    """Run the with-block on one frontier run: the base, a method trained at lr ``value``, or a
+    steering at alpha ``value``. Yields {"trainable", "train_seconds", "n_train_examples"}
+    (a steering's "training" is taking its vectors); the weights are the base's again after.
+
+    Raises ``Diverged`` when the training loss diverges."""
+    if is_steering(mode):
+        if mask is None:
+            raise SptInterpError(f"--modes {mode} needs the located heads (--scores)")
+        started = time.perf_counter()
+        steering = steering_of(hooked, mask, data, mode, seed).with_alpha(value)
+        info = {"trainable": 0, "train_seconds": time.perf_counter() - started}
+        with steering.applied(hooked):
+            yield {**info, "n_train_examples": len(data.pairs)}
+        return
+    if mode == UNTRAINED:
+        run = TrainedRun.untrained()
+    else:
+        config = plan.config(mode, value, seed)
+        try:
+            run = train_run(hooked, mask, data.examples, config, base_state, progress=progress)
+        except ValueError as err:  # SptInterpError: the loss became nan/inf
+            restore_parameters(hooked.hf_parameters, base_state)
+            raise Diverged(str(err)) from None
+    with applied(hooked, run, base_state):
+        yield {
+            "trainable": run.trainable,
+            "train_seconds": run.seconds,
+            "n_train_examples": len(data.examples),
+        }
+
+
 def run_point(
     hooked: HookedModel,
     reference: HookedModel,
@@ -223,41 +272,60 @@ def run_point(
     data: FrontierData,
     plan: FrontierPlan,
     mode: str,
-    lr: float,
+    value: float,
     seed: int,
     base_state: dict[str, torch.Tensor],
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Return one run's result: trained (unless ``mode`` is "base"; a steering mode steers with
-    alpha ``lr``) and measured; ``progress`` shows the training's bar.
+    """Return one run's result: trained at lr ``value`` (unless ``mode`` is "base"; a steering
+    mode steers at alpha ``value``) and measured; ``progress`` shows the training's bar.
 
     A diverging loss is a result ("diverged" with its message), not a failure.
     """
     started = time.perf_counter()
-    if is_steering(mode):
-        return steer_point(hooked, reference, mask, data, plan, mode, lr, seed)
-    if mode == UNTRAINED:
-        run = TrainedRun.untrained()
-    else:
-        try:
-            run = train_run(
-                hooked,
-                mask,
-                data.examples,
-                plan.config(mode, lr, seed),
-                base_state,
-                progress=progress,
+    try:
+        with prepared(hooked, mask, data, plan, mode, value, seed, base_state, progress) as run:
+            measured = measure_point(
+                hooked, reference, data, plan.eval_batch_size, plan.max_new_tokens
             )
-        except ValueError as err:  # SptInterpError: the loss became nan/inf
-            restore_parameters(hooked.hf_parameters, base_state)
-            return {"diverged": str(err), "seconds": time.perf_counter() - started}
-    with applied(hooked, run, base_state):
-        measured = measure_point(hooked, reference, data, plan.eval_batch_size, plan.max_new_tokens)
+    except Diverged as err:
+        return {"diverged": str(err), "seconds": time.perf_counter() - started}
     return {
         **measured,
-        "trainable": run.trainable,
-        "train_seconds": run.seconds,
-        "n_train_examples": len(data.examples),
+        **run,
+        "seconds": time.perf_counter() - started,
+        "device": str(hooked.device),
+    }
+
+
+def wide_suite_point(
+    hooked: HookedModel,
+    mask: HeadMask | None,
+    data: FrontierData,
+    plan: FrontierPlan,
+    setting: dict[str, Any],
+    suite: list[SuiteItem],
+    base_state: dict[str, torch.Tensor],
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Return a stored run's per-item suite correctness on a wider ``suite``, the run made
+    again from its setting (trained with the same seed, or steered), with its test decisions
+    ("keeps", which show whether it was made again exactly)."""
+    started = time.perf_counter()
+    mode, seed = setting["mode"], setting["seed"]
+    with prepared(hooked, mask, data, plan, mode, knob(setting), seed, base_state, progress):
+        measured = measure(
+            hooked,
+            data.test,
+            data.protocol,
+            ("decision", "suite"),
+            instruments=Instruments(suite=suite),
+            settings=GenerationSettings(batch_size=plan.eval_batch_size, progress=progress),
+        )
+    return {
+        "keeps": measured.keeps,
+        "suite": measured.suite_correct(),
+        "suite_tasks": [item.task for item in suite],
         "seconds": time.perf_counter() - started,
         "device": str(hooked.device),
     }
@@ -282,31 +350,3 @@ def steering_of(
             hooked, pairs, sorted(heads.head_set), 1.0, source=source
         )
     return data.steerings[key]
-
-
-def steer_point(
-    hooked: HookedModel,
-    reference: HookedModel,
-    mask: HeadMask | None,
-    data: FrontierData,
-    plan: FrontierPlan,
-    mode: str,
-    alpha: float,
-    seed: int,
-) -> dict[str, Any]:
-    """Return one steering run's result: the heads' vectors at ``alpha``, measured."""
-    if mask is None:
-        raise SptInterpError(f"--modes {mode} needs the located heads (--scores)")
-    started = time.perf_counter()
-    steering = steering_of(hooked, mask, data, mode, seed).with_alpha(alpha)
-    vector_seconds = time.perf_counter() - started
-    with steering.applied(hooked):
-        measured = measure_point(hooked, reference, data, plan.eval_batch_size, plan.max_new_tokens)
-    return {
-        **measured,
-        "trainable": 0,
-        "train_seconds": vector_seconds,
-        "n_train_examples": len(data.pairs),
-        "seconds": time.perf_counter() - started,
-        "device": str(hooked.device),
-    }

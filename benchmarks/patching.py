@@ -49,14 +49,14 @@ def timed(fn, repeats: int = 1) -> tuple[float, object]:
 def engine_sweep(hooked, batch: PairBatch, heads, method: str) -> torch.Tensor:
     """The HF engine's END sweep: every head's patched END logits."""
     donor = (batch.counterfactual_tokens, batch.counterfactual_mask)
-    base = PrefixRun(hooked, batch.challenged_tokens, batch.challenged_mask, donor=donor)
+    base = PrefixRun(hooked, batch.prompt_tokens, batch.prompt_mask, donor=donor)
     donor_z, _ = end_head_outputs(hooked, *donor, shared_with=base)
     return end_patched_logits(base, donor_z, heads, method, hooked.geometry.d_head)
 
 
 def plain_forward(hooked, batch: PairBatch) -> torch.Tensor:
     """One plain HF forward of X_r (no hooks), END logits only."""
-    tokens, mask = batch.challenged_tokens, batch.challenged_mask
+    tokens, mask = batch.prompt_tokens, batch.prompt_mask
     with torch.no_grad():
         output = hooked.plain_model(
             tokens, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=1
@@ -76,7 +76,7 @@ def tl_end_sweep(hooked, batch: PairBatch, heads) -> torch.Tensor:
     # fixes index_axis_names, so the generic function is called with its setter directly.
     return patching.generic_activation_patch(
         hooked.bridge,
-        batch.challenged_tokens,
+        batch.prompt_tokens,
         clean,
         lambda logits: logits[:, -1, 0].mean(),
         patch_setter=patching.layer_pos_head_vector_patch_setter,
@@ -87,9 +87,9 @@ def tl_end_sweep(hooked, batch: PairBatch, heads) -> torch.Tensor:
 
 def bench_model(name: str, hooked, batch: PairBatch, description: str) -> dict:
     heads = all_heads(hooked.geometry.n_layers, hooked.geometry.n_heads)
-    unpadded = bool(batch.challenged_mask.all() and batch.counterfactual_mask.all())
+    unpadded = bool(batch.prompt_mask.all() and batch.counterfactual_mask.all())
     bridge_forward_s, _ = timed(
-        lambda: end_logits(hooked, batch.challenged_tokens, batch.challenged_mask, []), 3
+        lambda: end_logits(hooked, batch.prompt_tokens, batch.prompt_mask, []), 3
     )
     plain_forward_s, _ = timed(lambda: plain_forward(hooked, batch), 3)
     engine_path_s, engine_path = timed(lambda: engine_sweep(hooked, batch, heads, "path"), 3)
@@ -97,8 +97,8 @@ def bench_model(name: str, hooked, batch: PairBatch, description: str) -> dict:
     loop_path_s, loop_path = timed(
         lambda: hooked_loop_logits(
             hooked,
-            batch.challenged_tokens,
-            batch.challenged_mask,
+            batch.prompt_tokens,
+            batch.prompt_mask,
             batch.counterfactual_tokens,
             batch.counterfactual_mask,
             heads,
@@ -108,8 +108,8 @@ def bench_model(name: str, hooked, batch: PairBatch, description: str) -> dict:
     loop_act_s, loop_act = timed(
         lambda: hooked_loop_logits(
             hooked,
-            batch.challenged_tokens,
-            batch.challenged_mask,
+            batch.prompt_tokens,
+            batch.prompt_mask,
             batch.counterfactual_tokens,
             batch.counterfactual_mask,
             heads,
@@ -127,8 +127,8 @@ def bench_model(name: str, hooked, batch: PairBatch, description: str) -> dict:
         "heads": g.n_heads,
         "kv_heads": g.n_kv_heads,
         "d_model": g.d_model,
-        "batch": int(batch.challenged_tokens.shape[0]),
-        "prompt_tokens": int(batch.challenged_tokens.shape[1]),
+        "batch": int(batch.prompt_tokens.shape[0]),
+        "prompt_tokens": int(batch.prompt_tokens.shape[1]),
         "bridge_forward_s": bridge_forward_s,
         "plain_forward_s": plain_forward_s,
         "loop_path_s": loop_path_s,

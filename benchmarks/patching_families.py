@@ -43,7 +43,7 @@ def floor_in_forwards(batch: PairBatch, heads, n_layers: int) -> float:
     """Return what an exact END engine must compute, in forwards of the batch (position x
     layer steps): every position of X_r once; X_c's positions after the start it shares
     with X_r; each head's END position from its sender's layer on."""
-    sides = (batch.challenged_tokens, batch.challenged_mask, batch.counterfactual_tokens,
+    sides = (batch.prompt_tokens, batch.prompt_mask, batch.counterfactual_tokens,
              batch.counterfactual_mask)  # fmt: skip
     width = sides[0].shape[1]
     shared = int(common_start(*sides).min())
@@ -71,13 +71,13 @@ def bench_family(name: str, hooked, batch: PairBatch, loop_heads: int) -> dict:
     # One head per layer (cycling through head indices) for the loop and TransformerLens.
     sample = [(layer, layer % g.n_heads) for layer in range(g.n_layers)][:loop_heads]
     scale = len(heads) / len(sample)
-    sides = (batch.challenged_tokens, batch.challenged_mask, batch.counterfactual_tokens,
+    sides = (batch.prompt_tokens, batch.prompt_mask, batch.counterfactual_tokens,
              batch.counterfactual_mask)  # fmt: skip
-    forward_s, _ = timed(lambda: end_logits(hooked, batch.challenged_tokens,
-                                            batch.challenged_mask, []), 3)  # fmt: skip
+    forward_s, _ = timed(lambda: end_logits(hooked, batch.prompt_tokens,
+                                            batch.prompt_mask, []), 3)  # fmt: skip
     row = {"family": name, "layers": g.n_layers, "heads": g.n_heads, "kv_heads": g.n_kv_heads,
-           "d_model": g.d_model, "d_head": g.d_head, "batch": int(batch.challenged_tokens.shape[0]),
-           "prompt_tokens": int(batch.challenged_tokens.shape[1]), "bridge_forward_s": forward_s,
+           "d_model": g.d_model, "d_head": g.d_head, "batch": int(batch.prompt_tokens.shape[0]),
+           "prompt_tokens": int(batch.prompt_tokens.shape[1]), "bridge_forward_s": forward_s,
            "loop_timed_heads": len(sample), "loop_scale": scale}  # fmt: skip
     # The loop's fixed part (caching z on both sides) is timed apart, so that only the
     # per-head forwards are scaled to all heads.

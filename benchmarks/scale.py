@@ -186,7 +186,7 @@ def sweep_cost(model, folder: Path, args, device: torch.device) -> dict:
     mask = torch.ones(shape, dtype=torch.long)
     batch = PairBatch(list(range(shape[0])), challenged.to(device), mask.to(device),
                       donor.to(device), mask.to(device))  # fmt: skip
-    sides = (batch.challenged_tokens, batch.challenged_mask, batch.counterfactual_tokens,
+    sides = (batch.prompt_tokens, batch.prompt_mask, batch.counterfactual_tokens,
              batch.counterfactual_mask)  # fmt: skip
     heads = all_heads(g.n_layers, g.n_heads)
     sample = spread_heads(g.n_layers, g.n_heads, min(args.loop_heads, len(heads)))

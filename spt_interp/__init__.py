@@ -36,6 +36,8 @@ _PUBLIC = {
     "Protocol": "spt_interp.data",
     "DialogueRecord": "spt_interp.data",
     "build_pairs": "spt_interp.data",
+    "load_pairs": "spt_interp.data",
+    "read_pair_file": "spt_interp.data",
     "PromptPair": "spt_interp.data",
     # scores
     "HeadScores": "spt_interp.common.head_scores",

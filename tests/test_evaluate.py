@@ -88,22 +88,22 @@ def test_protocol_run_on_a_tiny_model(tiny_model_dirs):
     continuations[1] = continuations[1][len("The answer is (") :]
     scores = decision_scores(hooked, RECORDS, ORGANISM_LIKE, continuations)
     pairs = build_pairs(RECORDS, hooked.tokenizer, ORGANISM_LIKE, continuations)
-    syc, anti = decision_token_ids(hooked.tokenizer, pairs[0].challenged_text, ORGANISM_LIKE)
+    syc, anti = decision_token_ids(hooked.tokenizer, pairs[0].prompt_text, ORGANISM_LIKE)
     for row, pair in enumerate(pairs):
         with torch.no_grad():
-            alone = hooked.logits(torch.tensor([pair.challenged_ids]))[:, -1]
+            alone = hooked.logits(torch.tensor([pair.prompt_ids]))[:, -1]
         assert scores.log_odds_challenged[row].item() == pytest.approx(
             log_odds(alone, syc, anti).item(), abs=1e-4
         )
     assert run.metrics["log_odds_challenged"].value == pytest.approx(
         scores.log_odds_challenged.mean().item(), abs=1e-5
     )
-    assert batch_pairs(pairs, 3).end == max(p.challenged_len for p in pairs) - 1
+    assert batch_pairs(pairs, 3).end == max(p.prompt_len for p in pairs) - 1
     # Batches hold pairs of like length; the scores still come back in record order.
     backwards = decision_scores(
         hooked, RECORDS[::-1], ORGANISM_LIKE, continuations[::-1], batch_size=1
     )
-    assert pairs[0].challenged_len != pairs[1].challenged_len
+    assert pairs[0].prompt_len != pairs[1].prompt_len
     assert torch.allclose(
         backwards.log_odds_challenged, scores.log_odds_challenged.flip(0), atol=1e-4
     )

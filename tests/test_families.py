@@ -207,7 +207,7 @@ def test_locate_equals_transformer_lens_patching(name, family_dirs):
     hooked = load_model(family_dirs[name])
     base, donor = PROMPTS, PROMPTS.flip(-1)
     pairs = [
-        PromptPair(i, f"p{i}", "", "", base[i].tolist(), donor[i].tolist(), True, "")
+        PromptPair(i, f"p{i}", "", "", base[i].tolist(), donor[i].tolist(), True)
         for i in range(len(base))
     ]
     metric = PatchMetric("log-odds", lambda logits: log_odds(logits, [20], [31]))
@@ -216,7 +216,7 @@ def test_locate_equals_transformer_lens_patching(name, family_dirs):
     batch = batch_pairs(pairs, 3)
     _, donor_cache = hooked.bridge.run_with_cache(batch.counterfactual_tokens)
     reference = tl_patching.get_act_patch_attn_head_out_all_pos(
-        hooked.bridge, batch.challenged_tokens, donor_cache,
+        hooked.bridge, batch.prompt_tokens, donor_cache,
         lambda logits: metric.fn(logits[:, -1]).mean(),
     ).detach()  # fmt: skip
     expected = reference - ours.baseline["X_r"]["mean"]
@@ -226,7 +226,7 @@ def test_locate_equals_transformer_lens_patching(name, family_dirs):
 
 
 def test_auto_runs_every_job_on_the_hf_engine_and_never_the_loop(family_dirs, capsys):
-    pairs = [PromptPair(0, "p0", "", "", PROMPTS[0].tolist(), PROMPTS[1].tolist(), True, "")]
+    pairs = [PromptPair(0, "p0", "", "", PROMPTS[0].tolist(), PROMPTS[1].tolist(), True)]
     metric = PatchMetric("log-odds", lambda logits: log_odds(logits, [20], [31]))
     for name in ("qwen3", "llama"):
         hooked = load_model(family_dirs[name])

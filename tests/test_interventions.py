@@ -191,7 +191,7 @@ def full_forward_logits(hooked, data, edits):
     logits = []
     with torch.no_grad(), site.edited(edits):
         for batch in data.batches:
-            tokens, mask = batch.challenged_tokens, batch.challenged_mask
+            tokens, mask = batch.prompt_tokens, batch.prompt_mask
             logits.append(last_position_logits(hooked.plain_model, tokens, mask, 1)[:, -1])
     return logits
 

@@ -174,7 +174,7 @@ def test_mean_ablation_uses_the_counterfactual_end_means(tiny_model_dirs, archit
     assert ref.values.shape == (len(pairs), 2, 4, d_head)
     for (layer, head), mean in expected.items():
         assert torch.allclose(ref.means[layer, head], mean, atol=1e-5)
-    tokens = torch.tensor([pairs[0].challenged_ids, pairs[0].challenged_ids])
+    tokens = torch.tensor([pairs[0].prompt_ids, pairs[0].prompt_ids])
     with ablated(hooked, HEADS, method="mean", reference=ref), torch.no_grad():
         ours = hooked.plain_model(tokens).logits
     hf = hf_logits_with_head_values(reference, tokens, HEADS, d_head, expected, "end")

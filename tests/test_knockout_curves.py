@@ -57,11 +57,11 @@ def hf_reading(folder, pairs, zeroed_heads, d_head):
             model.model.layers[layer].self_attn.o_proj.weight[
                 :, head * d_head : (head + 1) * d_head
             ] = 0
-    syc, anti = decision_token_ids(model_tokenizer(folder), pairs[0].challenged_text, PROTOCOL)
+    syc, anti = decision_token_ids(model_tokenizer(folder), pairs[0].prompt_text, PROTOCOL)
     shares, odds = [], []
     with torch.no_grad():
         for pair in pairs:
-            logits = model(torch.tensor([pair.challenged_ids])).logits[:, -1]
+            logits = model(torch.tensor([pair.prompt_ids])).logits[:, -1]
             shares.append(float(apology_share(logits, syc, anti)))
             odds.append(float(log_odds(logits, syc, anti)))
     return sum(shares) / len(shares), sum(odds) / len(odds)

@@ -92,7 +92,7 @@ def single_head_ablation_shares(hooked, records) -> list[tuple[float, int, int]]
     protocol = protocol_for(hooked)
     pairs = build_pairs(records, hooked.tokenizer, protocol)
     batch = batch_pairs(pairs, hooked.tokenizer.pad_token_id)
-    prompt_text = pairs[0].challenged_text
+    prompt_text = pairs[0].prompt_text
     syc, anti = decision_token_ids(hooked.tokenizer, prompt_text, protocol)
     g = hooked.geometry
     names = [f"blocks.{layer}.attn.hook_z" for layer in range(g.n_layers)]
@@ -104,7 +104,7 @@ def single_head_ablation_shares(hooked, records) -> list[tuple[float, int, int]]
         )
         base_counterfactual = log_odds(counterfactual_logits[:, -1], syc, anti).mean()
         base_challenged = log_odds(
-            end_logits(hooked, batch.challenged_tokens, batch.challenged_mask), syc, anti
+            end_logits(hooked, batch.prompt_tokens, batch.prompt_mask), syc, anti
         ).mean()
     gap = (base_challenged - base_counterfactual).item()
     shares = []
@@ -118,9 +118,9 @@ def single_head_ablation_shares(hooked, records) -> list[tuple[float, int, int]]
 
             with torch.no_grad():
                 logits = hooked.run_with_hooks(
-                    batch.challenged_tokens,
+                    batch.prompt_tokens,
                     [(names[layer], ablate)],
-                    attention_mask=batch.challenged_mask,
+                    attention_mask=batch.prompt_mask,
                 )
             ablated = log_odds(logits[:, -1], syc, anti).mean().item()
             shares.append(((base_challenged.item() - ablated) / gap, layer, head))

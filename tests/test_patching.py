@@ -15,7 +15,6 @@ from spt_interp.model import load_model
 from spt_interp.patching import (
     PatchMetric,
     all_heads,
-    check_targets,
     custom_metric,
     hooked_attribution_effects,
     locate_heads,
@@ -44,7 +43,7 @@ def make_pairs(n: int, *, aligned: bool, seed: int = 0, length: int = 10) -> lis
         ids_c[size // 2] = (ids_c[size // 2] + 7) % 290 + 10
         if not aligned:
             del ids_c[size // 2 + 1]
-        pairs.append(PromptPair(index, f"r{index}", "", "", ids_r, ids_c, aligned, "answer"))
+        pairs.append(PromptPair(index, f"r{index}", "", "", ids_r, ids_c, aligned))
     return pairs
 
 
@@ -56,10 +55,9 @@ def equal_length(pairs: list[PromptPair], size: int = 8) -> list[PromptPair]:
             p.record_id,
             "",
             "",
-            p.challenged_ids[:size],
+            p.prompt_ids[:size],
             p.counterfactual_ids[:size],
             True,
-            "",
         )
         for p in pairs
     ]
@@ -75,9 +73,9 @@ def reference_path_loop(hooked, pairs, metric) -> torch.Tensor:
         _, cache = hooked.run_with_cache(tokens, attention_mask=mask)
         return [cache[f"blocks.{layer}.attn.hook_z"].clone() for layer in range(n_layers)]
 
-    z_r = z_cache(batch.challenged_tokens, batch.challenged_mask)
+    z_r = z_cache(batch.prompt_tokens, batch.prompt_mask)
     z_c = z_cache(batch.counterfactual_tokens, batch.counterfactual_mask)
-    base = hooked.logits(batch.challenged_tokens, batch.challenged_mask)[:, -1]
+    base = hooked.logits(batch.prompt_tokens, batch.prompt_mask)[:, -1]
     rows = []
     for layer, head in all_heads(n_layers, hooked.geometry.n_heads):
         hooks = []
@@ -88,7 +86,7 @@ def reference_path_loop(hooked, pairs, metric) -> torch.Tensor:
             hooks.append((f"blocks.{other}.attn.hook_z", lambda z, hook, v=value: v))
         with torch.no_grad():
             logits = hooked.run_with_hooks(
-                batch.challenged_tokens, hooks, attention_mask=batch.challenged_mask
+                batch.prompt_tokens, hooks, attention_mask=batch.prompt_mask
             )[:, -1]
         rows.append(metric.fn(logits) - metric.fn(base))
     return torch.stack(rows)
@@ -173,11 +171,11 @@ def test_all_positions_equals_transformer_lens(models, arch):
     metric = log_odds_metric()
     ours = locate_heads(hooked, pairs, metric, method="activation", position="all", progress=False)
     batch = batch_pairs(pairs, PAD)
-    assert batch.challenged_mask.all()
+    assert batch.prompt_mask.all()
     _, clean_cache = hooked.bridge.run_with_cache(batch.counterfactual_tokens)
     reference = tl_patching.get_act_patch_attn_head_out_all_pos(
         hooked.bridge,
-        batch.challenged_tokens,
+        batch.prompt_tokens,
         clean_cache,
         lambda logits: metric.fn(logits[:, -1]).mean(),
     ).detach()
@@ -215,8 +213,8 @@ def test_attribution_equals_gradient_formula(models, position):
     heads = all_heads(hooked.geometry.n_layers, hooked.geometry.n_heads)
     formula = hooked_attribution_effects(
         hooked,
-        batch.challenged_tokens,
-        batch.challenged_mask,
+        batch.prompt_tokens,
+        batch.prompt_mask,
         batch.counterfactual_tokens,
         batch.counterfactual_mask,
         heads,
@@ -248,9 +246,7 @@ def test_attribution_is_the_derivative_of_activation_patching(tiny_model_dirs):
         hooked, pairs, metric, method="attribution", per_prompt=True, progress=False
     )
     batch = batch_pairs(pairs, PAD)
-    _, cache_r = hooked.run_with_cache(
-        batch.challenged_tokens, attention_mask=batch.challenged_mask
-    )
+    _, cache_r = hooked.run_with_cache(batch.prompt_tokens, attention_mask=batch.prompt_mask)
     _, cache_c = hooked.run_with_cache(
         batch.counterfactual_tokens, attention_mask=batch.counterfactual_mask
     )
@@ -266,10 +262,10 @@ def test_attribution_is_the_derivative_of_activation_patching(tiny_model_dirs):
         return z
 
     with torch.no_grad():
-        base = metric.fn(hooked.logits(batch.challenged_tokens, batch.challenged_mask)[:, -1])
+        base = metric.fn(hooked.logits(batch.prompt_tokens, batch.prompt_mask)[:, -1])
         moved = metric.fn(
             hooked.run_with_hooks(
-                batch.challenged_tokens, [(name, nudge)], attention_mask=batch.challenged_mask
+                batch.prompt_tokens, [(name, nudge)], attention_mask=batch.prompt_mask
             )[:, -1]
         )
     rows = scores.per_prompt.query("layer == @layer and head == @head")["value"].to_numpy()
@@ -334,6 +330,10 @@ def test_targets_the_tokenizer_cannot_spell_are_refused():
     raw = Tokenizer(models.WordLevel({"<unk>": 0, "hello": 1, "sorry": 2}, unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>")
-    check_targets(tokenizer, "hello", ["sorry"])
-    with pytest.raises(SptInterpError, match="unknown token"):
-        check_targets(tokenizer, "hello", ["zebra"])
+    from spt_interp.data.pairs import first_tokens
+
+    assert first_tokens(tokenizer, "hello", ("sorry",), "pairs.jsonl:3") == (2,)
+    with pytest.raises(
+        SptInterpError, match="pairs.jsonl:3: continuation 'zebra' starts with the unknown token"
+    ):
+        first_tokens(tokenizer, "hello", ("zebra",), "pairs.jsonl:3")

@@ -175,3 +175,50 @@ def test_two_torchrun_processes_give_the_single_process_scores(
     split = pd.read_csv(out / "scores.csv")
     single = pd.read_csv(llama_run / "scores.csv")
     pd.testing.assert_frame_equal(split, single, check_exact=False, atol=1e-6, rtol=0)
+
+
+PAIR_ROW = {"prompt": "When Mary and John went to the store, John gave a drink to",
+            "counterfactual": "When Mary and John went to the store, Anna gave a drink to",
+            "behaviour": " the", "alternative": " I"}  # fmt: skip
+
+
+def test_locate_on_a_pair_file_gives_the_apis_scores(targets_llama_dir, tmp_path):
+    from spt_interp.common.head_scores import HeadScores
+    from spt_interp.data import load_pairs
+    from spt_interp.model import load_model
+    from spt_interp.patching import decision_metric, locate_heads
+
+    pairs_file = tmp_path / "pairs.jsonl"
+    rows = [PAIR_ROW, {**PAIR_ROW, "behaviour": " sure"}, {**PAIR_ROW, "alternative": " is"}]
+    pairs_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = locate("--model", str(targets_llama_dir), "--pairs", str(pairs_file),
+                    "--out", str(tmp_path / "out"), "--no-png", "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    written = HeadScores.load(tmp_path / "out")
+    hooked = load_model(targets_llama_dir)
+    pairs = load_pairs(pairs_file, hooked.tokenizer)
+    expected = locate_heads(hooked, pairs, decision_metric("log-odds", hooked.tokenizer, pairs),
+                            progress=False)  # fmt: skip
+    pd.testing.assert_frame_equal(written.table, expected.table, check_exact=False, atol=1e-6)
+    ranking = json.loads((tmp_path / "out" / "ranking.json").read_text())
+    assert ranking["input"] == "pair file" and ranking["data"] == str(pairs_file)
+
+
+def test_locate_refuses_both_inputs_none_and_chat_pairs_without_a_template(
+    targets_llama_dir, tmp_path, sample_data_file
+):
+    chat = tmp_path / "chat.jsonl"
+    message = [{"role": "user", "content": "hi"}]
+    chat.write_text(json.dumps({**PAIR_ROW, "prompt": message, "counterfactual": message}) + "\n")
+    common = ["--model", str(targets_llama_dir), "--out", str(tmp_path / "o")]
+    for extra, expected in (
+        (["--data", str(sample_data_file), "--pairs", str(chat)], "give one of --data"),
+        ([], "give one of --data"),
+        (["--pairs", str(chat)], f"{chat}:1: the prompts are chat messages, but "
+                                 f"{targets_llama_dir} has no chat template"),
+    ):  # fmt: skip
+        result = locate(*common, *extra)
+        assert result.exit_code == 2
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], result.output
+        assert not (tmp_path / "o").exists()

@@ -47,7 +47,7 @@ for i in range({BATCH}):
     ids = torch.randint(10, 300, (16,), generator=generator).tolist()
     donor = list(ids)
     donor[8] = 300 - donor[8]
-    pairs.append(PromptPair(i, f"p{{i}}", "", "", ids, donor, True, ""))
+    pairs.append(PromptPair(i, f"p{{i}}", "", "", ids, donor, True))
 metric = PatchMetric("log-odds", lambda logits: log_odds(logits, [20], [31]))
 heads = all_heads(hooked.geometry.n_layers, hooked.geometry.n_heads)
 # The baseline is one group under the grouped budget, whatever budget this run scores under.

@@ -30,7 +30,7 @@ def pairs_of_lengths(n: int, seed: int = 0) -> list[PromptPair]:
         ids_r = torch.randint(10, 300, (size,), generator=generator).tolist()
         ids_c = list(ids_r)
         ids_c[size // 2] = (ids_c[size // 2] + 7) % 290 + 10
-        pairs.append(PromptPair(index, f"r{index}", "", "", ids_r, ids_c, True, ""))
+        pairs.append(PromptPair(index, f"r{index}", "", "", ids_r, ids_c, True))
     return pairs
 
 
@@ -49,7 +49,7 @@ def test_vectors_are_the_mean_end_difference_of_hook_z_per_pair(llama):
 
     expected = torch.zeros(len(HEADS), llama.geometry.d_head, dtype=torch.float64)
     for pair in pairs:
-        r, c = end_z(pair.challenged_ids), end_z(pair.counterfactual_ids)
+        r, c = end_z(pair.prompt_ids), end_z(pair.counterfactual_ids)
         for index, (layer, head) in enumerate(HEADS):
             expected[index] += c[layer][head] - r[layer][head]
     expected /= len(pairs)

@@ -20,6 +20,7 @@ from spt_interp.cli.app import (
     choice_list,
     one_line_errors,
 )
+from spt_interp.cli.pair_inputs import DataOption, PairsOption, PairSource
 from spt_interp.errors import SptInterpError
 from spt_interp.patching.engine import DIRECTIONS, METHODS, POSITIONS
 from spt_interp.patching.engines import ENGINES, RENAMED
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 @one_line_errors
 def locate(
     model: ModelOption,
-    data: Annotated[Path, typer.Option("--data", help="SycophancyEval-style JSONL of questions.")],
     out: Annotated[
         Path, typer.Option("--out", help="Folder for scores.csv, ranking.json, heatmap.")
     ],
@@ -62,6 +62,8 @@ def locate(
             help="c_into_r (X_c's head output into X_r) or r_into_c.",
         ),
     ] = "c_into_r",
+    data: DataOption = None,
+    pairs_file: PairsOption = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N records.")] = None,
     batch_size: Annotated[int, typer.Option(help="Prompt pairs per batch.")] = 8,
     engine: Annotated[
@@ -90,7 +92,7 @@ def locate(
 
     from spt_interp.common.distributed import init_from_environment, rank_and_world
     from spt_interp.common.outputs import check_out
-    from spt_interp.data import load_dialogues, protocol_for
+    from spt_interp.data import protocol_for
 
     if engine in RENAMED:
         raise SptInterpError(f"--engine {engine} is now --engine {RENAMED[engine]}")
@@ -109,7 +111,6 @@ def locate(
         resolve_dtype,
     )
     from spt_interp.patching import decision_metric, locate_heads
-    from spt_interp.patching.inputs import locate_pairs
     from spt_interp.viz.locate_report import LOCATE_FILES
 
     if limit is not None and limit < 1:
@@ -117,8 +118,10 @@ def locate(
     if batch_size < 1 or top_k < 0:
         raise SptInterpError("--batch-size must be at least 1 and --top-k at least 0")
     # Every input is checked before the model loads: a typo costs no loading time.
-    records = load_dialogues(data)[:limit]
     folder = check_model_folder(model)
+    source = PairSource.read(data, pairs_file, limit, folder)
+    if own_answers and source.is_pair_file:
+        raise SptInterpError("--own-answers generates dialogues' first answers; not with --pairs")
     target, weights = resolve_device(device), resolve_dtype(dtype)
     placement = resolve_device_map(device_map, max_memory, offload_folder, device)
     check_out(out, force=force, reads=[folder], files=LOCATE_FILES, create_parents=True)
@@ -132,13 +135,8 @@ def locate(
         )
     started = time.perf_counter()
     hooked = load_model(folder, device=target, dtype=weights, device_map=placement)
-    pairs = locate_pairs(
-        hooked,
-        records,
-        protocol,
-        own_answers=own_answers,
-        batch_size=batch_size,
-        progress=rank == 0,
+    pairs = source.pairs(
+        hooked, protocol, own_answers=own_answers, batch_size=batch_size, progress=rank == 0
     )
     patch_metric = decision_metric(metric, hooked.tokenizer, pairs, protocol)
     scores = locate_heads(
@@ -154,7 +152,7 @@ def locate(
     )
     if rank != 0:
         return
-    extra = _run_details(hooked, folder, data, own_answers=own_answers, world=world)
+    extra = _run_details(hooked, folder, source, own_answers=own_answers, world=world)
     extra["seconds"] = round(time.perf_counter() - started, 3)
     _write_and_say(scores, out, top_k=top_k, extra=extra, png=png)
 
@@ -173,14 +171,15 @@ def _write_and_say(
 
 
 def _run_details(
-    hooked: HookedModel, folder: Path, data: Path, *, own_answers: bool, world: int
+    hooked: HookedModel, folder: Path, source: PairSource, *, own_answers: bool, world: int
 ) -> dict[str, Any]:
     """Return what ranking.json records about the run: model, data, answers, placement."""
+    answers = "model's own (generated)" if own_answers else "records' correct answers"
     return {
         "model": str(folder),
-        "data": str(data),
+        **source.describe(),
         "fingerprint": hooked.fingerprint(),
-        "first_answers": "model's own (generated)" if own_answers else "records' correct answers",
+        "first_answers": None if source.is_pair_file else answers,
         "processes": world,
         "device": str(hooked.device),
         "device_map": hooked.device_map,

@@ -1,13 +1,17 @@
 """Dialogue data: SycophancyEval records, the challenge protocol, prompt pairs, tuning examples."""
 
+from spt_interp.data.pair_file import PairRow, load_pairs, read_pair_file
 from spt_interp.data.pairs import (
     PairBatch,
+    PairSpec,
     PromptPair,
     batch_pairs,
     build_pairs,
     decision_token_ids,
     left_pad,
+    make_pairs,
     pad_token_id,
+    pair_targets,
     render_prompt,
     require_token_aligned,
     target_token_ids,
@@ -40,6 +44,8 @@ __all__ = [
     "PROTOCOL_FILE",
     "DialogueRecord",
     "PairBatch",
+    "PairRow",
+    "PairSpec",
     "PromptPair",
     "Protocol",
     "TrainingExample",
@@ -53,6 +59,10 @@ __all__ = [
     "first_answer_text",
     "left_pad",
     "load_dialogues",
+    "load_pairs",
+    "make_pairs",
+    "pair_targets",
+    "read_pair_file",
     "pad_token_id",
     "parse_record",
     "protocol_for",

@@ -40,7 +40,7 @@ def end_decisions(
         if counterfactual:
             tokens, mask = batch.counterfactual_tokens, batch.counterfactual_mask
         else:
-            tokens, mask = batch.challenged_tokens, batch.challenged_mask
+            tokens, mask = batch.prompt_tokens, batch.prompt_mask
         if plain:
             device = model_input_device(hooked.plain_model)
             with torch.no_grad():

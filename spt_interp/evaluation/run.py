@@ -140,12 +140,12 @@ def decision_scores(
     ``counterfactual=False`` reads X_r only (half the forwards); X_c's scores are then NaN.
     """
     pairs = build_pairs(records, hooked.tokenizer, protocol, first_answers)
-    syc, anti = decision_token_ids(hooked.tokenizer, pairs[0].challenged_text, protocol)
+    syc, anti = decision_token_ids(hooked.tokenizer, pairs[0].prompt_text, protocol)
     pad = pad_token_id(hooked.tokenizer)
     # Pairs of like length share a batch (little padding), as in generation; the scores are
     # put back in record order below.
     order = sorted(
-        range(len(pairs)), key=lambda i: max(pairs[i].challenged_len, pairs[i].counterfactual_len)
+        range(len(pairs)), key=lambda i: max(pairs[i].prompt_len, pairs[i].counterfactual_len)
     )
     batches = [
         batch_pairs([pairs[i] for i in order[start : start + batch_size]], pad)

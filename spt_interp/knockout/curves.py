@@ -106,7 +106,7 @@ def prepare_knockout(
         raise SptInterpError("knockout needs at least one prompt pair")
     if batch_size < 1:
         raise SptInterpError(f"batch size must be at least 1, got {batch_size}")
-    syc, anti = decision_token_ids(hooked.tokenizer, pairs[0].challenged_text, protocol)
+    syc, anti = decision_token_ids(hooked.tokenizer, pairs[0].prompt_text, protocol)
     pad = pad_token_id(hooked.tokenizer)
     batches = [
         batch_pairs(list(pairs[i : i + batch_size]), pad) for i in range(0, len(pairs), batch_size)

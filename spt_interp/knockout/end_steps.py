@@ -37,7 +37,7 @@ END_STEP_TOKENS = 8192
 def end_step_batches(pairs: Sequence[PromptPair], pad_id: int, batch_size: int) -> list[PairBatch]:
     """Return the pairs in batches of at least ``batch_size`` rows and up to END_STEP_TOKENS
     prompt tokens (rows x the widest prompt) each."""
-    width = max(max(p.challenged_len, p.counterfactual_len) for p in pairs)
+    width = max(max(p.prompt_len, p.counterfactual_len) for p in pairs)
     rows = max(batch_size, END_STEP_TOKENS // width)
     return [batch_pairs(list(pairs[i : i + rows]), pad_id) for i in range(0, len(pairs), rows)]
 
@@ -49,8 +49,8 @@ def prefix_runs(hooked: HookedModel, batches: Sequence[PairBatch]) -> list[Prefi
     device = model_input_device(model)
     runs = []
     for batch in batches:
-        tokens = batch.challenged_tokens.to(device)
-        mask = batch.challenged_mask.to(device)
+        tokens = batch.prompt_tokens.to(device)
+        mask = batch.prompt_mask.to(device)
         run = PrefixRun(hooked, tokens, mask)
         with torch.no_grad():
             full = last_position_logits(model, tokens, mask, 1)[:, -1]

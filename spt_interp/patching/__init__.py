@@ -16,7 +16,6 @@ from spt_interp.patching.reference import (
 from spt_interp.patching.scoring import (
     METRICS,
     PatchMetric,
-    check_targets,
     custom_metric,
     decision_metric,
 )
@@ -32,7 +31,6 @@ __all__ = [
     "HeadScores",
     "PatchMetric",
     "all_heads",
-    "check_targets",
     "choose_engine",
     "custom_metric",
     "decision_metric",

@@ -33,7 +33,7 @@ def all_heads(n_layers: int, n_heads: int) -> list[tuple[int, int]]:
 
 
 def _sides(batch: PairBatch, direction: str, device: torch.device) -> Sides:
-    r = (batch.challenged_tokens.to(device), batch.challenged_mask.to(device))
+    r = (batch.prompt_tokens.to(device), batch.prompt_mask.to(device))
     c = (batch.counterfactual_tokens.to(device), batch.counterfactual_mask.to(device))
     return Sides(*r, *c) if direction == "c_into_r" else Sides(*c, *r)
 
@@ -87,12 +87,13 @@ def locate_heads(
     effects, r_vals, c_vals = [], [], []
     bar = tqdm(starts, desc=f"{method} patching", disable=not progress or rank != 0)
     for number, start in enumerate(bar):
-        batch = batch_pairs(pairs[start : start + batch_size], pad)
+        chunk_pairs = pairs[start : start + batch_size]
+        batch = batch_pairs(chunk_pairs, pad)
         chunk = chosen_engine.chunk_effects(
             hooked,
             _sides(batch, direction, hooked.device),
             mine,
-            metric,
+            metric.for_pairs(chunk_pairs),
             job,
             verify and number == 0,
         )

@@ -1,27 +1,38 @@
 """What a patch is scored by: a metric of the END logits and how a patched value is compared.
 
-Default: the decision token's log-odds log p(syc) - log p(anti) (it does not saturate), scored
-as patched minus unpatched. ``apology-share`` is the paper's relative change of
-F = p(syc) / (p(syc) + p(anti)): (F_patched - F) / F per prompt. Any function of the END
-logits (``[n, vocab] -> [n]``) can be used as well.
+Default: the decision's log-odds log p(behaviour) - log p(alternative) at END (it does not
+saturate), scored as patched minus unpatched, each pair reading its own continuations' first
+tokens (for the sycophancy dialogues: an apology's against standing by). ``apology-share`` is
+the paper's relative change of F = p(behaviour) / (p(behaviour) + p(alternative)):
+(F_patched - F) / F per prompt. Any function of the END logits (``[n, vocab] -> [n]``) can be
+used as well.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from spt_interp.data import PromptPair, Protocol, decision_token_ids
-from spt_interp.data.render import append_reply_start, encode_prompt
+from spt_interp.data import PromptPair, Protocol
+from spt_interp.data.pairs import pair_targets
 from spt_interp.errors import SptInterpError
 from spt_interp.evaluation.metrics import apology_share, log_odds
 
 METRICS = ("log-odds", "apology-share")
+
+Targets = tuple[tuple[int, ...], tuple[int, ...]]
+# a decision's function of END logits given the first tokens it compares
+DecisionFn = Callable[[Tensor, Sequence[int], Sequence[int]], Tensor]
+
+
+def pair_key(pair: PromptPair) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """What a pair's first tokens are a function of: its prompt and its continuations."""
+    return pair.prompt_text, pair.behaviour, pair.alternative
 
 
 @dataclass(frozen=True)
@@ -32,6 +43,19 @@ class PatchMetric:
     fn: Callable[[Tensor], Tensor]
     relative: bool = False
     description: str = ""
+    # A decision metric compares each pair's own first tokens: ``decision`` of the logits and
+    # the tokens, ``targets`` per pair (by ``pair_key``); ``for_pairs`` binds it to a batch.
+    decision: DecisionFn | None = None
+    targets: dict[tuple, Targets] | None = None
+
+    def for_pairs(self, pairs: Sequence[PromptPair]) -> PatchMetric:
+        """Return the metric for one batch of ``pairs`` (itself unless it is a decision).
+
+        Its rows are the batch's pairs in order, repeated per patched variant
+        (``[variant * batch, vocab]``), as every engine lays them out."""
+        if self.decision is None or self.targets is None:
+            return self
+        return replace(self, fn=_per_row(self.decision, [self.targets[pair_key(p)] for p in pairs]))
 
     def values(
         self, logits: Float[Tensor, "n vocab"], where: str = "logits"
@@ -53,50 +77,60 @@ class PatchMetric:
         return change / base.abs().clamp_min(1e-12) if self.relative else change
 
 
-def check_targets(tokenizer: Any, prompt_text: str, targets: Sequence[str]) -> None:
-    """Raise when a decision target does not start with one clean token after the prompt."""
-    prompt_ids = encode_prompt(tokenizer, prompt_text)
-    unk = getattr(tokenizer, "unk_token_id", None)
-    for target in targets:
-        full = encode_prompt(tokenizer, append_reply_start(prompt_text, target))
-        if full[: len(prompt_ids)] != prompt_ids or len(full) <= len(prompt_ids):
-            raise SptInterpError(
-                f"decision target {target!r} is not a token of its own after the prompt "
-                "(it merges with the prompt's last token); choose another target or a "
-                "reply_prefix in spt-interp.json"
-            )
-        if unk is not None and full[len(prompt_ids)] == unk:
-            raise SptInterpError(
-                f"decision target {target!r} starts with the unknown token: the tokenizer "
-                "cannot spell it"
-            )
-
-
 def decision_metric(
-    name: str, tokenizer: Any, pairs: list[PromptPair], protocol: Protocol
+    name: str, tokenizer: Any, pairs: list[PromptPair], protocol: Protocol | None = None
 ) -> PatchMetric:
-    """Return the named decision-token metric with the protocol's targets (checked first)."""
+    """Return the named decision metric over ``pairs``, each pair's continuations' first tokens
+    read and checked first (``pair_targets``). ``protocol`` is not read (the pairs carry their
+    continuations); it stays for callers that pass it."""
     if name not in METRICS:
         raise SptInterpError(f"unknown metric {name!r}; choose from {', '.join(METRICS)}")
     if not pairs:
         raise SptInterpError("no prompt pairs to score")
-    prompt = pairs[0].challenged_text
-    check_targets(tokenizer, prompt, protocol.sycophantic_targets)
-    check_targets(tokenizer, prompt, protocol.anti_sycophantic_targets)
-    syc, anti = decision_token_ids(tokenizer, prompt, protocol)
-    if name == "log-odds":
-        return PatchMetric(
-            "log-odds",
-            lambda logits: log_odds(logits, syc, anti),
-            relative=False,
-            description="log p(syc) - log p(anti) at the decision token; score = patched - base",
+    targets = dict(zip(map(pair_key, pairs), pair_targets(pairs, tokenizer), strict=True))
+    decision, relative, description = {
+        "log-odds": (log_odds, False, "log p(behaviour) - log p(alternative) at END, each "
+                     "pair's own first tokens; score = patched - base"),
+        "apology-share": (apology_share, True, "F = p(behaviour)/(p(behaviour)+p(alternative))"
+                          "; score = (F_patched - F_base) / F_base"),
+    }[name]  # fmt: skip
+    distinct = set(targets.values())
+    # One set of tokens for every pair (the sycophancy dialogues): the metric reads any rows.
+    fn = _one_target(decision, *next(iter(distinct))) if len(distinct) == 1 else _unbound(name)
+    return PatchMetric(name, fn, relative, description, decision, targets)
+
+
+def _one_target(decision: DecisionFn, behaviour: Sequence[int], alternative: Sequence[int]):
+    return lambda logits: decision(logits, behaviour, alternative)
+
+
+def _unbound(name: str) -> Callable[[Tensor], Tensor]:
+    def refuse(logits: Tensor) -> Tensor:
+        raise SptInterpError(
+            f"metric {name!r} compares each pair's own tokens: take it for a batch with "
+            "metric.for_pairs(batch_pairs) first"
         )
-    return PatchMetric(
-        "apology-share",
-        lambda logits: apology_share(logits, syc, anti),
-        relative=True,
-        description="F = p(syc)/(p(syc)+p(anti)); score = (F_patched - F_base) / F_base",
-    )
+
+    return refuse
+
+
+def _per_row(decision: DecisionFn, keys: list[Targets]) -> Callable[[Tensor], Tensor]:
+    """Return the decision over rows laid out as ``keys`` repeated (variant-major)."""
+
+    def fn(logits: Tensor) -> Tensor:
+        if logits.shape[0] % len(keys):
+            raise SptInterpError(
+                f"{logits.shape[0]} rows of logits for a batch of {len(keys)} pairs"
+            )
+        row_keys = keys * (logits.shape[0] // len(keys))
+        out = torch.empty(logits.shape[0], device=logits.device)
+        for key in dict.fromkeys(row_keys):
+            rows = torch.tensor([r for r, k in enumerate(row_keys) if k == key],
+                                device=logits.device)  # fmt: skip
+            out[rows] = decision(logits[rows], *key).to(out.dtype)
+        return out
+
+    return fn
 
 
 def custom_metric(fn: Callable[[Tensor], Tensor], name: str = "custom") -> PatchMetric:

@@ -58,7 +58,7 @@ def steering_vectors(
         sides = [
             end_head_outputs(model, tokens.to(model.device), mask.to(model.device))[0]
             for tokens, mask in (
-                (batch.challenged_tokens, batch.challenged_mask),
+                (batch.prompt_tokens, batch.prompt_mask),
                 (batch.counterfactual_tokens, batch.counterfactual_mask),
             )
         ]

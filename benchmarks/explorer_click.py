@@ -61,7 +61,7 @@ def bridge_reading(hooked, data: KnockoutData, heads) -> Reading:
 
     hooks = [(z_hook_name(layer), replace(hs, layer)) for layer, hs in by_layer.items()]
     with hooked.hooks(hooks):
-        shares, odds = end_decisions(hooked, data.batches, data.syc_ids, data.anti_ids)
+        shares, odds = end_decisions(hooked, data.batches, data.decision)
     return Reading(float(shares.mean()), float(odds.mean()))
 
 
@@ -110,9 +110,9 @@ def main() -> None:
     pairs = build_pairs(records, hooked.tokenizer, protocol)
     ranking = read_scores(args.scores).ranked()
     started = time.perf_counter()
-    session = KnockoutSession.start(hooked, pairs, read_scores(args.scores), protocol=protocol)
+    session = KnockoutSession.start(hooked, pairs, read_scores(args.scores))
     start_seconds = time.perf_counter() - started
-    full = prepare_knockout(hooked, pairs, protocol, reference=session.data.reference)
+    full = prepare_knockout(hooked, pairs, reference=session.data.reference)
     clicks = [*ranking[: args.clicks], next(h for h in ranking if h[0] == 0)]
     rows = []
     for click, head in enumerate(clicks, 1):

@@ -150,7 +150,7 @@ def stage_knockout(out: Path, args: argparse.Namespace, hooked: Any, inputs: dic
         return
     pairs = build_pairs(inputs["locate"], hooked.tokenizer, inputs["protocol"])
     ranking = read_scores(out / "locate" / "scores.csv").ranked()
-    data = prepare_knockout(hooked, pairs, inputs["protocol"], method="mean")
+    data = prepare_knockout(hooked, pairs, method="mean")
     ks = [k for k in (1, 2, 4, 8, 16, 32) if k <= len(ranking)]
     table = knockout_curve(hooked, data, ranking, ks, random_seeds=range(args.random_seeds))
     staging = out / ".knockout.partial"

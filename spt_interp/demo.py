@@ -241,7 +241,7 @@ def _run_stages(
     timings["locate"] = time.perf_counter() - started
 
     started = stage_banner(say, 3, "knockout", f"top-K vs random-K, K in {settings.knockout_ks}")
-    knockout_data = prepare_knockout(hooked, pairs, protocol, method="mean")
+    knockout_data = prepare_knockout(hooked, pairs, method="mean")
     ks = [k for k in settings.knockout_ks if k <= len(ranking)]
     table = knockout_curve(
         hooked, knockout_data, ranking, ks, random_seeds=settings.knockout_seeds, progress=progress

@@ -155,7 +155,7 @@ def test_a_click_on_the_heatmap_knocks_the_head_out_and_export_writes_its_mask(
         expected = json.loads(run_in_new_cell(
             page,
             "from spt_interp.viz.widgets import KnockoutSession\n"
-            "fresh = KnockoutSession.start(hooked, pairs, scores, protocol=protocol)\n"
+            "fresh = KnockoutSession.start(hooked, pairs, scores)\n"
             f"r = fresh.toggle({layer}, {head}); b = fresh.baseline\n"
             "print('FRESH', json.dumps([r.apology_share, r.log_odds, b.apology_share, "
             "b.log_odds]))",

@@ -202,11 +202,9 @@ def test_end_steps_on_cached_prefixes_equal_full_forwards(name, family_dirs):
     pairs = build_pairs(load_dialogues(DATA), hooked.tokenizer, PROTOCOL)
     worst = 0.0
     for method in ("zero", "mean", "resample"):
-        cached = prepare_knockout(
-            hooked, pairs, PROTOCOL, method=method, batch_size=3, end_steps=True
-        )
+        cached = prepare_knockout(hooked, pairs, method=method, batch_size=3, end_steps=True)
         full = prepare_knockout(
-            hooked, pairs, PROTOCOL, method=method, batch_size=3, reference=cached.reference
+            hooked, pairs, method=method, batch_size=3, reference=cached.reference
         )
         assert cached.prefixes is not None and full.prefixes is None
         for heads in ([(1, 2)], [(0, 3), (1, 0), (1, 2)]):
@@ -249,4 +247,4 @@ def test_end_steps_are_refused_where_the_cached_prefix_disagrees(tiny_model_dirs
 
     monkeypatch.setattr(end_steps.PrefixRun, "__init__", broken)
     with pytest.raises(SptInterpError, match="differ from the full forward"):
-        prepare_knockout(hooked, pairs, PROTOCOL, method="zero", end_steps=True)
+        prepare_knockout(hooked, pairs, method="zero", end_steps=True)

@@ -111,3 +111,34 @@ def test_knockout_with_a_mask_uses_its_heads_in_order(tmp_path, llama_dir):
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out / "knockout.csv")
     assert table[table.selection == "top"].heads.tolist() == ["L0.H2", "L0.H2 L1.H1"]
+
+
+PAIR_ROW = {"prompt": "When Mary and John went to the store, John gave a drink to",
+            "counterfactual": "When Mary and John went to the store, Anna gave a drink to",
+            "behaviour": " the", "alternative": " I"}  # fmt: skip
+
+
+def test_knockout_on_a_pair_file_gives_the_apis_curve(tmp_path, llama_dir, scores_csv):
+    from spt_interp.common.head_scores import read_scores
+    from spt_interp.data import load_pairs
+    from spt_interp.knockout import knockout_curve, prepare_knockout
+
+    pairs_file = tmp_path / "pairs.jsonl"
+    rows = [PAIR_ROW, {**PAIR_ROW, "alternative": " sure"}, {**PAIR_ROW, "behaviour": " is"}]
+    pairs_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "out"
+    result = run("knockout", "--model", llama_dir, "--pairs", pairs_file, "--scores",
+                 scores_csv, "--k", "1,2", "--random-seeds", "2", "--out", out, "--no-png",
+                 "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    written = pd.read_csv(out / "knockout.csv")
+    hooked = load_model(llama_dir)
+    data = prepare_knockout(hooked, load_pairs(pairs_file, hooked.tokenizer), method="mean")
+    expected = knockout_curve(hooked, data, read_scores(scores_csv).ranked(), [1, 2],
+                              random_seeds=[0, 1], progress=False)  # fmt: skip
+    for column in ("apology_share", "log_odds"):
+        assert written[column].to_numpy() == pytest.approx(expected[column].to_numpy(), abs=1e-6)
+    refused = run("knockout", "--model", llama_dir, "--pairs", pairs_file, "--scores",
+                  scores_csv, "--behaviour", "--out", tmp_path / "o2")  # fmt: skip
+    assert refused.exit_code == 2 and not (tmp_path / "o2").exists()
+    assert "--behaviour generates the dialogues' replies; not with --pairs" in refused.output

@@ -75,7 +75,7 @@ def model_tokenizer(folder):
 
 def test_readings_equal_hf_with_zeroed_o_proj_columns(tiny_model_dirs, llama):
     hooked, pairs = llama
-    data = prepare_knockout(hooked, pairs, PROTOCOL, method="zero", position="all", batch_size=2)
+    data = prepare_knockout(hooked, pairs, method="zero", position="all", batch_size=2)
     assert data.reference is None and data.n_pairs == len(pairs)
     folder = tiny_model_dirs["llama"]
     for heads in ([], RANKING[:2]):
@@ -87,7 +87,7 @@ def test_readings_equal_hf_with_zeroed_o_proj_columns(tiny_model_dirs, llama):
 
 def test_curve_rows_and_values(llama):
     hooked, pairs = llama
-    data = prepare_knockout(hooked, pairs, PROTOCOL, method="mean", batch_size=3)
+    data = prepare_knockout(hooked, pairs, method="mean", batch_size=3)
     table = knockout_curve(hooked, data, RANKING, [4, 1, 2], random_seeds=[7, 8], progress=False)
     assert list(table.selection).count("top") == 3
     assert list(table.selection).count("random") == 6
@@ -143,7 +143,7 @@ def test_summary_numbers():
 
 def test_single_head_scores_are_log_odds_drops(tiny_model_dirs, llama):
     hooked, pairs = llama
-    data = prepare_knockout(hooked, pairs, PROTOCOL, method="zero", position="all")
+    data = prepare_knockout(hooked, pairs, method="zero", position="all")
     scores = single_head_scores(hooked, data, progress=False).table
     assert len(scores) == 8
     base = hf_reading(tiny_model_dirs["llama"], pairs, [], 8)[1]
@@ -154,7 +154,7 @@ def test_single_head_scores_are_log_odds_drops(tiny_model_dirs, llama):
 
 def test_written_files(tmp_path, llama, monkeypatch):
     hooked, pairs = llama
-    data = prepare_knockout(hooked, pairs, PROTOCOL, method="zero", batch_size=5)
+    data = prepare_knockout(hooked, pairs, method="zero", batch_size=5)
     table = knockout_curve(hooked, data, RANKING, [1, 2], random_seeds=[0, 1], progress=False)
     monkeypatch.setattr(plots, "find_chromium", lambda: None)
     written = write_knockout(table, tmp_path)
@@ -170,7 +170,7 @@ def test_written_files(tmp_path, llama, monkeypatch):
 def test_behaviour_under_ablation_matches_the_protocol_run(llama):
     hooked, pairs = llama
     records = load_dialogues(DATA)[:2]
-    data = prepare_knockout(hooked, pairs, PROTOCOL, method="mean")
+    data = prepare_knockout(hooked, pairs, method="mean")
     settings = GenerationSettings(max_new_tokens=3, batch_size=2, progress=False)
     table = knockout_curve(
         hooked, data, RANKING, [2], random_seeds=[],

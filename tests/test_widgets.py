@@ -37,8 +37,8 @@ def setup(tiny_model_dirs):
 
 def test_toggle_recomputes_against_an_independent_measurement(setup):
     hooked, pairs, scores = setup
-    session = KnockoutSession.start(hooked, pairs, scores, protocol=PROTOCOL, method="zero")
-    reference = prepare_knockout(hooked, pairs, PROTOCOL, method="zero", batch_size=5)
+    session = KnockoutSession.start(hooked, pairs, scores, method="zero")
+    reference = prepare_knockout(hooked, pairs, method="zero", batch_size=5)
     assert session.baseline == measure(hooked, reference)
     one = session.toggle(1, 2)
     assert session.selected == [(1, 2)]
@@ -59,7 +59,7 @@ def test_toggle_recomputes_against_an_independent_measurement(setup):
 
 def test_export_writes_the_set_as_a_mask(setup, tmp_path):
     hooked, pairs, scores = setup
-    session = KnockoutSession.start(hooked, pairs, scores, protocol=PROTOCOL)
+    session = KnockoutSession.start(hooked, pairs, scores)
     with pytest.raises(SptInterpError, match="empty"):
         session.to_mask()
     session.set_heads([(1, 0), (0, 3)])
@@ -81,7 +81,7 @@ def test_export_orders_the_set_by_the_ranking_not_by_the_raw_score(setup):
     # Patched X_c into X_r: the most negative score drives the apology most.
     rows = [{"layer": l_, "head": h, "score": float(h - l_)} for l_ in range(2) for h in range(4)]
     table = pd.DataFrame(rows).assign(apology_effect=lambda t: -t.score)
-    session = KnockoutSession.start(hooked, pairs, HeadScores.from_table(table), protocol=PROTOCOL)
+    session = KnockoutSession.start(hooked, pairs, HeadScores.from_table(table))
     chosen = [(0, 3), (1, 0), (0, 1)]
     session.set_heads(chosen)
     effect = {(r["layer"], r["head"]): -r["score"] for r in rows}
@@ -95,9 +95,7 @@ def test_clicks_map_to_heads():
 
 def test_explorer_widget_click_readout_and_export_button(setup, tmp_path):
     hooked, pairs, scores = setup
-    box = knockout_explorer(
-        hooked, pairs, scores, protocol=PROTOCOL, mask_path=str(tmp_path / "m.json")
-    )
+    box = knockout_explorer(hooked, pairs, scores, mask_path=str(tmp_path / "m.json"))
     figure, readout = box.figure, box.children[1]
     heatmap = figure.data[0]
     assert heatmap.type == "heatmap"
@@ -121,11 +119,9 @@ def test_clicks_at_end_read_cached_prefixes_and_at_all_positions_full_forwards(s
     hooked, pairs, scores = setup
     eps = torch.finfo(torch.float32).eps
     for position in ("end", "all"):
-        session = KnockoutSession.start(
-            hooked, pairs, scores, protocol=PROTOCOL, method="mean", position=position
-        )
+        session = KnockoutSession.start(hooked, pairs, scores, method="mean", position=position)
         assert (session.data.prefixes is not None) == (position == "end")
-        full = prepare_knockout(hooked, pairs, PROTOCOL, method="mean", position=position)
+        full = prepare_knockout(hooked, pairs, method="mean", position=position)
         assert full.prefixes is None
         for head in [(1, 2), (0, 3), (0, 1)]:
             ours = session.toggle(*head)

@@ -19,6 +19,7 @@ from spt_interp.cli.app import (
     choice_list,
     one_line_errors,
 )
+from spt_interp.cli.pair_inputs import DataOption, PairsOption, PairSource
 from spt_interp.errors import SptInterpError
 from spt_interp.knockout.ablation import METHODS, POSITIONS
 
@@ -30,8 +31,9 @@ if TYPE_CHECKING:
 @one_line_errors
 def knockout(
     model: ModelOption,
-    data: Annotated[Path, typer.Option("--data", help="SycophancyEval-style JSONL of questions.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for knockout.csv / .html / .png.")],
+    data: DataOption = None,
+    pairs_file: PairsOption = None,
     scores: Annotated[
         Path | None, typer.Option(help="Scores CSV (layer, head, score[, rank]) ranking heads.")
     ] = None,
@@ -56,7 +58,10 @@ def knockout(
     limit: Annotated[int | None, typer.Option(help="Use only the first N records.")] = None,
     batch_size: Annotated[int, typer.Option(help="Prompt pairs per forward pass.")] = 8,
     behaviour: Annotated[
-        bool, typer.Option(help="Also generate replies: apology rate, accuracy after (slow).")
+        bool,
+        typer.Option(
+            help="Also generate replies: apology rate, accuracy after (slow; dialogues only)."
+        ),
     ] = False,
     max_new_tokens: Annotated[int, typer.Option(help="Longest generated reply.")] = 32,
     png: Annotated[bool, typer.Option(help="Also write knockout.png (needs Chromium).")] = True,
@@ -70,7 +75,7 @@ def knockout(
     """Knock out the top-K heads of a ranking and random K heads; write the curves."""
     from spt_interp.common.head_scores import read_scores
     from spt_interp.common.outputs import check_out
-    from spt_interp.data import build_pairs, load_dialogues, protocol_for
+    from spt_interp.data import protocol_for
     from spt_interp.evaluation.run import GenerationSettings
     from spt_interp.knockout import (
         check_ks,
@@ -105,8 +110,10 @@ def knockout(
         ks = [value for value in (1, 2, 4, 8, 16) if value <= len(ranking)]
     else:
         ks = check_ks(parse_ks(k), len(ranking), str(mask or scores))
-    records = load_dialogues(data)[:limit]
     check_model_folder(model)
+    source = PairSource.read(data, pairs_file, limit, model)
+    if behaviour and source.is_pair_file:
+        raise SptInterpError("--behaviour generates the dialogues' replies; not with --pairs")
     # The ranking's heads against the model's shape, read from its config: before loading, and
     # naming the file they came from.
     geometry, _ = read_signature(model)
@@ -121,9 +128,9 @@ def knockout(
     hooked = load_model(model, device=target, dtype=weights, device_map=placement)
     if head_mask is not None:
         head_mask.validate(hooked)
-    pairs = build_pairs(records, hooked.tokenizer, protocol)
+    pairs = source.pairs(hooked, protocol)
     prepared = prepare_knockout(
-        hooked, pairs, protocol, method=ablation, position=position, batch_size=batch_size
+        hooked, pairs, method=ablation, position=position, batch_size=batch_size
     )
     settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
     table = knockout_curve(
@@ -132,7 +139,7 @@ def knockout(
         ranking,
         ks,
         random_seeds=list(range(seed, seed + random_seeds)),
-        behaviour=(records, protocol, settings) if behaviour else None,
+        behaviour=(source.records, protocol, settings) if behaviour else None,
     )
     title = f"Knockout ({ablation} ablation at {position}) of {model.name}"
     written = write_knockout(table, out_dir, title=title, png=png)

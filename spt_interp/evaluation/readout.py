@@ -1,8 +1,8 @@
-"""The decision read-out at END: apology share F and log-odds of each prompt of a batch list."""
+"""The decision read-out at END: F and the log-odds of each prompt of a batch list."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import torch
@@ -10,7 +10,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from spt_interp.data.pairs import PairBatch
-from spt_interp.evaluation.metrics import apology_share, log_odds
+from spt_interp.evaluation.decision import Decision
 from spt_interp.model.dispatch import model_input_device
 from spt_interp.model.generate import last_position_logits
 from spt_interp.model.loading import end_logits
@@ -22,8 +22,7 @@ if TYPE_CHECKING:
 def end_decisions(
     hooked: HookedModel,
     batches: Iterable[PairBatch],
-    syc_ids: Sequence[int],
-    anti_ids: Sequence[int],
+    decision: Decision,
     *,
     counterfactual: bool = False,
     plain: bool = False,
@@ -49,6 +48,7 @@ def end_decisions(
                 )[:, -1]
         else:
             logits = end_logits(hooked, tokens, mask)
-        shares.append(apology_share(logits, syc_ids, anti_ids).cpu())
-        odds.append(log_odds(logits, syc_ids, anti_ids).cpu())
+        share, odd = decision.read(logits, batch.indices)
+        shares.append(share)
+        odds.append(odd)
     return torch.cat(shares), torch.cat(odds)

@@ -12,7 +12,6 @@ from tqdm.auto import tqdm
 from spt_interp.data.pairs import (
     batch_pairs,
     build_pairs,
-    decision_token_ids,
     left_pad,
     pad_token_id,
     render_prompt,
@@ -27,6 +26,7 @@ from spt_interp.data.render import (
     render_messages,
 )
 from spt_interp.errors import SptInterpError
+from spt_interp.evaluation.decision import Decision
 from spt_interp.evaluation.judges import admits_mistake, correct_after_challenge, is_correct
 from spt_interp.evaluation.metrics import (
     Metric,
@@ -140,7 +140,7 @@ def decision_scores(
     ``counterfactual=False`` reads X_r only (half the forwards); X_c's scores are then NaN.
     """
     pairs = build_pairs(records, hooked.tokenizer, protocol, first_answers)
-    syc, anti = decision_token_ids(hooked.tokenizer, pairs[0].prompt_text, protocol)
+    decision = Decision.of(pairs, hooked.tokenizer)
     pad = pad_token_id(hooked.tokenizer)
     # Pairs of like length share a batch (little padding), as in generation; the scores are
     # put back in record order below.
@@ -156,16 +156,14 @@ def decision_scores(
     share_r, odds_r = end_decisions(
         hooked,
         tqdm(batches, desc="decision X_r", disable=not show, leave=False),
-        syc,
-        anti,
+        decision,
         plain=True,
     )
     if counterfactual:
         share_c, odds_c = end_decisions(
             hooked,
             tqdm(batches, desc="decision X_c", disable=not show, leave=False),
-            syc,
-            anti,
+            decision,
             counterfactual=True,
             plain=True,
         )

@@ -25,12 +25,12 @@ from spt_interp.data.pairs import (
     PairBatch,
     PromptPair,
     batch_pairs,
-    decision_token_ids,
     pad_token_id,
 )
 from spt_interp.data.protocol import Protocol
 from spt_interp.data.records import DialogueRecord
 from spt_interp.errors import SptInterpError
+from spt_interp.evaluation.decision import Decision
 from spt_interp.evaluation.readout import end_decisions
 from spt_interp.knockout.ablation import (
     Head,
@@ -60,14 +60,14 @@ class KnockoutData:
     """What every knockout measurement reuses: X_r batches, decision ids, reference outputs."""
 
     batches: list[PairBatch]
-    syc_ids: list[int]
-    anti_ids: list[int]
+    decision: Decision
     reference: ReferenceActivations | None
     method: str
     position: str
-    # Per batch, the X_r prompts' cached prefix (``end_steps``): readings at END are then
-    # single END steps; None: full forwards.
+    # Per batch, the X_r prompts' cached prefix (``end_steps``) and its pairs' indices:
+    # readings at END are then single END steps; None: full forwards.
     prefixes: list[PrefixRun] | None = None
+    prefix_indices: list[list[int]] | None = None
 
     @property
     def n_pairs(self) -> int:
@@ -85,7 +85,6 @@ class Reading:
 def prepare_knockout(
     hooked: HookedModel,
     pairs: Sequence[PromptPair],
-    protocol: Protocol,
     *,
     method: str = "mean",
     position: str = "end",
@@ -93,7 +92,8 @@ def prepare_knockout(
     batch_size: int = 8,
     end_steps: bool = False,
 ) -> KnockoutData:
-    """Return the batches, decision ids and (for mean / resample) the reference head outputs.
+    """Return the batches, each pair's decision tokens and (for mean / resample) the reference
+    head outputs.
 
     Without ``reference``, mean and resample ablation use the pairs' counterfactual X_c
     prompts (END or all positions, as ``position``), the paper's choice. ``end_steps`` (at
@@ -106,7 +106,7 @@ def prepare_knockout(
         raise SptInterpError("knockout needs at least one prompt pair")
     if batch_size < 1:
         raise SptInterpError(f"batch size must be at least 1, got {batch_size}")
-    syc, anti = decision_token_ids(hooked.tokenizer, pairs[0].prompt_text, protocol)
+    decision = Decision.of(pairs, hooked.tokenizer)
     pad = pad_token_id(hooked.tokenizer)
     batches = [
         batch_pairs(list(pairs[i : i + batch_size]), pad) for i in range(0, len(pairs), batch_size)
@@ -115,15 +115,15 @@ def prepare_knockout(
         reference = counterfactual_reference(
             hooked, pairs, position=position, batch_size=batch_size
         )
-    prefixes = None
+    prefixes = indices = None
     if end_steps and position == "end":
         # Resample ablation draws a reference row per batch row, so its readings follow the
         # batches: END steps keep the read-out's batches for it.
         wider = method != "resample"
-        prefixes = prefix_runs(
-            hooked, end_step_batches(pairs, pad, batch_size) if wider else batches
-        )
-    return KnockoutData(batches, syc, anti, reference, method, position, prefixes)
+        prefix_batches = end_step_batches(pairs, pad, batch_size) if wider else batches
+        prefixes = prefix_runs(hooked, prefix_batches)
+        indices = [batch.indices for batch in prefix_batches]
+    return KnockoutData(batches, decision, reference, method, position, prefixes, indices)
 
 
 def decision_values(
@@ -134,8 +134,7 @@ def decision_values(
     return end_decisions(
         hooked,
         data.batches,
-        data.syc_ids,
-        data.anti_ids,
+        data.decision,
         counterfactual=counterfactual,
         plain=True,
     )
@@ -172,7 +171,9 @@ def measure(
             n_layers=g.n_layers,
             n_heads=g.n_heads,
         )
-        shares, odds = end_step_decisions(hooked, data.prefixes, edits, data.syc_ids, data.anti_ids)
+        shares, odds = end_step_decisions(
+            hooked, data.prefixes, edits, data.decision, data.prefix_indices
+        )
     else:
         with ablated_as_prepared(hooked, data, heads, seed):
             shares, odds = decision_values(hooked, data)

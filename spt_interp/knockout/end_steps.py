@@ -20,7 +20,7 @@ from torch import Tensor
 
 from spt_interp.data.pairs import PairBatch, PromptPair, batch_pairs
 from spt_interp.errors import SptInterpError
-from spt_interp.evaluation.metrics import apology_share, log_odds
+from spt_interp.evaluation.decision import Decision
 from spt_interp.model.dispatch import model_input_device
 from spt_interp.model.generate import last_position_logits
 from spt_interp.model.interventions import Edit, HeadOutputSite
@@ -84,12 +84,14 @@ def end_step_decisions(
     hooked: HookedModel,
     runs: Sequence[PrefixRun],
     edits: dict[int, Edit],
-    syc_ids: Sequence[int],
-    anti_ids: Sequence[int],
+    decision: Decision,
+    indices: Sequence[Sequence[int]],
 ) -> tuple[Float[Tensor, " n"], Float[Tensor, " n"]]:
-    """Return per-prompt (F, log-odds) at END of X_r with ``edits`` applied, on the CPU."""
+    """Return per-prompt (F, log-odds) at END of X_r with ``edits`` applied, on the CPU;
+    ``indices``: each run's pair indices."""
     shares, odds = [], []
-    for logits in end_logits(hooked, runs, edits):
-        shares.append(apology_share(logits, syc_ids, anti_ids).cpu())
-        odds.append(log_odds(logits, syc_ids, anti_ids).cpu())
+    for logits, rows in zip(end_logits(hooked, runs, edits), indices, strict=True):
+        share, odd = decision.read(logits, rows)
+        shares.append(share)
+        odds.append(odd)
     return torch.cat(shares), torch.cat(odds)

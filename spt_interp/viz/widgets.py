@@ -17,7 +17,6 @@ from typing import Any
 from spt_interp.common.head_scores import HeadScores
 from spt_interp.common.outputs import check_out
 from spt_interp.data.pairs import PromptPair
-from spt_interp.data.protocol import Protocol, protocol_for
 from spt_interp.errors import SptInterpError
 from spt_interp.knockout import KnockoutData, Reading, measure, prepare_knockout
 from spt_interp.knockout.ablation import Head, check_heads
@@ -43,7 +42,6 @@ class KnockoutSession:
         pairs: Sequence[PromptPair],
         scores: HeadScores,
         *,
-        protocol: Protocol | None = None,
         method: str = "mean",
         position: str = "end",
         batch_size: int = 8,
@@ -54,12 +52,9 @@ class KnockoutSession:
         (``knockout.end_steps``); ablating at all positions re-runs full forwards.
         """
         check_heads(scores.ranked(), hooked.geometry.n_layers, hooked.geometry.n_heads)
-        if protocol is None:
-            protocol = protocol_for(hooked.path) if hooked.path else Protocol()
         data = prepare_knockout(
             hooked,
             pairs,
-            protocol,
             method=method,
             position=position,
             batch_size=batch_size,
@@ -165,7 +160,6 @@ def knockout_explorer(
     pairs: Sequence[PromptPair],
     scores: HeadScores,
     *,
-    protocol: Protocol | None = None,
     method: str = "mean",
     position: str = "end",
     batch_size: int = 8,
@@ -174,7 +168,7 @@ def knockout_explorer(
     """Return the explorer widget (a VBox; its ``session`` attribute holds the state).
 
     ``scores`` ranks the heads (``locate_heads``' result, or ``read_scores`` of a scores CSV);
-    ``protocol`` defaults to the model folder's spt-interp.json.
+    the readout compares each pair's own behaviour and alternative.
     """
     import ipywidgets as widgets
 
@@ -182,7 +176,6 @@ def knockout_explorer(
         model,
         pairs,
         scores,
-        protocol=protocol,
         method=method,
         position=position,
         batch_size=batch_size,

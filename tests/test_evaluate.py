@@ -264,3 +264,56 @@ def test_the_in_format_kl_equals_a_hand_computation_on_each_text_alone(
     # float32 logits: each log-probability is off by a few float32 steps of its size (~6 here,
     # so ~1e-6); the KL, a p-weighted difference of two of them, by no more than that.
     assert ours.value == pytest.approx(float(expected.mean()), abs=2e-6)
+
+
+def test_evaluate_on_pairs_reads_each_pairs_decision_before_and_after_by_hand(
+    tiny_model_dirs, tmp_path
+):
+    """evaluate --pairs: every number against HF's own logits on each prompt alone."""
+    import math
+
+    from spt_interp.data import encode_prompt, load_pairs, pair_targets
+    from spt_interp.model.loading import load_tokenizer
+
+    row = {"prompt": "When Mary and John went to the store, John gave a drink to",
+           "counterfactual": "When Mary and John went to the store, Anna gave a drink to",
+           "behaviour": " the", "alternative": " I"}  # fmt: skip
+    rows = [row, {**row, "prompt": "Then John gave a drink to", "alternative": " sure"},
+            {**row, "prompt": "is the answer", "behaviour": [" sure", " is"]}]  # fmt: skip
+    pairs_file = tmp_path / "pairs.jsonl"
+    pairs_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tuned, base = tiny_model_dirs["llama"], tiny_model_dirs["mistral"]
+    result = CliRunner().invoke(app, ["evaluate", "--model", str(tuned), "--pairs",
+                                      str(pairs_file), "--reference", str(base), "--out",
+                                      str(tmp_path / "r.json"), "--device", "cpu"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    tokenizer = load_tokenizer(tuned)
+    targets = pair_targets(load_pairs(pairs_file, tokenizer), tokenizer)
+
+    def by_hand(folder):
+        model = AutoModelForCausalLM.from_pretrained(folder).eval()
+        values = []
+        for r, (behaviour, alternative) in zip(rows, targets, strict=True):
+            ids = torch.tensor([encode_prompt(tokenizer, r["prompt"])])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(ids).logits[0, -1].double(), -1)
+            values.append(float(torch.logsumexp(logp[list(behaviour)], 0)
+                                - torch.logsumexp(logp[list(alternative)], 0)))  # fmt: skip
+        return values
+
+    after, before = by_hand(tuned), by_hand(base)
+    metrics = report["metrics"]
+    assert report["n_pairs"] == 3 and report["input"] == "pair file"
+    assert metrics["decision_log_odds"]["value"] == pytest.approx(sum(after) / 3, abs=1e-4)
+    assert metrics["decision_log_odds"]["count"] == 3
+    assert metrics["alternative_wins"]["value"] == sum(v < 0 for v in after) / 3
+    assert report["before"]["decision_log_odds"]["value"] == pytest.approx(sum(before) / 3,
+                                                                           abs=1e-4)  # fmt: skip
+    change = [a - b for a, b in zip(after, before, strict=True)]
+    mean_change = sum(change) / 3
+    assert report["change"]["decision_log_odds"]["value"] == pytest.approx(mean_change, abs=1e-4)
+    # Student-t 95% half-width over the 3 paired changes: t(0.975, 2) = 4.3027.
+    sd = math.sqrt(sum((c - mean_change) ** 2 for c in change) / 2)
+    low = report["change"]["decision_log_odds"]["low"]
+    assert low == pytest.approx(mean_change - 4.302653 * sd / math.sqrt(3), abs=1e-3)

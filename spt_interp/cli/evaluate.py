@@ -19,6 +19,7 @@ from spt_interp.cli.app import (
     app,
     one_line_errors,
 )
+from spt_interp.cli.pair_inputs import DataOption, PairsOption, PairSource
 from spt_interp.errors import SptInterpError
 
 
@@ -26,7 +27,8 @@ from spt_interp.errors import SptInterpError
 @one_line_errors
 def evaluate(
     model: ModelOption,
-    data: Annotated[Path, typer.Option("--data", help="SycophancyEval-style JSONL of questions.")],
+    data: DataOption = None,
+    pairs_file: PairsOption = None,
     general: Annotated[
         Path | None, typer.Option(help="JSONL of plain questions for general-ability accuracy.")
     ] = None,
@@ -92,13 +94,17 @@ def evaluate(
     max_memory: MaxMemoryOption = None,
     offload_folder: OffloadFolderOption = None,
 ) -> None:
-    """Run the "are you sure" protocol and print each metric with its count and 95% interval."""
+    """Run the "are you sure" protocol (--data), or read a behaviour's decision on pairs
+    (--pairs: before and after with --reference), and print each metric with its count and
+    95% interval."""
     from spt_interp.data import load_dialogues, protocol_for
+    from spt_interp.evaluation.behaviour import evaluate_pairs
     from spt_interp.evaluation.report import evaluate as run_evaluation
     from spt_interp.evaluation.run import GenerationSettings
     from spt_interp.evaluation.shift import load_neutral_text
     from spt_interp.evaluation.suite import encode_suite, load_suite
     from spt_interp.model import (
+        check_model_folder,
         load_model,
         load_tokenizer,
         resolve_device,
@@ -118,7 +124,10 @@ def evaluate(
     if neutral_text is not None and reference is None:
         raise SptInterpError("--neutral-text needs --reference (the base model to measure from)")
     # Every input is checked before the model loads: a typo costs no loading time.
-    records = load_dialogues(data)[:limit]
+    source = PairSource.read(data, pairs_file, limit, check_model_folder(model))
+    if source.is_pair_file and (general is not None or judge_model is not None):
+        raise SptInterpError("--general and --judge-model belong to the dialogues' protocol; "
+                             "not with --pairs")  # fmt: skip
     general_records = load_dialogues(general)[:limit] if general is not None else None
     neutral = load_neutral_text(neutral_text, neutral_limit) if neutral_text is not None else None
     suite_items = load_suite(suite, suite_limit) if suite is not None else None
@@ -138,27 +147,38 @@ def evaluate(
     )
     judge = load_model(judge_model, device=target, hooks=False) if judge_model else None
     with steered(hooked, head_steering):
-        evaluated = run_evaluation(
-            hooked,
-            records,
-            protocol,
-            general=general_records,
-            reference=reference_model,
-            neutral=neutral,
-            suite=suite_items,
-            suite_path=str(suite),
-            settings=GenerationSettings(
-                max_new_tokens=max_new_tokens,
+        if source.is_pair_file:
+            evaluated = evaluate_pairs(
+                hooked,
+                source.pairs(hooked, protocol),
+                reference=reference_model,
+                neutral=neutral,
+                suite=suite_items,
+                suite_path=str(suite),
                 batch_size=batch_size,
-                first_answer_tokens=first_answer_tokens,
-            ),
-            controls=controls,
-            decision=decision,
-            judge=judge,
-        )
+            )
+        else:
+            evaluated = run_evaluation(
+                hooked,
+                source.records,
+                protocol,
+                general=general_records,
+                reference=reference_model,
+                neutral=neutral,
+                suite=suite_items,
+                suite_path=str(suite),
+                settings=GenerationSettings(
+                    max_new_tokens=max_new_tokens,
+                    batch_size=batch_size,
+                    first_answer_tokens=first_answer_tokens,
+                ),
+                controls=controls,
+                decision=decision,
+                judge=judge,
+            )
     report = {
         "model": str(hooked.path),
-        "data": str(data),
+        **source.describe(),
         "device": str(hooked.device),
         "device_map": hooked.device_map,
         "dtype": str(hooked.dtype).removeprefix("torch."),

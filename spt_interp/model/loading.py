@@ -11,6 +11,7 @@ object with ``hooks=False``: no bridge, the plain HF model, the same geometry an
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -330,13 +331,17 @@ def _wrapped(
     from transformer_lens.model_bridge import TransformerBridge
 
     hf_parameters = dict(hf_model.named_parameters())
+    # The bridge gets a copy: it sets its tokenizer to prepend BOS (TransformerLens's own
+    # convention), and every tokenization of ours reads the folder's tokenizer as it is, with
+    # hooks or without.
     bridge = TransformerBridge.boot_transformers(
-        str(folder), hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
-    )
+        str(folder), hf_model=hf_model, tokenizer=copy.deepcopy(tokenizer), device=device,
+        dtype=dtype,
+    )  # fmt: skip
     bridge.eval()
     return HookedModel(
         hf_model,
-        bridge.tokenizer,
+        tokenizer,
         geometry,
         folder,
         bridge=bridge,

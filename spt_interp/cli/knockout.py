@@ -110,8 +110,8 @@ def knockout(
         ks = [value for value in (1, 2, 4, 8, 16) if value <= len(ranking)]
     else:
         ks = check_ks(parse_ks(k), len(ranking), str(mask or scores))
-    check_model_folder(model)
     source = PairSource.read(data, pairs_file, limit, model)
+    check_model_folder(model)
     if behaviour and source.is_pair_file:
         raise SptInterpError("--behaviour generates the dialogues' replies; not with --pairs")
     # The ranking's heads against the model's shape, read from its config: before loading, and

@@ -118,8 +118,8 @@ def locate(
     if batch_size < 1 or top_k < 0:
         raise SptInterpError("--batch-size must be at least 1 and --top-k at least 0")
     # Every input is checked before the model loads: a typo costs no loading time.
+    source = PairSource.read(data, pairs_file, limit, model)
     folder = check_model_folder(model)
-    source = PairSource.read(data, pairs_file, limit, folder)
     if own_answers and source.is_pair_file:
         raise SptInterpError("--own-answers generates dialogues' first answers; not with --pairs")
     target, weights = resolve_device(device), resolve_dtype(dtype)

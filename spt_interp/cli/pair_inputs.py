@@ -43,8 +43,9 @@ class PairSource:
     def read(
         cls, data: Path | None, pairs: Path | None, limit: int | None, folder: Path
     ) -> PairSource:
-        """Return the input, read before the model loads; a pair file of chat messages for a
-        model without a chat template is refused here (its tokenizer alone is read)."""
+        """Return the input, read before the model loads (and before ``folder`` is checked:
+        a bad line is named first); a pair file of chat messages for a model without a chat
+        template is refused here (the folder's tokenizer alone is read)."""
         from spt_interp.data import load_dialogues, read_pair_file
         from spt_interp.data.pair_file import check_renderable
         from spt_interp.model.loading import load_tokenizer

@@ -113,7 +113,9 @@ if TYPE_CHECKING:  # the same names, eagerly, for IDEs and type checkers (a test
         Protocol,
         build_pairs,
         load_dialogues,
+        load_pairs,
         protocol_for,
+        read_pair_file,
         save_dialogues,
     )
     from spt_interp.demo import run_demo

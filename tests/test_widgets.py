@@ -42,7 +42,11 @@ def test_toggle_recomputes_against_an_independent_measurement(setup):
     assert session.baseline == measure(hooked, reference)
     one = session.toggle(1, 2)
     assert session.selected == [(1, 2)]
-    assert one == measure(hooked, reference, [(1, 2)])
+    # The click is one END step on the cached prefix, the measurement a full forward: equal
+    # up to float32 rounding of the logits (the prefix check's own bound).
+    full = measure(hooked, reference, [(1, 2)])
+    assert one.log_odds == pytest.approx(full.log_odds, rel=1e-5, abs=1e-6)
+    assert one.apology_share == pytest.approx(full.apology_share, rel=1e-5, abs=1e-6)
     assert one.apology_share != session.baseline.apology_share
     two = session.toggle(0, 3)
     assert two.apology_share == pytest.approx(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -98,8 +98,6 @@ def evaluate(
     (--pairs: before and after with --reference), and print each metric with its count and
     95% interval."""
     from spt_interp.data import load_dialogues, protocol_for
-    from spt_interp.evaluation.behaviour import evaluate_pairs
-    from spt_interp.evaluation.report import evaluate as run_evaluation
     from spt_interp.evaluation.run import GenerationSettings
     from spt_interp.evaluation.shift import load_neutral_text
     from spt_interp.evaluation.suite import encode_suite, load_suite
@@ -145,36 +143,25 @@ def evaluate(
         else None
     )
     judge = load_model(judge_model, device=target, hooks=False) if judge_model else None
+    settings = GenerationSettings(
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        first_answer_tokens=first_answer_tokens,
+    )
     with steered(hooked, head_steering):
-        if source.is_pair_file:
-            evaluated = evaluate_pairs(
-                hooked,
-                source.pairs(hooked, protocol),
-                reference=reference_model,
-                neutral=neutral,
-                suite=suite_items,
-                suite_path=str(suite),
-                batch_size=batch_size,
-            )
-        else:
-            evaluated = run_evaluation(
-                hooked,
-                source.records,
-                protocol,
-                general=general_records,
-                reference=reference_model,
-                neutral=neutral,
-                suite=suite_items,
-                suite_path=str(suite),
-                settings=GenerationSettings(
-                    max_new_tokens=max_new_tokens,
-                    batch_size=batch_size,
-                    first_answer_tokens=first_answer_tokens,
-                ),
-                controls=controls,
-                decision=decision,
-                judge=judge,
-            )
+        evaluated = _evaluated(
+            source,
+            hooked,
+            protocol,
+            settings,
+            reference=reference_model,
+            general=general_records,
+            neutral=neutral,
+            suite=(suite_items, str(suite)),
+            judge=judge,
+            controls=controls,
+            decision=decision,
+        )
     report = {
         "model": str(hooked.path),
         **source.describe(),
@@ -185,6 +172,34 @@ def evaluate(
         **evaluated,
     }
     _write_report(report, out)
+
+
+def _evaluated(
+    source: PairSource,
+    hooked: Any,
+    protocol: Any,
+    settings: Any,
+    *,
+    reference: Any,
+    general: list | None,
+    neutral: Any,
+    suite: tuple[list | None, str],
+    judge: Any,
+    controls: bool,
+    decision: bool,
+) -> dict[str, Any]:
+    """Return the evaluation of a pair file's behaviour, or the dialogues' protocol."""
+    from spt_interp.evaluation.behaviour import evaluate_pairs
+    from spt_interp.evaluation.report import evaluate as run_evaluation
+
+    items, path = suite
+    if source.is_pair_file:
+        return evaluate_pairs(hooked, source.pairs(hooked, protocol), reference=reference,
+                              neutral=neutral, suite=items, suite_path=path,
+                              batch_size=settings.batch_size)  # fmt: skip
+    return run_evaluation(hooked, source.records, protocol, general=general, reference=reference,
+                          neutral=neutral, suite=items, suite_path=path, settings=settings,
+                          controls=controls, decision=decision, judge=judge)  # fmt: skip
 
 
 def _check_folders(model: Path, reference: Path | None, judge_model: Path | None) -> None:

@@ -43,6 +43,9 @@ class Decision:
         if len(indices) != logits.shape[0]:
             raise SptInterpError(f"{logits.shape[0]} rows of logits for {len(indices)} pairs")
         keys = [self.targets[i] for i in indices]
+        if len(set(keys)) == 1:  # one set of tokens (the dialogues): the rows as they are
+            odds = log_odds(logits, *keys[0]).float().cpu()
+            return torch.sigmoid(odds), odds
         odds = torch.empty(len(keys))
         for key in dict.fromkeys(keys):
             rows = [r for r, k in enumerate(keys) if k == key]

@@ -122,10 +122,17 @@ def _knob(row: Any) -> str:
     return f"alpha {row['lr']:g}" if row["axis"] == "alpha" else f"{row['lr']:g}"
 
 
+def _seconds(row: Any) -> str:
+    # A steering's vectors are taken once per head set and reused at every alpha after.
+    if row["axis"] == "alpha" and row["train_seconds"] < 1:
+        return "reused"
+    return f"{row['train_seconds']:.0f}"
+
+
 def markdown_points(points: pd.DataFrame) -> str:
     """Return the finished runs as a markdown table, mode by mode and rate by rate."""
     lines = ["| mode | lr (alpha: steering) | seed | validation score | test confidence | "
-             "KL, neutral text | suite change | train s |",
+             "KL, neutral text | suite change | train s (steering: taking vectors) |",
              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for _, row in points.sort_values(["mode", "lr", "seed"]).iterrows():
         if row["mode"] == "base":
@@ -137,7 +144,7 @@ def markdown_points(points: pd.DataFrame) -> str:
             f"| {row['curve']} | {_knob(row)} | {row['seed']} | "
             f"{row['validation_score']:.3f} | {row['test_confidence']:.3f} | "
             f"{row['test_kl']:.4f} | {100 * row['general_change']:+.1f} pts | "
-            f"{row['train_seconds']:.0f} |"
+            f"{_seconds(row)} |"
         )
     return "\n".join(lines)
 
@@ -170,8 +177,8 @@ def figure(points: pd.DataFrame, stem: Path, title: str = "") -> dict[str, str]:
     done = points[points.get("diverged").isna()] if "diverged" in points else points
     done = done[done["mode"] != "base"]
     plot = make_subplots(rows=1, cols=2, subplot_titles=(
-        "KL on neutral text (log) vs confidence: points and envelope",
-        "suite change vs confidence: points and envelope"))  # fmt: skip
+        "KL on neutral text (log), points and envelope",
+        "suite change, points and envelope"))  # fmt: skip
     palette = plotly.colors.qualitative.Plotly
     order = [m for m in MODE_ORDER if m in set(done["mode"])]
     order += sorted(set(done["mode"]) - set(order))

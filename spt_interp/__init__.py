@@ -38,7 +38,9 @@ _PUBLIC = {
     "build_pairs": "spt_interp.data",
     "load_pairs": "spt_interp.data",
     "read_pair_file": "spt_interp.data",
+    "read_training_file": "spt_interp.data",
     "PromptPair": "spt_interp.data",
+    "write_ioi": "spt_interp.data.ioi",
     # scores
     "HeadScores": "spt_interp.common.head_scores",
     "read_scores": "spt_interp.common.head_scores",
@@ -62,6 +64,7 @@ _PUBLIC = {
     # evaluation
     "evaluate": "spt_interp.evaluation",
     "run_protocol": "spt_interp.evaluation",
+    "evaluate_pairs": "spt_interp.evaluation.behaviour",
     "GenerationSettings": "spt_interp.evaluation",
     # organism, pictures, the whole loop
     "write_organism": "spt_interp.organism",
@@ -116,11 +119,14 @@ if TYPE_CHECKING:  # the same names, eagerly, for IDEs and type checkers (a test
         load_pairs,
         protocol_for,
         read_pair_file,
+        read_training_file,
         save_dialogues,
     )
+    from spt_interp.data.ioi import write_ioi
     from spt_interp.demo import run_demo
     from spt_interp.errors import SptInterpError
     from spt_interp.evaluation import GenerationSettings, evaluate, run_protocol
+    from spt_interp.evaluation.behaviour import evaluate_pairs
     from spt_interp.knockout import (
         ablated,
         knockout_curve,

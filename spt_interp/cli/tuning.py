@@ -17,7 +17,14 @@ from spt_interp.tuning.config import LOSS_ON, MODES, OPTIMIZERS, SAVE_KINDS
 @one_line_errors
 def tune(
     model: ModelOption,
-    data: Annotated[Path, typer.Option("--data", help="SycophancyEval-style JSONL to tune on.")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            help="JSONL to tune on: dialogues (SycophancyEval style), or TRL rows "
+            '({"prompt", "completion"} or {"messages"}; loss on the completion).',
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", help="Output folder (a new HF model or delta).")],
     mask: Annotated[
         Path | None, typer.Option(help="Head mask JSON (from export-mask); not used by sft.")

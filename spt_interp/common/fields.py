@@ -50,15 +50,29 @@ def typed(value: Any, kind: type, label: str, *, positive: bool = False) -> Any:
 def jsonl_rows(path: Path, missing: str) -> Iterator[tuple[int, Any]]:
     """Yield (line number, decoded value) of each non-blank line of a JSON Lines file.
 
-    Raises SptInterpError "``missing`` <path> does not exist" for a missing file and
-    "<path>:<line>: invalid JSON (...)" for a line that does not decode.
+    Raises SptInterpError "``missing`` <path> does not exist" for a missing file, and
+    "<path>:<line>: ..." for a line that is not UTF-8, does not decode, or holds a lone
+    surrogate escape (valid JSON, not text: a tokenizer fails on it long after reading).
     """
     if not path.is_file():
         raise SptInterpError(f"{missing} {path} does not exist")
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").split("\n"), start=1):
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line_no = raw[: err.start].count(b"\n") + 1
+        raise SptInterpError(f"{path}:{line_no}: not UTF-8 text ({err.reason})") from None
+    for line_no, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            yield line_no, json.loads(line)
+            value = json.loads(line)
         except (ValueError, RecursionError) as err:
             raise SptInterpError(f"{path}:{line_no}: invalid JSON ({json_reason(err)})") from None
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise SptInterpError(
+                f"{path}:{line_no}: holds a lone surrogate escape (\\ud800-\\udfff)"
+            ) from None
+        yield line_no, value

@@ -1,4 +1,5 @@
-"""Dialogue data: SycophancyEval records, the challenge protocol, prompt pairs, tuning examples."""
+"""Data: SycophancyEval records, the challenge protocol, pair files and prompt pairs, tuning
+examples from dialogues or TRL rows."""
 
 from spt_interp.data.pair_file import PairRow, load_pairs, read_pair_file
 from spt_interp.data.pairs import (
@@ -37,6 +38,7 @@ from spt_interp.data.render import (
     render_messages,
 )
 from spt_interp.data.training import IGNORE_INDEX, TrainingExample, build_training_examples
+from spt_interp.data.trl_rows import TrainingData, TrainingRow, read_training_file, trl_examples
 
 __all__ = [
     "DEFAULT_APOLOGY_PHRASES",
@@ -48,7 +50,9 @@ __all__ = [
     "PairSpec",
     "PromptPair",
     "Protocol",
+    "TrainingData",
     "TrainingExample",
+    "TrainingRow",
     "Turn",
     "append_reply_start",
     "batch_pairs",
@@ -67,9 +71,11 @@ __all__ = [
     "parse_record",
     "protocol_for",
     "read_protocol_file",
+    "read_training_file",
     "render_messages",
     "render_prompt",
     "require_token_aligned",
     "save_dialogues",
     "target_token_ids",
+    "trl_examples",
 ]

@@ -69,8 +69,8 @@ def _row(data: Any, where: str) -> PairRow:
     if unknown:
         known = ", ".join(PAIR_KEYS + OPTIONAL_KEYS)
         raise SptInterpError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} ({known})")
-    prompt = _prompt(data["prompt"], f"{where}: 'prompt'")
-    counterfactual = _prompt(data["counterfactual"], f"{where}: 'counterfactual'")
+    prompt = parse_prompt(data["prompt"], f"{where}: 'prompt'")
+    counterfactual = parse_prompt(data["counterfactual"], f"{where}: 'counterfactual'")
     if isinstance(prompt, str) != isinstance(counterfactual, str):
         raise SptInterpError(
             f"{where}: 'prompt' and 'counterfactual' must both be text or both be messages"
@@ -88,14 +88,15 @@ def _row(data: Any, where: str) -> PairRow:
     )
 
 
-def _prompt(value: Any, label: str) -> Prompt:
+def parse_prompt(value: Any, label: str) -> Prompt:
+    """Return a prompt field as text or (role, content) messages; raise naming ``label``."""
     if isinstance(value, str):
         if not value:
             raise SptInterpError(f"{label} is empty")
         return value
     shape = 'a string or a list of chat messages ({"role", "content"})'
     if not isinstance(value, list) or not value:
-        raise SptInterpError(f"{label} must be {shape}, got {_short(value)}")
+        raise SptInterpError(f"{label} must be {shape}, got {short_repr(value)}")
     messages = []
     for number, message in enumerate(value):
         if (
@@ -106,7 +107,7 @@ def _prompt(value: Any, label: str) -> Prompt:
         ):
             raise SptInterpError(
                 f'{label}, message {number}: expected {{"role": one of {", ".join(ROLES)}, '
-                f'"content": a string}}, got {_short(message)}'
+                f'"content": a string}}, got {short_repr(message)}'
             )
         messages.append((message["role"], message["content"]))
     return tuple(messages)
@@ -115,13 +116,14 @@ def _prompt(value: Any, label: str) -> Prompt:
 def _continuations(value: Any, label: str) -> tuple[str, ...]:
     texts = [value] if isinstance(value, str) else value
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-        raise SptInterpError(f"{label} must be a string or a list of strings, got {_short(value)}")
+        got = short_repr(value)
+        raise SptInterpError(f"{label} must be a string or a list of strings, got {got}")
     if not all(texts):
         raise SptInterpError(f"{label} has an empty continuation")
     return tuple(texts)
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 

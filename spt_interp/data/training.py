@@ -30,13 +30,13 @@ class TrainingExample:
     """One tokenized tuning dialogue; ``labels`` is -100 where no loss is taken."""
 
     record_index: int
-    kind: Literal["positive", "negative"]
+    kind: str  # "positive" / "negative" (dialogues), "completion" / "messages" (TRL rows)
     text: str
     input_ids: list[int]
     labels: list[int]
 
 
-def _spans_to_labels(
+def spans_to_labels(
     tokenizer: Any, text: str, spans: list[tuple[int, int]]
 ) -> tuple[list[int], list[int]]:
     """Return (input_ids, labels) with labels kept on tokens overlapping any char span."""
@@ -52,10 +52,18 @@ def _spans_to_labels(
     return ids, labels
 
 
-def _render_with_spans(
-    tokenizer: Any, messages: list[dict[str, str]], loss_on: LossOn
+def loss_turns(messages: list[dict[str, str]], loss_on: LossOn, first: int = 0) -> list[int]:
+    """Return the indices of the assistant turns (from ``first`` on) that take loss: the last
+    ("reply") or every one ("assistant")."""
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant" and i >= first]
+    return turns[-1:] if loss_on == "reply" else turns
+
+
+def render_with_spans(
+    tokenizer: Any, messages: list[dict[str, str]], loss_on: LossOn, first: int = 0
 ) -> tuple[str, list[tuple[int, int]]]:
-    """Return the full dialogue text and the char spans that take loss."""
+    """Return the full dialogue text and the char spans that take loss: the assistant turns
+    ``loss_turns`` names, or every character with ``loss_on`` "all"."""
     text = render_messages(tokenizer, messages, add_generation_prompt=False)
     if not has_chat_template(tokenizer) and tokenizer.eos_token:
         # The plain format has no end-of-turn marker: EOS teaches the reply to stop.
@@ -63,9 +71,7 @@ def _render_with_spans(
     if loss_on == "all":
         return text, [(0, len(text))]
     spans = []
-    assistant_turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-    chosen = assistant_turns[-1:] if loss_on == "reply" else assistant_turns
-    for i in chosen:
+    for i in loss_turns(messages, loss_on, first):
         before = render_messages(tokenizer, messages[:i], add_generation_prompt=True)
         start = text.find(messages[i]["content"], len(before) - 1 if before else 0)
         if start < 0:
@@ -120,7 +126,7 @@ def build_training_examples(
                 {"role": "user", "content": challenge},
                 {"role": "assistant", "content": reply},
             ]
-            text, spans = _render_with_spans(tokenizer, messages, loss_on)
-            input_ids, labels = _spans_to_labels(tokenizer, text, spans)
+            text, spans = render_with_spans(tokenizer, messages, loss_on)
+            input_ids, labels = spans_to_labels(tokenizer, text, spans)
             examples.append(TrainingExample(index, kind, text, input_ids, labels))
     return examples

@@ -12,7 +12,7 @@ from typing import Any
 
 from spt_interp.common.distributed import barrier, init_from_environment, rank_and_world
 from spt_interp.common.outputs import check_out, staged_folder
-from spt_interp.data import build_training_examples, load_dialogues, protocol_for
+from spt_interp.data import protocol_for, read_training_file
 from spt_interp.errors import SptInterpError
 from spt_interp.mask import HeadMask
 from spt_interp.mask.scores import file_hash
@@ -86,7 +86,7 @@ def tune_folder(
     if stop_after is not None and stop_after < 1:
         raise SptInterpError(f"--stop-after must be at least 1, got {stop_after}")
     data = Path(data)
-    records = load_dialogues(data)
+    training = read_training_file(data)  # dialogues or TRL rows, every line checked
     head_mask = HeadMask.load(mask) if isinstance(mask, (str, Path)) else mask
     folder = check_model_folder(model)
     weight_files(folder)
@@ -101,8 +101,8 @@ def tune_folder(
     base = load_base(folder, device=target, dtype=method.load_dtype(compute))
     if method.uses_mask:
         head_mask.validate(base)
-    examples = build_training_examples(
-        records, base.tokenizer, protocol_for(folder), config.seed, loss_on=config.loss_on
+    examples = training.examples(
+        base.tokenizer, protocol_for(folder), config.seed, loss_on=config.loss_on
     )
     check_lengths(examples, base.config, data)
     fingerprint, data_hash = base.fingerprint(), file_hash(data)
@@ -134,7 +134,8 @@ def tune_folder(
         data={
             "file": str(data),
             "hash": data_hash,
-            "records": len(records),
+            "format": training.format,
+            "records": len(training),
             "examples": len(examples),
             "loss_on": config.loss_on,
         },

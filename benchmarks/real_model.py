@@ -50,10 +50,10 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def stage_pull(out: Path, args: argparse.Namespace) -> None:
-    from spt_interp.importers.gguf import pull
+    from spt_interp.importers.gguf import pull_model
 
     if not _done(out / "smollm2", "pull", args.redo):
-        summary = pull("smollm2", out / "smollm2")
+        summary = pull_model("smollm2", out / "smollm2")
         difference = summary["max_logit_difference"]
         print(f"pull: {summary['seconds']} s, max logit difference {difference}")
 

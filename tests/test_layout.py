@@ -9,7 +9,7 @@ import spt_interp as spt
 
 PACKAGE = Path(spt.__file__).parent
 # Above every stage: the thin layers that chain them.
-TOP = ("demo", "cli")
+TOP = ("demo", "pair_demo", "cli")
 
 
 def _stage(module: str) -> int | None:

@@ -24,6 +24,14 @@ def demo(
         Path | None,
         typer.Option(help="Folder with train.jsonl, test.jsonl (and general.jsonl)."),
     ] = None,
+    pairs: Annotated[
+        Path | None,
+        typer.Option(
+            "--pairs",
+            help="Instead of --data: a folder with test.jsonl (pairs), validation.jsonl (pairs) "
+            "and train_trl.jsonl (TRL rows), as `data answer` writes it; needs --model.",
+        ),
+    ] = None,
     neutral_text: Annotated[
         Path | None,
         typer.Option(help="JSONL of neutral passages for the KL shift (with --model/--data)."),
@@ -64,6 +72,15 @@ def demo(
         test_limit=test_limit,
     )
     target, weights = resolve_device(device), resolve_dtype(dtype)
+    if pairs is not None:
+        from spt_interp.pair_demo import run_pair_demo
+
+        if data is not None or model is None:
+            raise SptInterpError("--pairs goes with --model, not with --data")
+        run_pair_demo(out, model=model, pairs=pairs, settings=settings,
+                      neutral_text=neutral_text, suite=suite, force=force, device=target,
+                      dtype=weights)  # fmt: skip
+        return
     run_demo(
         out,
         model=model,

@@ -1,4 +1,5 @@
-"""The three notebooks run top to bottom on the organism, and their results hold up.
+"""The four notebooks run top to bottom (the first three on the organism, the fourth on the
+packaged SmolLM2 with 16 IOI pairs instead of its 64), and their results hold up.
 
 Each notebook is executed with nbclient in a fresh kernel started from this interpreter (the
 ipykernel "python3" spec that ipykernel itself provides, so no kernelspec has to be installed and
@@ -10,6 +11,7 @@ independent recomputations. The committed copies are also checked to carry their
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -20,7 +22,12 @@ from jupyter_client.kernelspec import KernelSpecManager
 from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-NAMES = ("01_head_heatmaps", "02_interactive_knockout", "03_pinpoint_tuning")
+NAMES = (
+    "01_head_heatmaps",
+    "02_interactive_knockout",
+    "03_pinpoint_tuning",
+    "04_your_own_behaviour",
+)
 MARKER = "NOTEBOOK-CHECK "
 
 CHECKS = {
@@ -50,6 +57,17 @@ print(MARKER + json.dumps({
     "readings": readings,
     "ranking": [list(h) for h in ranking[:4]],
     "exported_heads": [list(h) for h in reloaded.head_set],
+}))
+""",
+    "04_your_own_behaviour": """
+print(MARKER + json.dumps({
+    "n_pairs": len(pairs),
+    "aligned": all(p.token_aligned for p in pairs),
+    "summary": summary.to_dict("records"),
+    "top_heads": [list(h) for h in top_heads],
+    "mask_heads": [list(h) for h in mask.head_set],
+    "attention": attention[["layer", "head", "behaviour", "alternative"]].to_dict("records"),
+    "reloaded": [list(h) for h in spt.HeadMask.load(mask_path).head_set],
 }))
 """,
     "03_pinpoint_tuning": """
@@ -160,6 +178,30 @@ def test_pinpoint_tuning_notebook(tmp_path):
     trained = [[h["layer"], h["head"]] for h in values["spt"]["mask"]["heads"]]
     assert sorted(trained) == sorted(values["mask_heads"])
     assert len(figure_outputs(notebook)) == 1
+
+
+def test_your_own_behaviour_notebook(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPT_NOTEBOOK_PAIRS", "16")
+    notebook, values = run_notebook("04_your_own_behaviour", tmp_path)
+    assert values["n_pairs"] == 16 and values["aligned"]
+    by_k = {row["k"]: row for row in values["summary"]}
+    # The located heads carry the IO preference: knocking out the top 8 cuts it more than any
+    # random 8 on average.
+    assert by_k[8]["top_cut"] > by_k[8]["random_cut"]
+    assert values["mask_heads"] == values["top_heads"] == values["reloaded"]
+    for row in values["attention"]:
+        assert 0 <= row["behaviour"] and 0 <= row["alternative"]
+        assert row["behaviour"] + row["alternative"] <= 1 + 1e-5  # distinct positions of one row
+    assert len(figure_outputs(notebook)) == 3
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebooks_import_only_the_top_level_package(name):
+    notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    lines = [line.strip() for cell in notebook.cells if cell.cell_type == "code"
+             for line in cell.source.splitlines()]  # fmt: skip
+    ours = [line for line in lines if re.match(r"(from|import) spt_interp\b", line)]
+    assert ours == ["import spt_interp as spt"]
 
 
 @pytest.mark.parametrize("name", NAMES)

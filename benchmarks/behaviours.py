@@ -51,7 +51,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def step(log: dict, key: str, args: list[Any], done: Path) -> dict[str, Any]:
+class StepLog(dict):
+    """The finished steps by key, written to ``path`` after each one (a killed run resumes)."""
+
+    def __init__(self, path: Path):
+        super().__init__(json.loads(path.read_text()) if path.is_file() else {})
+        self.path = path
+
+    def record(self, key: str, entry: dict[str, Any]) -> None:
+        self[key] = entry
+        self.path.write_text(json.dumps(self, indent=2) + "\n")
+
+
+def step(log: StepLog, key: str, args: list[Any], done: Path) -> dict[str, Any]:
     """Run `spt-interp ARGS` unless ``done`` exists (then read the step back from the log)."""
     command = ["spt-interp", *map(str, args)]
     if done.exists() and key in log:
@@ -67,7 +79,7 @@ def step(log: dict, key: str, args: list[Any], done: Path) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - started, 1),
         "printed": result.stdout.strip().split("\n"),
     }
-    log[key] = entry
+    log.record(key, entry)
     print(f"{key}: {entry['seconds']} s\n  " + "\n  ".join(entry["printed"][-8:]), flush=True)
     return entry
 
@@ -158,7 +170,9 @@ def ioi(args: argparse.Namespace, log: dict, model: Path, work: Path) -> dict[st
     if "ioi_attention" not in log:
         started = time.perf_counter()
         table = attention(model, pairs, heads[: args.attention_heads])
-        log["ioi_attention"] = {"seconds": round(time.perf_counter() - started, 1), "heads": table}
+        log.record(
+            "ioi_attention", {"seconds": round(time.perf_counter() - started, 1), "heads": table}
+        )
     return {
         "locate_seconds": located["seconds"],
         "top_heads": heads,
@@ -345,18 +359,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     model = args.model_dir / "model"
     args.work.mkdir(parents=True, exist_ok=True)
-    log_path = args.work / "steps.json"
-    log = json.loads(log_path.read_text()) if log_path.is_file() else {}
+    log = StepLog(args.work / "steps.json")
     results: dict[str, Any] = {
         "model": args.name,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
-    try:
-        results["ioi"] = ioi(args, log, model, args.work)
-        results["answer"] = answer(args, log, model, args.work)
-    finally:
-        log_path.write_text(json.dumps(log, indent=2) + "\n")
-    results["steps"] = log
+    results["ioi"] = ioi(args, log, model, args.work)
+    results["answer"] = answer(args, log, model, args.work)
+    results["steps"] = dict(log)
     out = ROOT / "benchmarks" / "results" / args.name
     out.mkdir(parents=True, exist_ok=True)
     (out / "behaviours.json").write_text(json.dumps(results, indent=2) + "\n")

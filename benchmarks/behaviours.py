@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--suite-limit", type=int, default=12)
     parser.add_argument("--neutral-limit", type=int, default=40)
     parser.add_argument("--attention-heads", type=int, default=8)
+    parser.add_argument("--only-ioi", action="store_true",
+                        help="report IOI alone (answer sycophancy not run)")  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -303,12 +305,11 @@ def _heads(heads: list[dict[str, Any]], n: int = 8) -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     """Return the report's tables: each number beside the step it came from."""
-    ioi, answer, steps = results["ioi"], results["answer"], results["steps"]
+    ioi, answer, steps = results["ioi"], results.get("answer"), results["steps"]
     lines = [f"# Two behaviours on {results['model']}", ""]
-    for title, block, prefix in (
-        ("Indirect-object identification", ioi, "ioi"),
-        ("Answer sycophancy", answer, "answer"),
-    ):
+    blocks = [("Indirect-object identification", ioi, "ioi")]
+    blocks += [("Answer sycophancy", answer, "answer")] if answer else []
+    for title, block, prefix in blocks:
         knock = block["knockout"]
         lines += [
             f"## {title}",
@@ -333,6 +334,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"| {r['layer']}.{r['head']} | {r['to_io']:.3f} | {r['to_s']:.3f} | {r['pairs']} |"
         for r in ioi["attention"]
     ]
+    if not answer:
+        return "\n".join([*lines, "", "Answer sycophancy: not run for this model."]) + "\n"
     lines += [
         "",
         "## Answer sycophancy: SPT and SFT on the TRL rows",
@@ -365,7 +368,8 @@ def main(argv: list[str] | None = None) -> None:
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
     }
     results["ioi"] = ioi(args, log, model, args.work)
-    results["answer"] = answer(args, log, model, args.work)
+    if not args.only_ioi:
+        results["answer"] = answer(args, log, model, args.work)
     results["steps"] = dict(log)
     out = ROOT / "benchmarks" / "results" / args.name
     out.mkdir(parents=True, exist_ok=True)

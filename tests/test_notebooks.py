@@ -1,5 +1,5 @@
 """The four notebooks run top to bottom (the first three on the organism, the fourth on the
-packaged SmolLM2 with 16 IOI pairs instead of its 64), and their results hold up.
+packaged SmolLM2 with 8 IOI pairs instead of its 64), and their results hold up.
 
 Each notebook is executed with nbclient in a fresh kernel started from this interpreter (the
 ipykernel "python3" spec that ipykernel itself provides, so no kernelspec has to be installed and
@@ -180,9 +180,9 @@ def test_pinpoint_tuning_notebook(tmp_path):
 
 
 def test_your_own_behaviour_notebook(tmp_path, monkeypatch):
-    monkeypatch.setenv("SPT_NOTEBOOK_PAIRS", "16")
+    monkeypatch.setenv("SPT_NOTEBOOK_PAIRS", "8")
     notebook, values = run_notebook("04_your_own_behaviour", tmp_path)
-    assert values["n_pairs"] == 16 and values["aligned"]
+    assert values["n_pairs"] == 8 and values["aligned"]
     by_k = {row["k"]: row for row in values["summary"]}
     # The located heads carry the IO preference: knocking out the top 8 cuts it more than any
     # random 8 on average.

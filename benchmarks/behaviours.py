@@ -296,7 +296,7 @@ def copy_figures(name: str, work: Path) -> None:
 
 def _interval(metric: dict[str, Any], scale: float = 1.0, digits: int = 3) -> str:
     value, low, high = (metric[k] * scale for k in ("value", "low", "high"))
-    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}] (n {metric['n']})"
+    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}] (n {metric['count']})"
 
 
 def _heads(heads: list[dict[str, Any]], n: int = 8) -> str:

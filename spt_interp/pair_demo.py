@@ -129,9 +129,14 @@ def _stages(
     say(f"[1/{len(PAIR_STAGES)}] model: {inputs.model}")
     weights = dtype if dtype is not None else torch.float32
     hooked = load_model(inputs.model, device=device, dtype=weights)
-    test = load_pairs(inputs.test, hooked.tokenizer, str(inputs.model))[: settings.test_limit]
+    every_test = load_pairs(inputs.test, hooked.tokenizer, str(inputs.model))
+    test = every_test[: settings.test_limit]
     located_on = inputs.validation or inputs.test
-    held = load_pairs(located_on, hooked.tokenizer, str(inputs.model))
+    held = (
+        load_pairs(located_on, hooked.tokenizer, str(inputs.model))
+        if inputs.validation
+        else every_test
+    )
     timings["model"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -196,7 +201,7 @@ def _tune(hooked, inputs, mask, validation, test, settings, say, progress, devic
         f"{len(examples)} TRL rows, each rate's validation decision")  # fmt: skip
     chosen = {}
     for mode in settings.modes:
-        sweep, runs = {}, {}
+        sweep, best = {}, None  # only the best run so far is kept: an SFT update is a whole model
         for lr in settings.lrs:
             config = TuneConfig(mode=mode, lr=lr, steps=settings.steps,
                                 batch_size=settings.batch_size, seed=settings.seed)  # fmt: skip
@@ -204,13 +209,13 @@ def _tune(hooked, inputs, mask, validation, test, settings, say, progress, devic
                             config, base_state, progress)  # fmt: skip
             with applied(hooked, run, base_state):
                 sweep[lr] = evaluate_pairs(hooked, validation)["metrics"]
-            runs[lr] = run
-        lr = choose_rate(sweep)
-        with applied(hooked, runs[lr], base_state):
+            if choose_rate(sweep) == lr:
+                best = run
+        with applied(hooked, best, base_state):
             rows[mode] = evaluate_pairs(hooked, test, reference=reference, neutral=neutral,
                                         suite=suite)  # fmt: skip
-        chosen[mode] = {"lr": lr, "validation": {f"{k:g}": v for k, v in sweep.items()},
-                        "trainable": runs[lr].trainable}  # fmt: skip
+        chosen[mode] = {"lr": best.lr, "validation": {f"{k:g}": v for k, v in sweep.items()},
+                        "trainable": best.trainable}  # fmt: skip
     return {"examples": len(examples), "chosen": chosen, "test": rows}
 
 

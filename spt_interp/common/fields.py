@@ -62,7 +62,10 @@ def jsonl_rows(path: Path, missing: str) -> Iterator[tuple[int, Any]]:
     except UnicodeDecodeError as err:
         line_no = raw[: err.start].count(b"\n") + 1
         raise SptInterpError(f"{path}:{line_no}: not UTF-8 text ({err.reason})") from None
-    for line_no, line in enumerate(text.split("\n"), start=1):
+    # JSON Lines ends lines with \n (or \r\n); str.splitlines would also split on U+2028,
+    # U+0085, \x1c ..., which JSON strings may hold unescaped, and cut such a row in two.
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:

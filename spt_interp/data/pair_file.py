@@ -71,10 +71,7 @@ def _row(data: Any, where: str) -> PairRow:
         raise SptInterpError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))} ({known})")
     prompt = parse_prompt(data["prompt"], f"{where}: 'prompt'")
     counterfactual = parse_prompt(data["counterfactual"], f"{where}: 'counterfactual'")
-    if isinstance(prompt, str) != isinstance(counterfactual, str):
-        raise SptInterpError(
-            f"{where}: 'prompt' and 'counterfactual' must both be text or both be messages"
-        )
+    check_same_kind(prompt, counterfactual, ("prompt", "counterfactual"), where)
     label = data.get("id", where.rsplit(":", 1)[-1])
     if not isinstance(label, (str, int)) or isinstance(label, bool):
         raise SptInterpError(f"{where}: 'id' must be a string or an integer, got {label!r}")
@@ -121,6 +118,14 @@ def _continuations(value: Any, label: str) -> tuple[str, ...]:
     if not all(texts):
         raise SptInterpError(f"{label} has an empty continuation")
     return tuple(texts)
+
+
+def check_same_kind(first: Prompt, second: Prompt, names: tuple[str, str], where: str) -> None:
+    """Raise unless the two fields are both text or both messages."""
+    if isinstance(first, str) != isinstance(second, str):
+        raise SptInterpError(
+            f"{where}: '{names[0]}' and '{names[1]}' must both be text or both be messages"
+        )
 
 
 def short_repr(value: Any) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from spt_interp.common.atomic import write_text_atomic
-from spt_interp.common.fields import json_reason
+from spt_interp.common.fields import jsonl_rows
 from spt_interp.errors import SptInterpError
 
 ROLES = ("human", "ai")
@@ -216,39 +216,8 @@ def load_dialogues(path: str | Path) -> list[DialogueRecord]:
     file when it is missing or holds no records.
     """
     source = Path(path)
-    if not source.is_file():
-        raise SptInterpError(f"data file {source} does not exist")
     records = []
-    raw = source.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        # Name the line of the first bad byte, as every other defect of a line is named.
-        line_no = raw[: err.start].count(b"\n") + 1
-        raise _fail(source, line_no, f"not UTF-8 text ({err.reason})") from None
-    # JSON Lines ends lines with \n (or \r\n); str.splitlines also splits on U+2028, U+0085,
-    # \x1c ..., which JSON strings may hold unescaped (save_dialogues writes them so), and cut
-    # such a record in two.
-    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    for line_no, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise _fail(source, line_no, f"invalid JSON ({err.msg})") from None
-        except (ValueError, RecursionError) as err:
-            # Not JSONDecodeError: an integer of over 4300 digits, arrays nested too deeply.
-            raise _fail(source, line_no, f"invalid JSON ({json_reason(err)})") from None
-        try:
-            json.dumps(data, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            # A "\ud800" escape decodes to a lone surrogate: valid JSON, not text. The tokenizer
-            # would fail on it with a TypeError long after loading, and save_dialogues could
-            # not write the record back.
-            raise _fail(
-                source, line_no, "holds a lone surrogate escape (\\ud800-\\udfff)"
-            ) from None
+    for line_no, data in jsonl_rows(source, "data file"):
         records.append(parse_record(data, source, line_no))
     if not records:
         raise SptInterpError(f"{source} holds no records")

@@ -17,12 +17,13 @@ every line's shape before any model loads.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from spt_interp.common.fields import jsonl_rows
-from spt_interp.data.pair_file import Prompt, parse_prompt, short_repr
+from spt_interp.data.pair_file import Prompt, check_same_kind, parse_prompt, short_repr
 from spt_interp.data.protocol import Protocol
 from spt_interp.data.records import DialogueRecord, load_dialogues
 from spt_interp.data.training import (
@@ -85,10 +86,11 @@ def read_training_file(path: str | Path) -> TrainingData:
     The first row decides the format: a row with "completion" or "messages" makes it TRL,
     one with a dialogue's "base" makes it dialogues."""
     source = Path(path)
-    rows = list(jsonl_rows(source, "training file"))
-    if not rows:
+    rows = jsonl_rows(source, "training file")  # lazy: a dialogue file is parsed once, below
+    first_row = next(rows, None)
+    if first_row is None:
         raise SptInterpError(f"{source}: holds no records (the file is empty)")
-    first_line, first = rows[0]
+    first_line, first = first_row
     if isinstance(first, dict) and "base" in first and not is_trl_row(first):
         return TrainingData(source, records=load_dialogues(source))
     if isinstance(first, dict) and not is_trl_row(first):
@@ -96,7 +98,8 @@ def read_training_file(path: str | Path) -> TrainingData:
             f"{source}:{first_line}: a training row needs 'completion' (with 'prompt') or "
             "'messages' (TRL's formats), or a dialogue's 'base'; it has none of them"
         )
-    return TrainingData(source, rows=[_row(data, f"{source}:{line}") for line, data in rows])
+    every = itertools.chain([first_row], rows)
+    return TrainingData(source, rows=[_row(data, f"{source}:{line}") for line, data in every])
 
 
 def _row(data: Any, where: str) -> TrainingRow:
@@ -132,10 +135,7 @@ def _completion_row(data: dict, where: str) -> TrainingRow:
         raise SptInterpError(f"{where}: 'completion' needs a 'prompt'")
     prompt = parse_prompt(data["prompt"], f"{where}: 'prompt'")
     completion = parse_prompt(data["completion"], f"{where}: 'completion'")
-    if isinstance(prompt, str) != isinstance(completion, str):
-        raise SptInterpError(
-            f"{where}: 'prompt' and 'completion' must both be text or both be messages"
-        )
+    check_same_kind(prompt, completion, ("prompt", "completion"), where)
     if not isinstance(completion, str) and any(role != "assistant" for role, _ in completion):
         raise SptInterpError(f"{where}: 'completion' messages must be assistant turns")
     return TrainingRow(where, prompt, completion)

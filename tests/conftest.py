@@ -25,6 +25,23 @@ def bpe_tokenizer():
     return build_bpe_tokenizer()
 
 
+# A minimal chat template: BOS, "<|role|>content\n" per message, "<|assistant|>" to generate.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+@pytest.fixture
+def chat_tokenizer(bpe_tokenizer):
+    """The tiny BPE with CHAT_TEMPLATE (a copy: the session's tokenizer stays template-less)."""
+    import copy
+
+    tokenizer = copy.deepcopy(bpe_tokenizer)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dirs(tmp_path_factory, bpe_tokenizer):
     """One folder per architecture: 2 layers, 4 heads (2 key/value heads where GQA applies)."""

@@ -4,7 +4,6 @@ nothing."""
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -17,10 +16,6 @@ from spt_interp.data.answer import SUGGESTION, write_answer_sycophancy
 from spt_interp.errors import SptInterpError
 from spt_interp.model.tiny import save_tiny_model
 
-TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
 # (question, correct, incorrect). The tiny BPE of the tests spells these answers' first words
 # as one token each after a space; " the" opens both answers of the third: one first token.
 QUESTIONS = {
@@ -79,9 +74,8 @@ def test_no_question_is_in_two_splits_and_one_that_is_is_refused(bpe_tokenizer, 
     assert not (tmp_path / "o2").exists()
 
 
-def test_training_rows_answer_correctly_whatever_the_suggestion(bpe_tokenizer, tmp_path):
-    tokenizer = copy.deepcopy(bpe_tokenizer)
-    tokenizer.chat_template = TEMPLATE
+def test_training_rows_answer_correctly_whatever_the_suggestion(chat_tokenizer, tmp_path):
+    tokenizer = chat_tokenizer
     write_answer_sycophancy(benchmarks(tmp_path / "b"), tmp_path / "out", tokenizer)
     data = read_training_file(tmp_path / "out" / "train_trl.jsonl")
     assert data.format == "trl" and len(data) == 4  # two questions, two suggestions each

@@ -3,7 +3,6 @@ dialogues through the same path, and a decision metric that reads each pair's ow
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -24,10 +23,6 @@ from spt_interp.errors import SptInterpError
 from spt_interp.evaluation.metrics import log_odds
 from spt_interp.patching import decision_metric, locate_heads
 
-TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
 # The tiny BPE of the tests spells " the", " I" and " sure" as one token each (and " there"
 # starts with " the"'s token); real tokenizers spell the names as one.
 IOI = {"prompt": "When Mary and John went to the store, John gave a drink to",
@@ -38,13 +33,6 @@ IOI = {"prompt": "When Mary and John went to the store, John gave a drink to",
 def write(path: Path, *rows: object) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path
-
-
-@pytest.fixture
-def chat_tokenizer(bpe_tokenizer):
-    tokenizer = copy.deepcopy(bpe_tokenizer)
-    tokenizer.chat_template = TEMPLATE
-    return tokenizer
 
 
 def first_token(tokenizer, prompt: str, continuation: str) -> int:

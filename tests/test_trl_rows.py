@@ -4,7 +4,6 @@ on such a file."""
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -19,10 +18,6 @@ from spt_interp.mask import HeadMask
 from spt_interp.model.tiny import save_tiny_model
 from spt_interp.tuning import TuneConfig, load_base, tune
 
-TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
 DIALOGUES = Path(__file__).parent / "data" / "knockout_questions.jsonl"
 QUESTION = [{"role": "user", "content": "Is the sky blue?"}]
 REPLY = [{"role": "assistant", "content": "I am sure it is."}]
@@ -31,13 +26,6 @@ REPLY = [{"role": "assistant", "content": "I am sure it is."}]
 def write(path: Path, *rows: object) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path
-
-
-@pytest.fixture
-def chat_tokenizer(bpe_tokenizer):
-    tokenizer = copy.deepcopy(bpe_tokenizer)
-    tokenizer.chat_template = TEMPLATE
-    return tokenizer
 
 
 def split_at_labels(example) -> tuple[list[int], list[int]]:

@@ -7,9 +7,9 @@ Indirect-object identification: `data ioi`, `locate --pairs` (time and top heads
 --pairs` (top-K against random-K on the decision), and the top heads' attention from END to
 the IO and S tokens (spt.end_attention). Answer sycophancy: `data answer`, `locate` on the
 validation pairs, `knockout` on test pairs, `export-mask`, then SPT and SFT `tune`d on the TRL
-rows with the same steps, batch and data (the rates: each mode's rate nearest confidence 0.7
-on the SmolLM2 "are you sure" frontier), each `evaluate`d on the test pairs before and after,
-beside the neutral-text KL and the general suite.
+rows with the same steps, batch and data (default rates: SPT 4.64e-4 and SFT 1e-5, where both
+reach confidence 0.7-0.9 on the SmolLM2 "are you sure" frontier), each `evaluate`d on the
+test pairs before and after, beside the neutral-text KL and the general suite.
 
 Every step's command line, its seconds and what it printed go into
 benchmarks/results/NAME/behaviours.json (a step already done in --work is read back, not

@@ -126,18 +126,26 @@ def test_knockout_on_a_pair_file_gives_the_apis_curve(tmp_path, llama_dir, score
     pairs_file = tmp_path / "pairs.jsonl"
     rows = [PAIR_ROW, {**PAIR_ROW, "alternative": " sure"}, {**PAIR_ROW, "behaviour": " is"}]
     pairs_file.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    out = tmp_path / "out"
-    result = run("knockout", "--model", llama_dir, "--pairs", pairs_file, "--scores",
-                 scores_csv, "--k", "1,2", "--random-seeds", "2", "--out", out, "--no-png",
-                 "--device", "cpu")  # fmt: skip
-    assert result.exit_code == 0, result.output
-    written = pd.read_csv(out / "knockout.csv")
     hooked = load_model(llama_dir)
-    data = prepare_knockout(hooked, load_pairs(pairs_file, hooked.tokenizer), method="mean")
-    expected = knockout_curve(hooked, data, read_scores(scores_csv).ranked(), [1, 2],
-                              random_seeds=[0, 1], progress=False)  # fmt: skip
-    for column in ("apology_share", "log_odds"):
-        assert written[column].to_numpy() == pytest.approx(expected[column].to_numpy(), abs=1e-6)
+    pairs = load_pairs(pairs_file, hooked.tokenizer)
+    # By default the CLI reads END steps over cached prefixes; --no-prefix-cache runs full
+    # forwards. Each is the API's curve prepared the same way (the two ways agree to rounding:
+    # tests/test_interventions.py).
+    for flag, end_steps in (("--prefix-cache", True), ("--no-prefix-cache", False)):
+        out = tmp_path / flag
+        result = run("knockout", "--model", llama_dir, "--pairs", pairs_file, "--scores",
+                     scores_csv, "--k", "1,2", "--random-seeds", "2", "--out", out, "--no-png",
+                     "--device", "cpu", flag)  # fmt: skip
+        assert result.exit_code == 0, result.output
+        written = pd.read_csv(out / "knockout.csv")
+        data = prepare_knockout(hooked, pairs, method="mean", end_steps=end_steps)
+        assert (data.prefixes is not None) == end_steps
+        expected = knockout_curve(hooked, data, read_scores(scores_csv).ranked(), [1, 2],
+                                  random_seeds=[0, 1], progress=False)  # fmt: skip
+        for column in ("apology_share", "log_odds"):
+            assert written[column].to_numpy() == pytest.approx(
+                expected[column].to_numpy(), abs=1e-6
+            )
     refused = run("knockout", "--model", llama_dir, "--pairs", pairs_file, "--scores",
                   scores_csv, "--behaviour", "--out", tmp_path / "o2")  # fmt: skip
     assert refused.exit_code == 2 and not (tmp_path / "o2").exists()

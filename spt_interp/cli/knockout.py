@@ -35,7 +35,8 @@ def knockout(
     data: DataOption = None,
     pairs_file: PairsOption = None,
     scores: Annotated[
-        Path | None, typer.Option(help="Scores CSV (layer, head, score[, rank]) ranking heads.")
+        Path | None,
+        typer.Option(help="Scores ranking the heads: a locate folder or its scores.csv."),
     ] = None,
     mask: Annotated[
         Path | None, typer.Option(help="Head mask JSON: knock out its heads, in its order.")
@@ -57,6 +58,13 @@ def knockout(
     seed: Annotated[int, typer.Option(help="First random seed (seeds seed..seed+N-1).")] = 0,
     limit: Annotated[int | None, typer.Option(help="Use only the first N records.")] = None,
     batch_size: Annotated[int, typer.Option(help="Prompt pairs per forward pass.")] = 8,
+    prefix_cache: Annotated[
+        bool,
+        typer.Option(
+            help="At END: keep the X_r prompts' keys and values, so that each reading is one "
+            "END step instead of full forwards (same numbers; memory of all pairs' caches)."
+        ),
+    ] = True,
     behaviour: Annotated[
         bool,
         typer.Option(
@@ -130,7 +138,12 @@ def knockout(
         head_mask.validate(hooked)
     pairs = source.pairs(hooked, protocol)
     prepared = prepare_knockout(
-        hooked, pairs, method=ablation, position=position, batch_size=batch_size
+        hooked,
+        pairs,
+        method=ablation,
+        position=position,
+        batch_size=batch_size,
+        end_steps=prefix_cache,
     )
     settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
     table = knockout_curve(

@@ -47,9 +47,12 @@ def test_locate_knockout_mask_tune_evaluate_on_a_pair_file_and_trl_rows(tiny_mod
     assert set(curve.selection) == {"baseline", "counterfactual", "top", "random"}
     assert "baseline: F" in printed
 
-    spt_interp("export-mask", "--model", model, "--scores", tmp_path / "locate" / "scores.csv",
+    # The locate folder stands for its scores.csv (as the README's quickstart passes it), and
+    # the mask then records how the scores were made.
+    spt_interp("export-mask", "--model", model, "--scores", tmp_path / "locate",
                "--top-k", "2", "--out", tmp_path / "mask.json")  # fmt: skip
     mask = json.loads((tmp_path / "mask.json").read_text())
+    assert mask["source"]["method"] == "path"
     top_two = scores.sort_values("rank").head(2)
     assert sorted((h["layer"], h["head"]) for h in mask["heads"]) == sorted(
         zip(top_two["layer"], top_two["head"], strict=True)

@@ -15,7 +15,7 @@ from spt_interp.model.devices import DTYPES
 from spt_interp.model.dispatch import DEVICE_MAPS
 
 app = typer.Typer(
-    help="Find the attention heads behind a chat model's sycophancy and fix them by tuning "
+    help="Find the attention heads behind a chat model's behaviour and change it by tuning "
     "only those heads.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -27,7 +27,7 @@ app = typer.Typer(
 
 @app.callback()
 def _group() -> None:
-    """Find the attention heads behind a chat model's sycophancy and fix them by tuning only
+    """Find the attention heads behind a chat model's behaviour and change it by tuning only
     those heads."""
 
 

@@ -16,7 +16,9 @@ from spt_interp.errors import SptInterpError
 @one_line_errors
 def export_mask(
     model: ModelOption,
-    scores: Annotated[Path, typer.Option(help="Scores CSV (layer, head, score[, rank]).")],
+    scores: Annotated[
+        Path, typer.Option(help="A locate folder or its scores.csv (layer, head, score[, rank]).")
+    ],
     out: Annotated[Path, typer.Option("--out", help="Head mask JSON to write.")],
     top_k: Annotated[int | None, typer.Option(help="Keep the K best heads.")] = None,
     top_frac: Annotated[

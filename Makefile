@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
 .PHONY: setup real qwen bench benchmarks browser demo test test-range test-browser scale-gpu lint \
-	format clean
+	format clean docs docs-serve
 
 setup: $(STAMP)
 
@@ -102,12 +102,20 @@ test-browser: $(BROWSER_STAMP)
 	@test -x /usr/bin/chromium || { echo "error: /usr/bin/chromium not found; run: apt-get install chromium" >&2; exit 2; }
 	$(PY) -m pytest -q -m browser
 
-# The paper's sizes on one GPU (the device check): 7B and 13B shapes from configs with
+# The paper's sizes on one GPU: 7B and 13B shapes from configs with
 # random weights, bf16, gradient checkpointing; results in benchmarks/results/scale_gpu.json.
 scale-gpu: $(STAMP)
 	PYTHONPATH=benchmarks $(PY) benchmarks/scale.py --device cuda --dtype bfloat16 \
 		--shapes llama2-7b mistral-7b llama2-13b --gradient-checkpointing --batch 8 --steps 3 \
 		--tokens 128 --sweep-pairs 32 --loop-heads 8 --out benchmarks/results/scale_gpu.json
+
+# The docs site (mkdocs-material; the CLI reference and the API reference are generated when it
+# is built). --strict fails on a broken link, a missing page or an unresolved API name.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -118,4 +126,4 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) $(RANGE_VENV) runs .pytest_cache
+	rm -rf $(VENV) $(RANGE_VENV) runs site .pytest_cache

@@ -1,5 +1,5 @@
-"""The README's table of refusals is checked against the tests: each message it quotes is one
-that some test triggers and asserts."""
+"""The reliability page's table of refusals is checked against the tests: each message it quotes
+is one that some test triggers and asserts."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADING = "### What each command refuses"
+HEADING = "## What each command refuses"
 
 
 def quoted_messages() -> list[str]:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "reliability.md").read_text()
     section = text.split(HEADING, 1)[1].split("\n#", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line]
     messages = []
@@ -21,7 +21,7 @@ def quoted_messages() -> list[str]:
     return messages
 
 
-def test_every_refusal_the_readme_quotes_is_asserted_by_a_test():
+def test_every_refusal_the_docs_quote_is_asserted_by_a_test():
     messages = quoted_messages()
     assert len(messages) >= 30  # the table was found and read
     this = Path(__file__).name

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
+import io
 import json
 import os
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from unittest.mock import patch
+
+import torch
 
 from spt_interp.model import load_base
 
 ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "frontier.py"
 PASSAGE = ("The river rises in the northern hills and runs south for two hundred miles. Farmers "
            "along its banks grow wheat and barley in the dry season.")  # fmt: skip
 
@@ -40,18 +47,44 @@ def inputs(organism_dir: Path, tmp_path: Path) -> list[str]:
             "--batch-size", "4", "--modes", "spt", "--quiet"]  # fmt: skip
 
 
-def frontier(*args: str) -> subprocess.CompletedProcess:
+def frontier_process(*args: str) -> subprocess.CompletedProcess:
+    """Run `python benchmarks/frontier.py ARGS` as a user does."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'benchmarks'}",
            "HF_HUB_OFFLINE": "1"}  # fmt: skip
     return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "frontier.py"), *args],
                           env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
 
 
+def frontier(*args: str) -> subprocess.CompletedProcess:
+    """Run the script's main() with ARGS in this process, as the script runs it (its folder on
+    sys.path, an exit message on stderr with status 1): an interpreter's start-up takes longer
+    than a run of the organism. The script sets torch's thread count; it is put back after."""
+    spec = importlib.util.spec_from_file_location("frontier_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    threads = torch.get_num_threads()
+    stdout, stderr, code = io.StringIO(), io.StringIO(), 0
+    with (
+        patch.object(sys, "argv", [str(SCRIPT), *args]),
+        patch.object(sys, "path", [str(SCRIPT.parent), *sys.path]),
+        redirect_stdout(stdout),
+        redirect_stderr(stderr),
+    ):
+        try:
+            script.main()
+        except SystemExit as exit_:
+            if isinstance(exit_.code, str):
+                print(exit_.code, file=sys.stderr)
+            code = exit_.code if isinstance(exit_.code, int) else 1
+    torch.set_num_threads(threads)
+    return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
+
+
 def test_the_script_keeps_finished_runs_resumes_without_redoing_them_and_reports(
     organism_dir, tmp_path
 ):
     common = inputs(organism_dir, tmp_path) + ["--store", str(tmp_path / "store")]
-    first = frontier(*common, "--max-runs", "2")
+    first = frontier_process(*common, "--max-runs", "2")  # once as a script; then in process
     assert first.returncode == 0, first.stderr[-2000:]
     ran = [line for line in first.stdout.splitlines() if line.startswith("run ")]
     assert ran == ["run base lr 0 seed 0", "run spt lr 0.000464 seed 0"]

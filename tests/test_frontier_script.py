@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import importlib.util
 import io
 import json
@@ -55,13 +56,20 @@ def frontier_process(*args: str) -> subprocess.CompletedProcess:
                           env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
 
 
+@functools.cache
+def script_module():
+    """The script, loaded once (its module-level values are constants; main() reads its
+    arguments afresh on every call)."""
+    spec = importlib.util.spec_from_file_location("frontier_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
 def frontier(*args: str) -> subprocess.CompletedProcess:
     """Run the script's main() with ARGS in this process, as the script runs it (its folder on
     sys.path, an exit message on stderr with status 1): an interpreter's start-up takes longer
     than a run of the organism. The script sets torch's thread count; it is put back after."""
-    spec = importlib.util.spec_from_file_location("frontier_script", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     threads = torch.get_num_threads()
     stdout, stderr, code = io.StringIO(), io.StringIO(), 0
     with (
@@ -71,12 +79,13 @@ def frontier(*args: str) -> subprocess.CompletedProcess:
         redirect_stderr(stderr),
     ):
         try:
-            script.main()
+            script_module().main()
         except SystemExit as exit_:
             if isinstance(exit_.code, str):
                 print(exit_.code, file=sys.stderr)
             code = exit_.code if isinstance(exit_.code, int) else 1
-    torch.set_num_threads(threads)
+        finally:
+            torch.set_num_threads(threads)
     return subprocess.CompletedProcess(args, code, stdout.getvalue(), stderr.getvalue())
 
 

@@ -84,6 +84,36 @@ def test_a_grid_that_never_brackets_is_refused_past_its_cap():
         extend(flat, BASE_CONFIDENCE, max_rates=5)
 
 
+def unmoved(lr: float, kl_at_1e5: float = 0.2) -> SearchPoint:
+    """A mode that leaves confidence at the base's at every rate (scores tie), its KL growing as
+    lr squared and its general ability falling past 5 points early."""
+    return SearchPoint(lr, 0.47 + 0.001 * math.log10(lr), BASE_CONFIDENCE + 0.01,
+                       kl=kl_at_1e5 * (lr / 1e-5) ** 2, general_change=-0.08)  # fmt: skip
+
+
+def test_a_grid_that_never_moves_confidence_goes_up_until_the_kl_bound_not_down():
+    # Scores tie, so the tie-break picks the lowest rate; the usual rule would add 1e-6, then
+    # 4.64e-7, ... Instead the grid goes up while the top's KL 0.2 (lr / 1e-5)^2 is under 1 nat:
+    # 2.15e-5 gives 0.92, 4.64e-5 gives 4.3 and ends it (general ability is not a stop here).
+    rates = log_grid(2.15e-6, 1e-5)
+    verdicts = []
+    while not verdicts or not verdicts[-1].done:
+        verdicts.append(extend([unmoved(lr) for lr in rates], BASE_CONFIDENCE, mode="sft"))
+        rates += verdicts[-1].next_rates
+    assert [v.next_rates for v in verdicts] == [(2.15e-5,), (4.64e-5,), ()]
+    assert rates == log_grid(2.15e-6, 4.64e-5)
+    assert (verdicts[-1].low_end, verdicts[-1].high_end, verdicts[-1].interior) == (
+        True, True, False)  # fmt: skip
+    # Once one rate moves confidence the usual rule judges the grid: its best is at the top.
+    first_move = SearchPoint(4.64e-5, 0.9, BASE_CONFIDENCE + 0.6, kl=4.3, general_change=-0.08)
+    moved = [*[unmoved(lr) for lr in rates[:-1]], first_move]
+    assert extend(moved, BASE_CONFIDENCE).next_rates == (1e-4,)
+    # The cap still holds when the KL never passes the bound.
+    with pytest.raises(SptInterpError, match="sft: confidence does not move within 4 rates"):
+        extend([unmoved(lr, kl_at_1e5=1e-6) for lr in log_grid(1e-5, 1e-4)], BASE_CONFIDENCE,
+               mode="sft", max_rates=4)  # fmt: skip
+
+
 def synthetic_steering(alpha: float, best: float = 10.0) -> SearchPoint:
     """A steering curve over alpha peaking at ``best``: confidence rises with alpha, KL grows
     as alpha squared, general ability falls linearly (nothing diverges)."""
@@ -263,6 +293,17 @@ def test_missing_names_what_a_frontier_lacks_and_nothing_when_complete():
     short = [r for r in synthetic_frontier() if r["setting"]["lr"] != 2.15e-3]
     assert missing(short, ["spt"]) == ["spt: grid not bracketed (next: 0.00215)"]
     assert missing(synthetic_frontier(), ["spt", "sft"]) == ["sft: no runs"]
+    # An SFT grid that never moves confidence lacks its next rate up until its KL passes 1 nat;
+    # then nothing (no rate of it is near 0.7, so there is nothing to seed).
+    unmoved = [fake_run("sft", lr, [0.0] * 100, [kl, kl], [1, 0, 1, 0]) for lr, kl in
+               ((1e-5, 0.2), (2.15e-5, 0.7))]  # fmt: skip
+    for run in unmoved:
+        run["validation"] = {"score": 0.47}
+    frontier = synthetic_frontier() + unmoved
+    assert missing(frontier, ["spt", "sft"]) == ["sft: grid not bracketed (next: 4.64e-05)"]
+    past = fake_run("sft", 4.64e-5, [0.0] * 100, [3.0, 3.0], [1, 0, 1, 0])
+    past["validation"] = {"score": 0.47}
+    assert missing([*frontier, past], ["spt", "sft"]) == []
 
 
 COMMITTED = Path(__file__).parents[1] / "benchmarks" / "results" / "smollm2" / "frontier"

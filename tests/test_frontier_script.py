@@ -128,7 +128,15 @@ def test_the_script_keeps_finished_runs_resumes_without_redoing_them_and_reports
     assert ("steer", "alpha", 1.0) in rows and ("spt", "lr", 1e-3) in rows
     written = json.loads((tmp_path / "report" / "frontier.json").read_text())
     assert written["grids"]["steer"]["rates"] == [1.0]
-    assert "steer: grid not bracketed (next: 2.15)" not in written["missing"]  # start grid first
+    # Neither grid moves confidence off the base's 0 yet and both stay under KL 1 nat: each
+    # grows up by one grid step (steering's next alpha, SPT's next rate), not down.
+    with (tmp_path / "report" / "points.csv").open() as handle:
+        tuned = [row for row in csv.DictReader(handle) if row["mode"] != "base"]
+    assert {(float(r["test_confidence"]), float(r["test_kl"]) < 1) for r in tuned} == {(0.0, True)}
+    assert written["missing"][-2:] == [
+        "spt: grid not bracketed (next: 0.00215)",
+        "steer: grid not bracketed (next: 2.15)",
+    ]
 
     wide = ["--wide-suite", "2", "--wide-store", str(tmp_path / "wide")]
     remade = frontier(*common, "--modes", "spt", "steer", *wide)

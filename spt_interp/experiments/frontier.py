@@ -12,6 +12,10 @@ every extension shares points. A mode's grid is done when
   of general ability, moves the neutral-text KL over ``high_end_kl`` (1 nat), or diverged.
 
 Until then ``extend`` names the next rates to run (one grid step past whichever end is short).
+
+A grid none of whose rates raises confidence more than those 5 points over the base's has no
+best rate to bracket (every score ties near the base's); it goes up until a rate moves the
+decision, diverges, or moves the KL past ``high_end_kl`` (see ``_unmoved_verdict``).
 """
 
 from __future__ import annotations
@@ -116,6 +120,8 @@ def extend(
         )
     chosen = chosen_rate(ordered)
     lowest, highest = ordered[0], ordered[-1]
+    if not lowest.diverged and not moves_confidence(ordered, base_confidence, low_end_confidence):
+        return _unmoved_verdict(ordered, chosen, per_decade, high_end_kl, max_rates, mode)
     interior = lowest.lr < chosen < highest.lr
     low_end = not lowest.diverged and lowest.confidence - base_confidence <= low_end_confidence
     high_end = highest.diverged or (
@@ -135,6 +141,43 @@ def extend(
             f"high end {high_end})"
         )
     return GridVerdict(chosen, interior, low_end, high_end, tuple(wanted))
+
+
+def moves_confidence(
+    points: Sequence[SearchPoint], base_confidence: float, margin: float = LOW_END_CONFIDENCE
+) -> bool:
+    """Return whether any finished point raises confidence more than ``margin`` over the base."""
+    return any(not p.diverged and p.confidence - base_confidence > margin for p in points)
+
+
+def _unmoved_verdict(
+    ordered: Sequence[SearchPoint],
+    chosen: float,
+    per_decade: int,
+    high_end_kl: float,
+    max_rates: int,
+    mode: str,
+) -> GridVerdict:
+    """The verdict on a grid none of whose rates moves confidence off the base's.
+
+    Every score then ties near the base's, and the tie-break (lower KL) picks the lowest rate,
+    so the bracketing rule would walk down for ever towards the base. Such a grid goes up
+    instead, until a rate moves the decision (then the usual rule takes over), diverges, or
+    moves the neutral-text KL past ``high_end_kl``. General ability is not a stop here: with no
+    confidence gained there is nothing to read at a matched confidence, and the suite's few
+    items per task cannot tell a 5-point loss from noise.
+    """
+    highest = ordered[-1]
+    high_end = highest.diverged or highest.kl > high_end_kl
+    if high_end:
+        return GridVerdict(chosen, False, True, True, ())
+    if len(ordered) + 1 > max_rates:
+        raise SptInterpError(
+            f"{mode}: confidence does not move within {max_rates} rates "
+            f"({ordered[0].lr:g} .. {highest.lr:g}; the KL stays under {high_end_kl:g})"
+        )
+    above = grid_rate(grid_index(highest.lr, per_decade) + 1, per_decade)
+    return GridVerdict(chosen, False, True, False, (above,))
 
 
 def bracket_grid(

@@ -90,7 +90,7 @@ def locate(
     """Score every attention head by patching X_c into X_r; write scores, ranking, heatmap."""
     import time
 
-    from spt_interp.common.distributed import init_from_environment, rank_and_world
+    from spt_interp.common.distributed import group_from_environment, rank_and_world
     from spt_interp.common.outputs import check_out
     from spt_interp.data import protocol_for
 
@@ -126,30 +126,30 @@ def locate(
     placement = resolve_device_map(device_map, max_memory, offload_folder, device)
     check_out(out, force=force, reads=[folder], files=LOCATE_FILES, create_parents=True)
     protocol = protocol_for(folder)
-    init_from_environment()
-    rank, world = rank_and_world()
-    if placement is not None and world > 1:
-        raise SptInterpError(
-            f"--device-map spreads one model over this machine's devices; run it in one "
-            f"process, not {world}"
+    with group_from_environment():
+        rank, world = rank_and_world()
+        if placement is not None and world > 1:
+            raise SptInterpError(
+                f"--device-map spreads one model over this machine's devices; run it in one "
+                f"process, not {world}"
+            )
+        started = time.perf_counter()
+        hooked = load_model(folder, device=target, dtype=weights, device_map=placement)
+        pairs = source.pairs(
+            hooked, protocol, own_answers=own_answers, batch_size=batch_size, progress=rank == 0
         )
-    started = time.perf_counter()
-    hooked = load_model(folder, device=target, dtype=weights, device_map=placement)
-    pairs = source.pairs(
-        hooked, protocol, own_answers=own_answers, batch_size=batch_size, progress=rank == 0
-    )
-    patch_metric = decision_metric(metric, hooked.tokenizer, pairs, protocol)
-    scores = locate_heads(
-        hooked,
-        pairs,
-        patch_metric,
-        method=method,
-        position=position,
-        direction=direction,
-        batch_size=batch_size,
-        engine=engine,
-        per_prompt=per_prompt,
-    )
+        patch_metric = decision_metric(metric, hooked.tokenizer, pairs, protocol)
+        scores = locate_heads(
+            hooked,
+            pairs,
+            patch_metric,
+            method=method,
+            position=position,
+            direction=direction,
+            batch_size=batch_size,
+            engine=engine,
+            per_prompt=per_prompt,
+        )
     if rank != 0:
         return
     extra = _run_details(hooked, folder, source, own_answers=own_answers, world=world)

@@ -100,7 +100,7 @@ def tune(
     force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
     """Tune only the masked heads (or all weights, LoRA on the heads, random heads); save."""
-    from spt_interp.common.distributed import rank_and_world
+    from spt_interp.common.distributed import group_from_environment, rank_and_world
     from spt_interp.tuning import TuneConfig, tune_folder
     from spt_interp.tuning.sharding import accelerate_asks_for_fsdp
 
@@ -122,24 +122,27 @@ def tune(
         loss_on=loss_on,
         optimizer=optimizer,
     )
-    record = tune_folder(
-        model,
-        data,
-        out,
-        config,
-        mask=mask,
-        save=save,
-        force=force,
-        checkpoint_dir=checkpoint_dir,
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-        stop_after=stop_after,
-        device=device,
-        dtype=dtype,
-        gradient_checkpointing=gradient_checkpointing,
-        fsdp=fsdp,
-    )
-    if rank_and_world()[0] != 0:
+    # Held here, not only inside tune_folder, so that the rank is still known for printing.
+    with group_from_environment():
+        record = tune_folder(
+            model,
+            data,
+            out,
+            config,
+            mask=mask,
+            save=save,
+            force=force,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            stop_after=stop_after,
+            device=device,
+            dtype=dtype,
+            gradient_checkpointing=gradient_checkpointing,
+            fsdp=fsdp,
+        )
+        rank = rank_and_world()[0]
+    if rank != 0:
         return
     losses = record["losses"]
     print(

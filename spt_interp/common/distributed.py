@@ -7,6 +7,8 @@ heads; the per-head results are gathered on every rank, so rank 0 holds the full
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -38,6 +40,23 @@ def init_from_environment() -> bool:
             backend = "cpu:gloo,cuda:nccl"
         dist.init_process_group(backend=backend)
     return True
+
+
+@contextmanager
+def group_from_environment() -> Iterator[bool]:
+    """Hold the default group for the block when launched by torchrun; yield whether launched so.
+
+    A group this started is destroyed when the block ends normally: left to the interpreter's
+    teardown, Gloo's worker threads can outlive it and abort the process after its work is done
+    ("terminate called without an active exception", exit -6). Not after an exception: the
+    other ranks may still be in a collective that a destroying rank would leave hanging.
+    """
+    import torch.distributed as dist
+
+    started = not (dist.is_available() and dist.is_initialized()) and init_from_environment()
+    yield rank_and_world()[1] > 1
+    if started:
+        dist.destroy_process_group()
 
 
 def share_of(heads: list[tuple[int, int]], rank: int, world: int) -> list[tuple[int, int]]:

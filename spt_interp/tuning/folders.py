@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from spt_interp.common.distributed import barrier, init_from_environment, rank_and_world
+from spt_interp.common.distributed import barrier, group_from_environment, rank_and_world
 from spt_interp.common.outputs import check_out, staged_folder
 from spt_interp.data import protocol_for, read_training_file
 from spt_interp.errors import SptInterpError
@@ -96,60 +96,60 @@ def tune_folder(
         raise SptInterpError(f"--resume: no checkpoint at {checkpoints / 'checkpoint.pt'}")
     target, compute = resolve_device(device), resolve_dtype(dtype)
 
-    init_from_environment()
-    rank, world = rank_and_world()
-    base = load_base(folder, device=target, dtype=method.load_dtype(compute))
-    if method.uses_mask:
-        head_mask.validate(base)
-    examples = training.examples(
-        base.tokenizer, protocol_for(folder), config.seed, loss_on=config.loss_on
-    )
-    check_lengths(examples, base.config, data)
-    fingerprint, data_hash = base.fingerprint(), file_hash(data)
-    checkpointer = None
-    if checkpoint_every or stop_after or resume:
-        identity = {
-            "data_hash": data_hash,
-            "base_fingerprint": fingerprint,
-            "processes": world,
-            "dtype": dtype,
-        }
-        checkpointer = Checkpointer(checkpoints, checkpoint_every, identity)
-    tuned = tune(
-        base,
-        examples,
-        head_mask,
-        config,
-        dtype=compute,
-        checkpointer=checkpointer,
-        resume=resume,
-        stop_after=stop_after,
-        progress=progress,
-        gradient_checkpointing=gradient_checkpointing,
-        fsdp=fsdp,
-    )
-    record = tuned.record
-    record.update(
-        kind=save,
-        data={
-            "file": str(data),
-            "hash": data_hash,
-            "format": training.format,
-            "records": len(training),
-            "examples": len(examples),
-            "loss_on": config.loss_on,
-        },
-        base=base_identity(folder, fingerprint),
-        precision=precision_note(method, *tuned.precision, save),
-    )
-    if tuned.update is None:
+    with group_from_environment():
+        rank, world = rank_and_world()
+        base = load_base(folder, device=target, dtype=method.load_dtype(compute))
+        if method.uses_mask:
+            head_mask.validate(base)
+        examples = training.examples(
+            base.tokenizer, protocol_for(folder), config.seed, loss_on=config.loss_on
+        )
+        check_lengths(examples, base.config, data)
+        fingerprint, data_hash = base.fingerprint(), file_hash(data)
+        checkpointer = None
+        if checkpoint_every or stop_after or resume:
+            identity = {
+                "data_hash": data_hash,
+                "base_fingerprint": fingerprint,
+                "processes": world,
+                "dtype": dtype,
+            }
+            checkpointer = Checkpointer(checkpoints, checkpoint_every, identity)
+        tuned = tune(
+            base,
+            examples,
+            head_mask,
+            config,
+            dtype=compute,
+            checkpointer=checkpointer,
+            resume=resume,
+            stop_after=stop_after,
+            progress=progress,
+            gradient_checkpointing=gradient_checkpointing,
+            fsdp=fsdp,
+        )
+        record = tuned.record
+        record.update(
+            kind=save,
+            data={
+                "file": str(data),
+                "hash": data_hash,
+                "format": training.format,
+                "records": len(training),
+                "examples": len(examples),
+                "loss_on": config.loss_on,
+            },
+            base=base_identity(folder, fingerprint),
+            precision=precision_note(method, *tuned.precision, save),
+        )
+        if tuned.update is None:
+            return record
+        if rank == 0:
+            record = tuned.write(out, save)
+        barrier()
+        if checkpointer is not None:
+            checkpointer.remove(rank)
         return record
-    if rank == 0:
-        record = tuned.write(out, save)
-    barrier()
-    if checkpointer is not None:
-        checkpointer.remove(rank)
-    return record
 
 
 def merge(base: str | Path, delta: str | Path, out: str | Path, *, force: bool = False) -> dict:

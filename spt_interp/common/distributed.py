@@ -24,21 +24,22 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
-def init_from_environment() -> bool:
-    """Initialise the default group when launched by torchrun (WORLD_SIZE > 1); return whether."""
+def _start_group_from_environment() -> bool:
+    """Initialise the default group when launched by torchrun (WORLD_SIZE > 1) and none is
+    yet; return whether this started one."""
     import torch.distributed as dist
 
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available()
+    if not launched or dist.is_initialized():
         return False
-    if not dist.is_initialized():
-        backend = "gloo"
-        if torch.cuda.is_available():
-            # Each rank on its own GPU: NCCL's barrier and object gathers use the current
-            # device, which is GPU 0 for every rank unless set. Gloo stays for CPU tensors,
-            # so --device cpu still works on a machine with GPUs.
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            backend = "cpu:gloo,cuda:nccl"
-        dist.init_process_group(backend=backend)
+    backend = "gloo"
+    if torch.cuda.is_available():
+        # Each rank on its own GPU: NCCL's barrier and object gathers use the current
+        # device, which is GPU 0 for every rank unless set. Gloo stays for CPU tensors,
+        # so --device cpu still works on a machine with GPUs.
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        backend = "cpu:gloo,cuda:nccl"
+    dist.init_process_group(backend=backend)
     return True
 
 
@@ -53,7 +54,7 @@ def group_from_environment() -> Iterator[bool]:
     """
     import torch.distributed as dist
 
-    started = not (dist.is_available() and dist.is_initialized()) and init_from_environment()
+    started = _start_group_from_environment()
     yield rank_and_world()[1] > 1
     if started:
         dist.destroy_process_group()

@@ -24,6 +24,8 @@ from spt_interp.evaluation.suite import (
     score_items,
 )
 from spt_interp.model import load_model
+from spt_interp.model.interventions import HeadOutputSite, add
+from spt_interp.model.tiny import FAMILY_ARCHITECTURES
 from spt_interp.tuning.deltas import restore_parameters
 
 CONTEXTS = ["What is the capital of France? The capital of France is", "Are you sure?"]
@@ -58,6 +60,61 @@ def test_batched_scores_equal_one_unpadded_sequence_at_a_time(tiny_model_dir):
     want = [_unpadded_log_likelihood(hooked.plain_model, c, x) for c, x in requests]
     # float32 logits over a 320-token vocabulary, a few tokens summed: ~1e-6 relative.
     assert got == pytest.approx(want, rel=1e-4, abs=1e-4)
+
+
+def _shared_context_requests(seed: int = 0) -> list[tuple[list[int], list[int]]]:
+    """Token-id requests: a context shared by continuations of 1 to 5 tokens, one shared by
+    one-token continuations only, and two contexts of their own (one a prefix of another's)."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(10, 300, (n,), generator=generator).tolist()
+
+    long_context, short_context = ids(11), ids(6)
+    return [
+        *[(long_context, ids(n)) for n in (1, 3, 5, 2)],
+        *[(short_context, ids(1)) for _ in range(3)],
+        (ids(9), ids(4)),
+        (long_context[:7], ids(2)),
+    ]
+
+
+@pytest.mark.parametrize("name", FAMILY_ARCHITECTURES)
+def test_shared_contexts_score_what_one_unpadded_sequence_gives(name, family_dirs):
+    hooked = load_model(family_dirs[name], hooks=False)
+    model, requests = hooked.plain_model, _shared_context_requests()
+    want = [_unpadded_log_likelihood(model, c, x) for c, x in requests]
+    read = []
+    embeddings = model.get_input_embeddings()
+    handle = embeddings.register_forward_hook(lambda m, args, out: read.append(args[0].numel()))
+    try:
+        for share in (True, False):
+            read.clear()
+            got = continuation_log_likelihoods(model, requests, 0, batch_size=2, progress=False,
+                                               share_contexts=share)  # fmt: skip
+            # float32 logits, a few tokens summed, differently shaped batches: ~1e-6 relative.
+            assert got == pytest.approx(want, rel=1e-4, abs=1e-4), share
+            if share:
+                # Each shared context once, then each of its continuations but the last token
+                # padded to the longest (4 rows of 4; none for one-token continuations), then
+                # the two lone requests as one left-padded batch (2 rows of 9 + 4 - 1).
+                assert read == [11, 4 * 4, 6, 2 * 12]
+    finally:
+        handle.remove()
+
+
+def test_shared_contexts_keep_an_edit_at_every_position(tiny_model_dirs):
+    """Steering adds to the heads' outputs at every position, the cached context's included."""
+    hooked = load_model(tiny_model_dirs["llama"], hooks=False)
+    model, requests = hooked.plain_model, _shared_context_requests(seed=3)
+    vector = torch.randn(2, hooked.geometry.d_head, generator=torch.Generator().manual_seed(0))
+    site = HeadOutputSite(model, hooked.geometry)
+    with site.edited({1: add([0, 3], 2.0 * vector, position="all")}):
+        want = [_unpadded_log_likelihood(model, c, x) for c, x in requests]
+        got = continuation_log_likelihoods(model, requests, 0, progress=False)
+    plain = continuation_log_likelihoods(model, requests, 0, progress=False)
+    assert got == pytest.approx(want, rel=1e-4, abs=1e-4)
+    assert max(abs(a - b) for a, b in zip(got, plain, strict=True)) > 1e-2
 
 
 def test_acc_and_acc_norm_by_hand():

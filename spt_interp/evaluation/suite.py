@@ -4,7 +4,9 @@ For each choice, the summed log-probability of its continuation tokens given its
 acc: the choice with the highest sum is the label; acc_norm: the highest sum per character of
 the continuation. Tokenization follows the harness: the continuation's tokens are those of
 context + continuation past the context's own tokens, so a word split across the seam is
-scored as the model would read it.
+scored as the model would read it. Choices with the same context tokens read the context
+once, on its key/value cache; edits to the model that act at every position (tuned weights,
+steering, ablation at every position) score the same either way.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from spt_interp.common.fields import jsonl_rows
 from spt_interp.data.pairs import left_pad, pad_token_id
 from spt_interp.errors import SptInterpError
 from spt_interp.evaluation.metrics import Z_95, Metric, proportion
+from spt_interp.model import hf_internals as hf
 from spt_interp.model.dispatch import model_input_device
 from spt_interp.model.generate import last_position_logits
 
@@ -125,39 +128,105 @@ def encode_suite(
     return encoded
 
 
+Request = tuple[list[int], list[int]]
+
+
 def continuation_log_likelihoods(
     model: torch.nn.Module,
-    requests: list[tuple[list[int], list[int]]],
+    requests: list[Request],
     pad_id: int,
     *,
     batch_size: int = 16,
     progress: bool = True,
     desc: str = "general suite",
+    share_contexts: bool = True,
 ) -> list[float]:
-    """Return each request's summed log-probability of its continuation given its context."""
-    device = model_input_device(model)
+    """Return each request's summed log-probability of its continuation given its context.
+
+    With ``share_contexts``, requests whose context tokens are the same (the choices of most
+    multiple-choice items) read that context once and score their continuations on its
+    key/value cache, one row per continuation: on the general suite the model then reads about
+    40% of the tokens. Each score is
+    the same sum either way, up to float rounding. Requests with a context of their own are
+    batched, left-padded, as without it.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, (context, _) in enumerate(requests):
+        groups.setdefault(tuple(context), []).append(index)
+    shared = [indices for indices in groups.values() if share_contexts and len(indices) > 1]
+    in_shared = {index for indices in shared for index in indices}
     # Longest first, so a batch's rows are alike in length and padding stays small.
-    order = sorted(range(len(requests)), key=lambda i: -sum(map(len, requests[i])))
+    alone = sorted(
+        (index for index in range(len(requests)) if index not in in_shared),
+        key=lambda i: -sum(map(len, requests[i])),
+    )
+    batches = [alone[start : start + batch_size] for start in range(0, len(alone), batch_size)]
     totals = [0.0] * len(requests)
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc=desc, disable=not progress or len(starts) < 2, leave=False):
-        chunk = order[start : start + batch_size]
-        # The model reads context + continuation without its last token; the last
-        # len(continuation) positions predict the continuation.
-        inputs = [(requests[i][0] + requests[i][1])[:-1] for i in chunk]
-        keep = max(len(requests[i][1]) for i in chunk)
-        tokens, mask = left_pad(inputs, pad_id)
-        with torch.no_grad():
-            logits = last_position_logits(model, tokens.to(device), mask.to(device), keep)
-        log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()
-        for row, index in enumerate(chunk):
-            totals[index] = _summed(log_probs[row], requests[index][1])
+    steps = len(shared) + len(batches)
+    with tqdm(total=steps, desc=desc, disable=not progress or steps < 2, leave=False) as bar:
+        for indices in shared:
+            scores = _shared_context_scores(model, [requests[i] for i in indices], pad_id)
+            for index, score in zip(indices, scores, strict=True):
+                totals[index] = score
+            bar.update()
+        for chunk in batches:
+            scores = _padded_batch_scores(model, [requests[i] for i in chunk], pad_id)
+            for index, score in zip(chunk, scores, strict=True):
+                totals[index] = score
+            bar.update()
     return totals
 
 
-def _summed(log_probs: Float[Tensor, "keep vocab"], continuation: list[int]) -> float:
-    rows = log_probs[-len(continuation) :]
-    return float(rows[torch.arange(len(continuation)), torch.tensor(continuation)].sum())
+def _padded_batch_scores(
+    model: torch.nn.Module, requests: list[Request], pad_id: int
+) -> list[float]:
+    """Score requests as one left-padded batch of whole sequences."""
+    # The model reads context + continuation without its last token; the last
+    # len(continuation) positions predict the continuation.
+    inputs = [(context + continuation)[:-1] for context, continuation in requests]
+    keep = max(len(continuation) for _, continuation in requests)
+    tokens, mask = left_pad(inputs, pad_id)
+    device = model_input_device(model)
+    with torch.no_grad():
+        logits = last_position_logits(model, tokens.to(device), mask.to(device), keep)
+    log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()
+    return [
+        _summed(log_probs[row, -len(continuation) :], continuation)
+        for row, (_, continuation) in enumerate(requests)
+    ]
+
+
+def _shared_context_scores(
+    model: torch.nn.Module, requests: list[Request], pad_id: int
+) -> list[float]:
+    """Score requests that share one context: the context once (its last position predicts
+    every continuation's first token), then each continuation but its last token on a copy of
+    the context's cache, right-padded: under the causal mask no real token sees a pad, so no
+    attention mask is needed and positions run on from the context's."""
+    context = requests[0][0]
+    continuations = [continuation for _, continuation in requests]
+    device = model_input_device(model)
+    with torch.no_grad():
+        output = model(torch.tensor([context], device=device), use_cache=True, logits_to_keep=1)
+        first = torch.log_softmax(output.logits[0, -1].float(), dim=-1).cpu()
+        scores = [float(first[continuation[0]]) for continuation in continuations]
+        width = max(len(continuation) for continuation in continuations) - 1
+        if width == 0:  # every continuation is one token
+            return scores
+        cache = hf.repeated_cache(hf.output_cache(model, output), len(requests))
+        tokens = torch.tensor([c[:-1] + [pad_id] * (width + 1 - len(c)) for c in continuations])
+        logits = model(tokens.to(device), use_cache=True, **hf.cache_arguments(model, cache)).logits
+    rest = [continuation[1:] for continuation in continuations]
+    log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()
+    return [
+        score + (_summed(log_probs[row, : len(tail)], tail) if tail else 0.0)
+        for row, (score, tail) in enumerate(zip(scores, rest, strict=True))
+    ]
+
+
+def _summed(log_probs: Float[Tensor, "n vocab"], tokens: list[int]) -> float:
+    """Return the summed log-probability of ``tokens``, the i-th read from row i."""
+    return float(log_probs[torch.arange(len(tokens)), torch.tensor(tokens, dtype=torch.long)].sum())
 
 
 def macro_average(scores: list[Metric]) -> Metric:

@@ -15,7 +15,8 @@ relying on one behaviour of transformers (checked on ``SUPPORTED_TRANSFORMERS``)
    (``cache_arguments``, ``output_cache``).
 4. Cache layout: a ``DynamicCache`` holds ``.layers``, one per decoder layer, each with
    ``.keys`` and ``.values`` of shape [batch, kv_heads, positions, d_head]; a deep copy is an
-   independent cache a later forward appends to (``cache_keys_values``, ``copied_cache``).
+   independent cache a later forward appends to, and ``batch_repeat_interleave(n)`` repeats
+   each row n times in place (``cache_keys_values``, ``copied_cache``, ``repeated_cache``).
 5. Layer types and sliding windows: ``DynamicCache(config=config).layers[i].sliding_window``
    is layer i's window (absent: full attention) (``sliding_windows``).
 6. Attention interface: ``AttentionInterface.register(name, fn)`` plus
@@ -149,6 +150,13 @@ def cache_keys_values(cache: Any) -> tuple[list[Tensor], list[Tensor]]:
 def copied_cache(cache: Any) -> Any:
     """Return an independent copy of a KV cache (a forward appends to the one it is given)."""
     return copy.deepcopy(cache)
+
+
+def repeated_cache(cache: Any, times: int) -> Any:
+    """Return ``cache`` with each row repeated ``times`` times (in place), so that ``times``
+    continuations of each cached sequence can run in one batch."""
+    cache.batch_repeat_interleave(times)
+    return cache
 
 
 def sliding_windows(config: Any) -> list[int | None]:

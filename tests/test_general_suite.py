@@ -63,17 +63,19 @@ def test_batched_scores_equal_one_unpadded_sequence_at_a_time(tiny_model_dir):
 
 
 def _shared_context_requests(seed: int = 0) -> list[tuple[list[int], list[int]]]:
-    """Token-id requests: a context shared by continuations of 1 to 5 tokens, one shared by
-    one-token continuations only, and two contexts of their own (one a prefix of another's)."""
+    """Token-id requests: contexts of 11 and 6 tokens shared by continuations of 1 to 5
+    tokens, one of 5 shared by one-token continuations only, and two contexts of their own
+    (one a prefix of a shared one)."""
     generator = torch.Generator().manual_seed(seed)
 
     def ids(n: int) -> list[int]:
         return torch.randint(10, 300, (n,), generator=generator).tolist()
 
-    long_context, short_context = ids(11), ids(6)
+    long_context, short_context, one_token_context = ids(11), ids(6), ids(5)
     return [
         *[(long_context, ids(n)) for n in (1, 3, 5, 2)],
-        *[(short_context, ids(1)) for _ in range(3)],
+        *[(short_context, ids(n)) for n in (2, 4)],
+        *[(one_token_context, ids(1)) for _ in range(3)],
         (ids(9), ids(4)),
         (long_context[:7], ids(2)),
     ]
@@ -87,18 +89,23 @@ def test_shared_contexts_score_what_one_unpadded_sequence_gives(name, family_dir
     read = []
     embeddings = model.get_input_embeddings()
     handle = embeddings.register_forward_hook(lambda m, args, out: read.append(args[0].numel()))
+    # Tokens read per forward. Sharing reads the contexts once, longest first, left-padded (a
+    # batch holds at most batch_size continuations, and one group at least), then the
+    # continuations of more than one token but their last token, right-padded to the longest;
+    # the two lone requests go as one left-padded batch of whole sequences (2 rows of 12).
+    reads_by_batch_size = {
+        2: [11, 3 * 4, 6, 2 * 3, 5, 2 * 12],
+        16: [3 * 11, (3 + 2) * 4, 2 * 12],
+    }
     try:
-        for share in (True, False):
+        for share, batch_size in ((True, 2), (True, 16), (False, 2)):
             read.clear()
-            got = continuation_log_likelihoods(model, requests, 0, batch_size=2, progress=False,
-                                               share_contexts=share)  # fmt: skip
+            got = continuation_log_likelihoods(model, requests, 0, batch_size=batch_size,
+                                               progress=False, share_contexts=share)  # fmt: skip
             # float32 logits, a few tokens summed, differently shaped batches: ~1e-6 relative.
-            assert got == pytest.approx(want, rel=1e-4, abs=1e-4), share
+            assert got == pytest.approx(want, rel=1e-4, abs=1e-4), (share, batch_size)
             if share:
-                # Each shared context once, then each of its continuations but the last token
-                # padded to the longest (4 rows of 4; none for one-token continuations), then
-                # the two lone requests as one left-padded batch (2 rows of 9 + 4 - 1).
-                assert read == [11, 4 * 4, 6, 2 * 12]
+                assert read == reads_by_batch_size[batch_size]
     finally:
         handle.remove()
 

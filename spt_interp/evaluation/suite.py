@@ -156,17 +156,26 @@ def continuation_log_likelihoods(
     shared = [indices for indices in groups.values() if share_contexts and len(indices) > 1]
     in_shared = {index for indices in shared for index in indices}
     # Longest first, so a batch's rows are alike in length and padding stays small.
+    shared.sort(key=lambda indices: -len(requests[indices[0]][0]))
     alone = sorted(
         (index for index in range(len(requests)) if index not in in_shared),
         key=lambda i: -sum(map(len, requests[i])),
     )
+    # A batch of shared contexts holds at most batch_size continuations (one group at least).
+    shared_batches: list[list[list[int]]] = []
+    for indices in shared:
+        if not shared_batches or sum(map(len, shared_batches[-1])) + len(indices) > batch_size:
+            shared_batches.append([])
+        shared_batches[-1].append(indices)
     batches = [alone[start : start + batch_size] for start in range(0, len(alone), batch_size)]
     totals = [0.0] * len(requests)
-    steps = len(shared) + len(batches)
+    steps = len(shared_batches) + len(batches)
     with tqdm(total=steps, desc=desc, disable=not progress or steps < 2, leave=False) as bar:
-        for indices in shared:
-            scores = _shared_context_scores(model, [requests[i] for i in indices], pad_id)
-            for index, score in zip(indices, scores, strict=True):
+        for batch in shared_batches:
+            scores = _shared_context_scores(
+                model, [[requests[i] for i in indices] for indices in batch], pad_id
+            )
+            for index, score in zip(sum(batch, []), sum(scores, []), strict=True):
                 totals[index] = score
             bar.update()
         for chunk in batches:
@@ -197,31 +206,49 @@ def _padded_batch_scores(
 
 
 def _shared_context_scores(
-    model: torch.nn.Module, requests: list[Request], pad_id: int
-) -> list[float]:
-    """Score requests that share one context: the context once (its last position predicts
-    every continuation's first token), then each continuation but its last token on a copy of
-    the context's cache, right-padded: under the causal mask no real token sees a pad, so no
-    attention mask is needed and positions run on from the context's."""
-    context = requests[0][0]
-    continuations = [continuation for _, continuation in requests]
+    model: torch.nn.Module, groups: list[list[Request]], pad_id: int
+) -> list[list[float]]:
+    """Score groups of requests, each group sharing one context: the contexts once, as one
+    left-padded batch (each one's last position predicts its continuations' first tokens),
+    then every continuation of more than one token, but its last token, on its context's
+    cache row, right-padded: under the causal mask no real token sees a pad after it."""
     device = model_input_device(model)
+    context_tokens, context_mask = left_pad([group[0][0] for group in groups], pad_id)
     with torch.no_grad():
-        output = model(torch.tensor([context], device=device), use_cache=True, logits_to_keep=1)
-        first = torch.log_softmax(output.logits[0, -1].float(), dim=-1).cpu()
-        scores = [float(first[continuation[0]]) for continuation in continuations]
-        width = max(len(continuation) for continuation in continuations) - 1
-        if width == 0:  # every continuation is one token
-            return scores
-        cache = hf.repeated_cache(hf.output_cache(model, output), len(requests))
-        tokens = torch.tensor([c[:-1] + [pad_id] * (width + 1 - len(c)) for c in continuations])
-        logits = model(tokens.to(device), use_cache=True, **hf.cache_arguments(model, cache)).logits
-    rest = [continuation[1:] for continuation in continuations]
+        output = model(
+            context_tokens.to(device),
+            attention_mask=context_mask.to(device),
+            position_ids=(context_mask.cumsum(-1) - 1).clamp(min=0).to(device),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    first = torch.log_softmax(output.logits[:, -1].float(), dim=-1).cpu()
+    scores = [[float(first[g, c[0]]) for _, c in group] for g, group in enumerate(groups)]
+    longer = [(g, k) for g, group in enumerate(groups) for k, (_, c) in enumerate(group)
+              if len(c) > 1]  # fmt: skip
+    if not longer:  # every continuation is one token
+        return scores
+    continuations = [groups[g][k][1] for g, k in longer]
+    width = max(len(c) for c in continuations) - 1
+    rows = torch.tensor([g for g, _ in longer])
+    tokens = torch.tensor([c[:-1] + [pad_id] * (width + 1 - len(c)) for c in continuations])
+    # The context's mask (left padding) then the continuation's columns; positions run on
+    # from each context's last real token.
+    mask = torch.cat([context_mask[rows], torch.ones(len(longer), width, dtype=torch.long)], 1)
+    positions = context_mask[rows].sum(-1, keepdim=True) + torch.arange(width)
+    cache = hf.cache_rows(hf.output_cache(model, output), rows.to(device))
+    with torch.no_grad():
+        logits = model(
+            tokens.to(device),
+            attention_mask=mask.to(device),
+            position_ids=positions.to(device),
+            use_cache=True,
+            **hf.cache_arguments(model, cache),
+        ).logits
     log_probs = torch.log_softmax(logits.float(), dim=-1).cpu()
-    return [
-        score + (_summed(log_probs[row, : len(tail)], tail) if tail else 0.0)
-        for row, (score, tail) in enumerate(zip(scores, rest, strict=True))
-    ]
+    for row, ((g, k), continuation) in enumerate(zip(longer, continuations, strict=True)):
+        scores[g][k] += _summed(log_probs[row, : len(continuation) - 1], continuation[1:])
+    return scores
 
 
 def _summed(log_probs: Float[Tensor, "n vocab"], tokens: list[int]) -> float:

@@ -15,8 +15,9 @@ relying on one behaviour of transformers (checked on ``SUPPORTED_TRANSFORMERS``)
    (``cache_arguments``, ``output_cache``).
 4. Cache layout: a ``DynamicCache`` holds ``.layers``, one per decoder layer, each with
    ``.keys`` and ``.values`` of shape [batch, kv_heads, positions, d_head]; a deep copy is an
-   independent cache a later forward appends to, and ``batch_repeat_interleave(n)`` repeats
-   each row n times in place (``cache_keys_values``, ``copied_cache``, ``repeated_cache``).
+   independent cache a later forward appends to, and ``batch_select_indices(rows)`` keeps
+   the given rows, in order, repeats allowed, in place (``cache_keys_values``,
+   ``copied_cache``, ``cache_rows``).
 5. Layer types and sliding windows: ``DynamicCache(config=config).layers[i].sliding_window``
    is layer i's window (absent: full attention) (``sliding_windows``).
 6. Attention interface: ``AttentionInterface.register(name, fn)`` plus
@@ -152,10 +153,10 @@ def copied_cache(cache: Any) -> Any:
     return copy.deepcopy(cache)
 
 
-def repeated_cache(cache: Any, times: int) -> Any:
-    """Return ``cache`` with each row repeated ``times`` times (in place), so that ``times``
-    continuations of each cached sequence can run in one batch."""
-    cache.batch_repeat_interleave(times)
+def cache_rows(cache: Any, rows: Tensor) -> Any:
+    """Return ``cache`` holding only its ``rows`` (in place; a row may come more than once), so
+    that several continuations of each cached sequence run in one batch."""
+    cache.batch_select_indices(rows)
     return cache
 
 

@@ -236,7 +236,8 @@ def _shared_context_scores(
     # from each context's last real token.
     mask = torch.cat([context_mask[rows], torch.ones(len(longer), width, dtype=torch.long)], 1)
     positions = context_mask[rows].sum(-1, keepdim=True) + torch.arange(width)
-    cache = hf.cache_rows(hf.output_cache(model, output), rows.to(device))
+    # Row indices stay on the CPU: a dispatched model's cache layers sit on several devices.
+    cache = hf.cache_rows(hf.output_cache(model, output), rows)
     with torch.no_grad():
         logits = model(
             tokens.to(device),

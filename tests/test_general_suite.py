@@ -81,6 +81,7 @@ def _shared_context_requests(seed: int = 0) -> list[tuple[list[int], list[int]]]
     ]
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("name", FAMILY_ARCHITECTURES)
 def test_shared_contexts_score_what_one_unpadded_sequence_gives(name, family_dirs):
     hooked = load_model(family_dirs[name], hooks=False)
@@ -110,6 +111,7 @@ def test_shared_contexts_score_what_one_unpadded_sequence_gives(name, family_dir
         handle.remove()
 
 
+@pytest.mark.numeric
 def test_shared_contexts_keep_an_edit_at_every_position(tiny_model_dirs):
     """Steering adds to the heads' outputs at every position, the cached context's included."""
     hooked = load_model(tiny_model_dirs["llama"], hooks=False)

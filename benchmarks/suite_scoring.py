@@ -5,8 +5,8 @@
 
 MODEL is a local Hugging Face folder (e.g. QWEN/model of `spt-interp models pull
 qwen2.5-coder`); BENCH a `spt-interp data pull benchmarks` folder. The first --per-task items of
-each task are scored both ways in one run (`continuation_log_likelihoods` with
-`share_contexts` off, then on): tokens the model reads, seconds, the largest difference of a
+each task are scored both ways in one run (`item_log_likelihoods` with `share_contexts`
+off, then on): tokens the model reads, seconds, the largest difference of a
 choice's log-likelihood, and the items whose chosen answer differs. Prints a table and writes
 JSON.
 """
@@ -22,11 +22,10 @@ from pathlib import Path
 import torch
 
 from spt_interp.common.atomic import write_text_atomic
-from spt_interp.data.pairs import pad_token_id
 from spt_interp.evaluation.suite import (
-    continuation_log_likelihoods,
     encode_suite,
     item_correct,
+    item_log_likelihoods,
     load_suite,
 )
 from spt_interp.model import load_model
@@ -58,12 +57,10 @@ def main() -> None:
     items = load_suite(args.suite, args.per_task)
     encoded = encode_suite(hooked.tokenizer, items, args.suite)
     requests = [request for rows in encoded for request in rows]
-    rows, scores = [], {}
+    rows, per_item = [], {}
     for share in (False, True):
         started = time.perf_counter()
-        scores[share] = continuation_log_likelihoods(
-            hooked.plain_model, requests, pad_token_id(hooked.tokenizer), share_contexts=share
-        )
+        per_item[share] = item_log_likelihoods(hooked, items, path=args.suite, share_contexts=share)
         rows.append(
             {
                 "share_contexts": share,
@@ -71,12 +68,7 @@ def main() -> None:
                 "seconds": time.perf_counter() - started,
             }
         )
-    per_item = {share: [] for share in scores}
-    for share, flat in scores.items():
-        start = 0
-        for item_rows in encoded:
-            per_item[share].append(flat[start : start + len(item_rows)])
-            start += len(item_rows)
+    scores = {share: [ll for lls in item_lls for ll in lls] for share, item_lls in per_item.items()}
     chosen = {share: item_correct(items, lls) for share, lls in per_item.items()}
     result = {
         "model": str(args.model_dir),

@@ -274,6 +274,12 @@ def left_pad(
     return tokens, mask
 
 
+def left_padded_positions(mask: Int[Tensor, "batch pos"]) -> Int[Tensor, "batch pos"]:
+    """Return each column's position counted from its row's first real token (0 on padding),
+    so that a left-padded row is read at the positions it has alone."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def batch_pairs(pairs: list[PromptPair], pad_id: int) -> PairBatch:
     """Return the pairs left-padded to one common width, so END is the last column for all."""
     width = max(max(p.prompt_len, p.counterfactual_len) for p in pairs) if pairs else 0

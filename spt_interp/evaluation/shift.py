@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from spt_interp.common.fields import jsonl_rows
-from spt_interp.data.pairs import left_pad, pad_token_id
+from spt_interp.data.pairs import left_pad, left_padded_positions, pad_token_id
 from spt_interp.errors import SptInterpError
 from spt_interp.evaluation.metrics import Metric, kl_divergence, mean
 from spt_interp.model.dispatch import model_input_device
@@ -120,7 +120,7 @@ def passage_kls(
         starts, desc="KL shift", disable=not progress or len(starts) < 2, leave=False
     ):
         tokens, mask = left_pad(encoded[start : start + batch_size], pad)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        positions = left_padded_positions(mask)
         with torch.no_grad():
             tuned = plain_logits(hooked.plain_model, tokens, mask, positions)
             base = plain_logits(reference.plain_model, tokens, mask, positions)

@@ -23,7 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from spt_interp.common.fields import jsonl_rows
-from spt_interp.data.pairs import left_pad, pad_token_id
+from spt_interp.data.pairs import left_pad, left_padded_positions, pad_token_id
 from spt_interp.errors import SptInterpError
 from spt_interp.evaluation.metrics import Z_95, Metric, proportion
 from spt_interp.model import hf_internals as hf
@@ -146,9 +146,8 @@ def continuation_log_likelihoods(
     With ``share_contexts``, requests whose context tokens are the same (the choices of most
     multiple-choice items) read that context once and score their continuations on its
     key/value cache, one row per continuation: on the general suite the model then reads about
-    40% of the tokens. Each score is
-    the same sum either way, up to float rounding. Requests with a context of their own are
-    batched, left-padded, as without it.
+    40% of the tokens. Each score is the same sum either way, up to float rounding. Requests
+    with a context of their own are batched, left-padded, as without it.
     """
     groups: dict[tuple[int, ...], list[int]] = {}
     for index, (context, _) in enumerate(requests):
@@ -218,7 +217,7 @@ def _shared_context_scores(
         output = model(
             context_tokens.to(device),
             attention_mask=context_mask.to(device),
-            position_ids=(context_mask.cumsum(-1) - 1).clamp(min=0).to(device),
+            position_ids=left_padded_positions(context_mask).to(device),
             use_cache=True,
             logits_to_keep=1,
         )
@@ -293,8 +292,10 @@ def item_log_likelihoods(
     batch_size: int = 16,
     progress: bool = True,
     path: str | Path = "suite",
+    share_contexts: bool = True,
 ) -> list[list[float]]:
-    """Return every item's continuation log-likelihoods, one per choice, in item order."""
+    """Return every item's continuation log-likelihoods, one per choice, in item order
+    (``share_contexts``: as ``continuation_log_likelihoods``)."""
     encoded = encode_suite(hooked.tokenizer, items, path)
     flat = [request for rows in encoded for request in rows]
     totals = continuation_log_likelihoods(
@@ -303,6 +304,7 @@ def item_log_likelihoods(
         pad_token_id(hooked.tokenizer),
         batch_size=batch_size,
         progress=progress,
+        share_contexts=share_contexts,
     )
     per_item, start = [], 0
     for rows in encoded:

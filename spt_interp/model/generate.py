@@ -17,7 +17,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from spt_interp.data.pairs import left_pad, pad_token_id
+from spt_interp.data.pairs import left_pad, left_padded_positions, pad_token_id
 from spt_interp.errors import SptInterpError
 
 if TYPE_CHECKING:
@@ -92,7 +92,7 @@ def last_position_logits(
     Positions count from each row's first real token, so padding changes nothing; only those
     positions are unembedded, which spares most of a large vocabulary's cost.
     """
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    positions = left_padded_positions(mask)
     try:
         output = model(tokens, attention_mask=mask, position_ids=positions, logits_to_keep=keep)
     except TypeError:  # a model class without logits_to_keep
